@@ -1,0 +1,128 @@
+//! The distribution-spec error codes and their JSON envelope, and this crate's parse errors.
+
+use serde::Serialize;
+
+/// Why a protocol value could not be parsed or validated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("invalid repository name {name:?}: {why}")]
+    InvalidName { name: String, why: &'static str },
+    #[error("invalid tag {0:?}: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
+    InvalidTag(String),
+    #[error("invalid digest {0:?}: expected sha256:<64 hex> or sha512:<128 hex>")]
+    InvalidDigest(String),
+    #[error("unsupported digest algorithm {0:?}: only sha256 and sha512 can be verified")]
+    UnsupportedDigestAlgorithm(String),
+    #[error("saved hash state is corrupt")]
+    CorruptHashState,
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest of {size} bytes exceeds the limit of {limit} bytes")]
+    ManifestTooLarge { size: u64, limit: u64 },
+}
+
+/// The fourteen error codes of the OCI distribution-spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    Unauthorized,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::BlobUnknown,
+        ErrorCode::BlobUploadInvalid,
+        ErrorCode::BlobUploadUnknown,
+        ErrorCode::DigestInvalid,
+        ErrorCode::ManifestBlobUnknown,
+        ErrorCode::ManifestInvalid,
+        ErrorCode::ManifestUnknown,
+        ErrorCode::NameInvalid,
+        ErrorCode::NameUnknown,
+        ErrorCode::SizeInvalid,
+        ErrorCode::Unauthorized,
+        ErrorCode::Denied,
+        ErrorCode::Unsupported,
+        ErrorCode::TooManyRequests,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::SizeInvalid => "SIZE_INVALID",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+        }
+    }
+}
+
+/// One entry of the error envelope.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorInfo {
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// The spec's JSON envelope: `{"errors":[{"code":..,"message":..,"detail":..}]}`.
+pub fn error_body(code: ErrorCode, message: &str, detail: Option<serde_json::Value>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope {
+        errors: [ErrorInfo; 1],
+    }
+    let env = Envelope {
+        errors: [ErrorInfo {
+            code: code.as_str(),
+            message: message.to_owned(),
+            detail,
+        }],
+    };
+    // Serialising a struct of strings and an optional JSON value cannot fail.
+    serde_json::to_vec(&env).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_upper_case() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()));
+            assert!(c.as_str().bytes().all(|b| b.is_ascii_uppercase() || b == b'_'));
+        }
+    }
+
+    #[test]
+    fn envelope_shape() {
+        let body = error_body(ErrorCode::Denied, "no", Some(serde_json::json!({"tag": "1.0"})));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "DENIED");
+        assert_eq!(v["errors"][0]["message"], "no");
+        assert_eq!(v["errors"][0]["detail"]["tag"], "1.0");
+    }
+}

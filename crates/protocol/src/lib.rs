@@ -1,0 +1,19 @@
+//! The OCI distribution protocol as plain values: repository names, references, digests,
+//! manifests and error codes.
+//!
+//! This crate does no I/O and knows nothing of HTTP, async runtimes or storage. Everything in it
+//! is a pure function of its input, so it can be unit-tested exhaustively and embedded anywhere.
+
+mod digest;
+mod error;
+mod manifest;
+mod name;
+mod reference;
+
+pub use digest::{Algorithm, Digest, Hasher};
+pub use error::{Error, ErrorCode, ErrorInfo, error_body};
+pub use manifest::{
+    Descriptor, Manifest, ManifestKind, MAX_MANIFEST_SIZE, media_types, parse_manifest,
+};
+pub use name::RepoName;
+pub use reference::{Reference, Tag};
