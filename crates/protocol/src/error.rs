@@ -13,6 +13,8 @@ pub enum Error {
     InvalidDigest(String),
     #[error("unsupported digest algorithm {0:?}: only sha256 and sha512 can be verified")]
     UnsupportedDigestAlgorithm(String),
+    #[error("invalid upload id {0:?}")]
+    InvalidUploadId(String),
     #[error("saved hash state is corrupt")]
     CorruptHashState,
     #[error("manifest invalid: {0}")]

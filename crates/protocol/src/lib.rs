@@ -9,6 +9,7 @@ mod error;
 mod manifest;
 mod name;
 mod reference;
+mod upload;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorCode, ErrorInfo, error_body};
@@ -17,3 +18,4 @@ pub use manifest::{
 };
 pub use name::RepoName;
 pub use reference::{Reference, Tag};
+pub use upload::UploadId;

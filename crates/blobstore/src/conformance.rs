@@ -1,0 +1,223 @@
+//! The conformance suite: the guarantees of [`BlobStore`], checked the same way for every
+//! implementation.
+//!
+//! A backend runs it with [`conformance_tests!`](crate::conformance_tests), passing an async
+//! block that yields `(store, guard)`; the guard (a temporary directory, a server handle) lives
+//! as long as the test.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use pierone_protocol::{Digest, UploadId};
+
+use crate::{BlobStore, ByteStream, Error};
+
+/// A [`ByteStream`] of the given chunks.
+pub fn stream_of(chunks: &[&[u8]]) -> ByteStream {
+    let v: Vec<Result<Bytes, std::io::Error>> = chunks
+        .iter()
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Box::pin(futures_util::stream::iter(v))
+}
+
+/// A stream that yields `chunks` and then fails, like a client that disconnects mid-body.
+pub fn failing_stream(chunks: &[&[u8]]) -> ByteStream {
+    let mut v: Vec<Result<Bytes, std::io::Error>> = chunks
+        .iter()
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    v.push(Err(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "client went away",
+    )));
+    Box::pin(futures_util::stream::iter(v))
+}
+
+/// Read a whole blob (or range) into memory; test data is small.
+pub async fn read_all(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    range: Option<std::ops::Range<u64>>,
+) -> Option<Vec<u8>> {
+    let read = store.get(digest, range).await.expect("get")?;
+    let mut body = read.body;
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk.expect("read chunk"));
+    }
+    Some(out)
+}
+
+fn uid(s: &str) -> UploadId {
+    // Unique per test run, so that suites against a shared backend (a bucket) never collide.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{s}-{nanos:x}").parse().expect("valid upload id")
+}
+
+/// Upload `data` in one request and commit it.
+pub async fn put(store: &dyn BlobStore, data: &[u8]) -> Digest {
+    let id = uid("put");
+    let digest = Digest::sha256_of(data);
+    store.write_upload(&id, 0, stream_of(&[data])).await.expect("write");
+    store
+        .commit_upload(&id, data.len() as u64, &digest)
+        .await
+        .expect("commit");
+    digest
+}
+
+pub async fn missing_blob_is_none(store: &dyn BlobStore) {
+    let d = Digest::sha256_of(b"never stored");
+    assert_eq!(store.stat(&d).await.unwrap(), None);
+    assert!(store.get(&d, None).await.unwrap().is_none());
+}
+
+pub async fn upload_then_read(store: &dyn BlobStore) {
+    let data = b"hello, registry".repeat(1000);
+    let d = put(store, &data).await;
+    assert_eq!(store.stat(&d).await.unwrap(), Some(data.len() as u64));
+    assert_eq!(read_all(store, &d, None).await.unwrap(), data);
+    let empty = put(store, b"").await;
+    assert_eq!(store.stat(&empty).await.unwrap(), Some(0));
+    assert_eq!(read_all(store, &empty, None).await.unwrap(), b"");
+}
+
+pub async fn ranges(store: &dyn BlobStore) {
+    let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let d = put(store, &data).await;
+    assert_eq!(read_all(store, &d, Some(10..20)).await.unwrap(), &data[10..20]);
+    assert_eq!(
+        read_all(store, &d, Some(1000..300_000)).await.unwrap(),
+        &data[1000..]
+    );
+    assert_eq!(read_all(store, &d, Some(5..5)).await.unwrap(), b"");
+    let read = store.get(&d, Some(0..1)).await.unwrap().unwrap();
+    assert_eq!(read.total_size, 300_000);
+    assert!(matches!(
+        store.get(&d, Some(10..300_001)).await,
+        Err(Error::RangeNotSatisfiable { .. })
+    ));
+}
+
+pub async fn chunked_upload_resumes_at_offset(store: &dyn BlobStore) {
+    let id = uid("chunks");
+    assert_eq!(store.write_upload(&id, 0, stream_of(&[b"abc", b"def"])).await.unwrap(), 6);
+    assert_eq!(store.write_upload(&id, 6, stream_of(&[b"ghi"])).await.unwrap(), 3);
+    // A request whose progress was never recorded: the next write starts again at 9.
+    assert_eq!(store.write_upload(&id, 9, stream_of(&[b"XXXX"])).await.unwrap(), 4);
+    assert_eq!(store.write_upload(&id, 9, stream_of(&[b"jk"])).await.unwrap(), 2);
+    let d = Digest::sha256_of(b"abcdefghijk");
+    store.commit_upload(&id, 11, &d).await.unwrap();
+    assert_eq!(read_all(store, &d, None).await.unwrap(), b"abcdefghijk");
+}
+
+pub async fn offset_past_stored_data_is_refused(store: &dyn BlobStore) {
+    let id = uid("gap");
+    store.write_upload(&id, 0, stream_of(&[b"abc"])).await.unwrap();
+    assert!(matches!(
+        store.write_upload(&id, 10, stream_of(&[b"x"])).await,
+        Err(Error::UploadTruncated { stored: 3, expected: 10, .. })
+    ));
+    let unknown = uid("nosuch");
+    assert!(matches!(
+        store.write_upload(&unknown, 5, stream_of(&[b"x"])).await,
+        Err(Error::UploadUnknown(_))
+    ));
+    assert!(matches!(
+        store.commit_upload(&unknown, 0, &Digest::sha256_of(b"")).await,
+        Err(Error::UploadUnknown(_))
+    ));
+}
+
+pub async fn failed_body_publishes_nothing(store: &dyn BlobStore) {
+    let id = uid("broken");
+    let r = store.write_upload(&id, 0, failing_stream(&[b"part"])).await;
+    assert!(matches!(r, Err(Error::Body(_))), "{r:?}");
+    let d = Digest::sha256_of(b"part");
+    assert_eq!(store.stat(&d).await.unwrap(), None);
+    store.abort_upload(&id).await.unwrap();
+    // Abort is idempotent, and an aborted upload cannot be committed.
+    store.abort_upload(&id).await.unwrap();
+    assert!(store.commit_upload(&id, 0, &Digest::sha256_of(b"")).await.is_err());
+}
+
+pub async fn commit_shorter_than_stored_uses_prefix(store: &dyn BlobStore) {
+    let id = uid("prefix");
+    store.write_upload(&id, 0, stream_of(&[b"abcdef"])).await.unwrap();
+    let d = Digest::sha256_of(b"abc");
+    store.commit_upload(&id, 3, &d).await.unwrap();
+    assert_eq!(read_all(store, &d, None).await.unwrap(), b"abc");
+    assert!(matches!(
+        store.commit_upload(&id, 3, &d).await,
+        Err(Error::UploadUnknown(_))
+    ));
+}
+
+pub async fn commit_is_idempotent_per_digest(store: &dyn BlobStore) {
+    let data = b"same content twice";
+    let d1 = put(store, data).await;
+    let d2 = put(store, data).await;
+    assert_eq!(d1, d2);
+    assert_eq!(read_all(store, &d1, None).await.unwrap(), data);
+}
+
+pub async fn concurrent_uploads_are_independent(store: &dyn BlobStore) {
+    let mut digests = Vec::new();
+    let futs = (0..16u8).map(|i| {
+        let data = vec![i; 10_000 + usize::from(i)];
+        digests.push(Digest::sha256_of(&data));
+        async move { put(store, &data).await }
+    });
+    let got = futures_util::future::join_all(futs).await;
+    assert_eq!(got, digests);
+    for (i, d) in digests.iter().enumerate() {
+        assert_eq!(store.stat(d).await.unwrap(), Some(10_000 + i as u64));
+    }
+}
+
+pub async fn sha512_blobs(store: &dyn BlobStore) {
+    let mut h = pierone_protocol::Hasher::new(pierone_protocol::Algorithm::Sha512);
+    h.update(b"512");
+    let d = h.finish();
+    let id = uid("sha512");
+    store.write_upload(&id, 0, stream_of(&[b"512"])).await.unwrap();
+    store.commit_upload(&id, 3, &d).await.unwrap();
+    assert_eq!(read_all(store, &d, None).await.unwrap(), b"512");
+}
+
+/// Generates one `#[tokio::test]` per conformance check. `$make` is an async block yielding
+/// `(store, guard)`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            missing_blob_is_none,
+            upload_then_read,
+            ranges,
+            chunked_upload_resumes_at_offset,
+            offset_past_stored_data_is_refused,
+            failed_body_publishes_nothing,
+            commit_shorter_than_stored_uses_prefix,
+            commit_is_idempotent_per_digest,
+            concurrent_uploads_are_independent,
+            sha512_blobs
+        );
+    };
+    (@each $make:expr; $($name:ident),*) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    #[allow(clippy::unwrap_used)]
+                    let (store, _guard) = $make.await;
+                    $crate::conformance::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
