@@ -1,0 +1,205 @@
+//! The metadata store of pierone: manifests, immutable tags and upload sessions.
+//!
+//! # Rules every implementation enforces
+//!
+//! - **A tag never changes its mind.** Once `repo:tag` names a digest it names it forever, unless
+//!   the caller declares the tag mutable ([`TagPolicy`] decides that). Writing the same digest
+//!   again is [`TagOutcome::Unchanged`], not an error, so CI re-runs succeed.
+//! - **The store decides races.** Two writers putting different digests on one tag at once end
+//!   with exactly one [`TagOutcome::Created`] and one [`Error::TagImmutable`]; the decision is a
+//!   unique constraint inside one transaction, never an in-process lock, so it holds across
+//!   replicas sharing a database.
+//! - **A tag never points at a missing manifest.** The manifest row, its link to the repository
+//!   and the tag are written in one transaction.
+//! - **Every tag creation and move is recorded** as an event, in the same transaction.
+//! - **Upload progress is compare-and-set.** [`TagStore::advance_upload`] succeeds only from the
+//!   offset the caller read, so two requests racing on one upload cannot both advance it.
+//!
+//! [`conformance`] checks these for every implementation.
+
+pub mod conformance;
+mod memory;
+mod policy;
+mod sql;
+
+use bytes::Bytes;
+use pierone_protocol::{Digest, RepoName, Tag, UploadId};
+
+pub use memory::MemoryTagStore;
+pub use policy::{Mutability, TagPolicy};
+pub use sql::SqlTagStore;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+pub(crate) fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What went wrong in the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("tag {repo}:{tag} already names {existing}; tags are immutable, push a new tag")]
+    TagImmutable {
+        repo: RepoName,
+        tag: Tag,
+        existing: Digest,
+    },
+    #[error("pushing the tag \"latest\" is not allowed: it always means the newest tag")]
+    LatestNotAllowed,
+    #[error("upload {0} is unknown or has expired")]
+    UploadUnknown(UploadId),
+    #[error("upload {id} is at offset {actual}, not {expected}")]
+    UploadOffsetConflict {
+        id: UploadId,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("the metadata database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("metadata database query failed: {0}")]
+    Query(String),
+    #[error("stored metadata is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A manifest about to be stored, with what the registry learnt when validating it.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+    pub subject: Option<Digest>,
+    pub artifact_type: Option<String>,
+    pub config_digest: Option<Digest>,
+    /// The annotations as a JSON object, kept for the referrers API.
+    pub annotations: Option<String>,
+    /// Blobs and child manifests it references.
+    pub references: Vec<Digest>,
+}
+
+/// A stored manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// A manifest whose `subject` is some other manifest, as the referrers API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// The request to point a tag at the manifest being stored.
+#[derive(Debug, Clone)]
+pub struct TagWrite {
+    pub tag: Tag,
+    pub mutability: Mutability,
+    /// Who pushed it, recorded as `created_by`.
+    pub principal: String,
+}
+
+/// What a tag write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagOutcome {
+    /// No tag was asked for (a push by digest).
+    Untagged,
+    Created,
+    /// The tag already named this digest.
+    Unchanged,
+    /// A mutable tag moved from `previous`.
+    Moved { previous: Digest },
+}
+
+/// A tag with its provenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    pub name: String,
+    pub digest: Digest,
+    pub created_at: Millis,
+    pub created_by: String,
+}
+
+/// An upload session: how far the client has got, and the hash of what it sent so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSession {
+    pub id: UploadId,
+    pub repo: RepoName,
+    /// Bytes accepted so far.
+    pub received: u64,
+    /// Serialised [`pierone_protocol::Hasher`] over those bytes.
+    pub hash_state: Vec<u8>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Manifests, tags and upload sessions.
+#[async_trait::async_trait]
+pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Store `manifest` in `repo` and, if asked, point a tag at it, all in one transaction.
+    /// Storing a manifest that is already there is not an error.
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        manifest: NewManifest,
+        tag: Option<TagWrite>,
+    ) -> Result<TagOutcome, Error>;
+
+    /// A manifest pushed to `repo`.
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, Error>;
+
+    /// The digest `repo:tag` names.
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, Error>;
+
+    /// The most recently created tag of `repo`.
+    async fn latest_tag(&self, repo: &RepoName) -> Result<Option<TagRecord>, Error>;
+
+    /// Tags of `repo` sorted by name, after `last`, at most `limit`. `None` when the repository
+    /// does not exist.
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, Error>;
+
+    /// Every tag of `repo` with provenance, oldest first.
+    async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>, Error>;
+
+    /// Repository names sorted, after `last`, at most `limit`.
+    async fn list_repositories(&self, last: Option<&str>, limit: usize)
+    -> Result<Vec<String>, Error>;
+
+    /// Manifests in `repo` whose subject is `subject`.
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>, Error>;
+
+    /// Start recording a new upload session.
+    async fn create_upload(&self, session: UploadSession) -> Result<(), Error>;
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadSession>, Error>;
+
+    /// Move upload `id` from `expected` bytes to `received` bytes with a new hash state.
+    async fn advance_upload(
+        &self,
+        id: &UploadId,
+        expected: u64,
+        received: u64,
+        hash_state: Vec<u8>,
+    ) -> Result<(), Error>;
+
+    /// Forget an upload session; `false` when there was none.
+    async fn delete_upload(&self, id: &UploadId) -> Result<bool, Error>;
+}

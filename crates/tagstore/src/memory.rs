@@ -1,0 +1,248 @@
+//! The in-memory metadata store, for tests and embedding; one mutex makes each call a
+//! transaction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use pierone_protocol::{Digest, RepoName, Tag, UploadId};
+
+use crate::{
+    Error, ManifestRecord, Mutability, NewManifest, Referrer, TagOutcome, TagRecord, TagStore,
+    TagWrite, UploadSession, now_millis,
+};
+
+#[derive(Debug, Default)]
+struct State {
+    repositories: BTreeMap<String, ()>,
+    manifests: HashMap<Digest, NewManifest>,
+    links: HashSet<(String, Digest)>,
+    /// (repository, tag) -> (record, creation sequence for "latest" ordering)
+    tags: BTreeMap<(String, String), (TagRecord, u64)>,
+    seq: u64,
+    events: Vec<(String, String, Digest, Option<Digest>, String)>,
+    uploads: HashMap<UploadId, UploadSession>,
+}
+
+/// Metadata held in process memory. Cloning shares the same store.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryTagStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryTagStore {
+    pub fn new() -> MemoryTagStore {
+        MemoryTagStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The number of recorded tag events for `repo:tag`, for tests of the audit trail.
+    pub fn event_count(&self, repo: &RepoName, tag: &Tag) -> usize {
+        self.lock()
+            .events
+            .iter()
+            .filter(|e| e.0 == repo.as_str() && e.1 == tag.as_str())
+            .count()
+    }
+}
+
+#[async_trait]
+impl TagStore for MemoryTagStore {
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        manifest: NewManifest,
+        tag: Option<TagWrite>,
+    ) -> Result<TagOutcome, Error> {
+        let mut s = self.lock();
+        let now = now_millis();
+        let key = tag
+            .as_ref()
+            .map(|t| (repo.as_str().to_owned(), t.tag.as_str().to_owned()));
+        // Decide the tag first so that a refusal changes nothing.
+        let outcome = match (&tag, key.as_ref().and_then(|k| s.tags.get(k))) {
+            (None, _) => TagOutcome::Untagged,
+            (Some(_), None) => TagOutcome::Created,
+            (Some(_), Some((rec, _))) if rec.digest == manifest.digest => TagOutcome::Unchanged,
+            (Some(w), Some((rec, _))) => match w.mutability {
+                Mutability::Mutable => TagOutcome::Moved {
+                    previous: rec.digest.clone(),
+                },
+                Mutability::Immutable => {
+                    return Err(Error::TagImmutable {
+                        repo: repo.clone(),
+                        tag: w.tag.clone(),
+                        existing: rec.digest.clone(),
+                    });
+                }
+            },
+        };
+        s.repositories.entry(repo.as_str().to_owned()).or_insert(());
+        let digest = manifest.digest.clone();
+        s.manifests.entry(digest.clone()).or_insert(manifest);
+        s.links.insert((repo.as_str().to_owned(), digest.clone()));
+        if let (Some(w), Some(key)) = (tag, key) {
+            let previous = match &outcome {
+                TagOutcome::Moved { previous } => Some(previous.clone()),
+                _ => None,
+            };
+            if outcome != TagOutcome::Unchanged {
+                s.seq += 1;
+                let seq = s.seq;
+                let record = TagRecord {
+                    name: w.tag.as_str().to_owned(),
+                    digest: digest.clone(),
+                    created_at: now,
+                    created_by: w.principal.clone(),
+                };
+                s.tags.insert(key.clone(), (record, seq));
+                s.events.push((key.0, key.1, digest, previous, w.principal));
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, Error> {
+        let s = self.lock();
+        if !s.links.contains(&(repo.as_str().to_owned(), digest.clone())) {
+            return Ok(None);
+        }
+        Ok(s.manifests.get(digest).map(|m| ManifestRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            body: m.body.clone(),
+        }))
+    }
+
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, Error> {
+        let key = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        Ok(self.lock().tags.get(&key).map(|(r, _)| r.digest.clone()))
+    }
+
+    async fn latest_tag(&self, repo: &RepoName) -> Result<Option<TagRecord>, Error> {
+        let s = self.lock();
+        Ok(s.tags
+            .iter()
+            .filter(|((r, _), _)| r == repo.as_str())
+            .max_by_key(|(_, (rec, seq))| (rec.created_at, *seq))
+            .map(|(_, (rec, _))| rec.clone()))
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, Error> {
+        let s = self.lock();
+        if !s.repositories.contains_key(repo.as_str()) {
+            return Ok(None);
+        }
+        Ok(Some(
+            s.tags
+                .keys()
+                .filter(|(r, t)| r == repo.as_str() && last.is_none_or(|l| t.as_str() > l))
+                .take(limit)
+                .map(|(_, t)| t.clone())
+                .collect(),
+        ))
+    }
+
+    async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>, Error> {
+        let s = self.lock();
+        let mut v: Vec<_> = s
+            .tags
+            .iter()
+            .filter(|((r, _), _)| r == repo.as_str())
+            .map(|(_, (rec, seq))| (rec.created_at, *seq, rec.clone()))
+            .collect();
+        v.sort_by_key(|(at, seq, _)| (*at, *seq));
+        Ok(v.into_iter().map(|(_, _, r)| r).collect())
+    }
+
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        Ok(self
+            .lock()
+            .repositories
+            .keys()
+            .filter(|r| last.is_none_or(|l| r.as_str() > l))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>, Error> {
+        let s = self.lock();
+        let mut v: Vec<Referrer> = s
+            .manifests
+            .values()
+            .filter(|m| m.subject.as_ref() == Some(subject))
+            .filter(|m| s.links.contains(&(repo.as_str().to_owned(), m.digest.clone())))
+            .map(|m| Referrer {
+                digest: m.digest.clone(),
+                media_type: m.media_type.clone(),
+                size: m.body.len() as u64,
+                artifact_type: m.artifact_type.clone(),
+                annotations: m.annotations.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(v)
+    }
+
+    async fn create_upload(&self, session: UploadSession) -> Result<(), Error> {
+        self.lock().uploads.insert(session.id.clone(), session);
+        Ok(())
+    }
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadSession>, Error> {
+        Ok(self.lock().uploads.get(id).cloned())
+    }
+
+    async fn advance_upload(
+        &self,
+        id: &UploadId,
+        expected: u64,
+        received: u64,
+        hash_state: Vec<u8>,
+    ) -> Result<(), Error> {
+        let mut s = self.lock();
+        let u = s
+            .uploads
+            .get_mut(id)
+            .ok_or_else(|| Error::UploadUnknown(id.clone()))?;
+        if u.received != expected {
+            return Err(Error::UploadOffsetConflict {
+                id: id.clone(),
+                expected,
+                actual: u.received,
+            });
+        }
+        u.received = received;
+        u.hash_state = hash_state;
+        u.updated_at = now_millis();
+        Ok(())
+    }
+
+    async fn delete_upload(&self, id: &UploadId) -> Result<bool, Error> {
+        Ok(self.lock().uploads.remove(id).is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::conformance_tests!(async { (MemoryTagStore::new(), ()) });
+}

@@ -1,0 +1,638 @@
+//! The diesel implementation of [`TagStore`](crate::TagStore), on SQLite.
+//!
+//! Diesel is blocking, so every call runs on tokio's blocking pool with a pooled connection;
+//! the async workers never wait on the database.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use pierone_protocol::{Digest, RepoName, Tag, UploadId};
+
+use crate::{
+    Error, ManifestRecord, Mutability, NewManifest, Referrer, TagOutcome, TagRecord, TagStore,
+    TagWrite, UploadSession, now_millis,
+};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+mod schema {
+    diesel::table! {
+        repositories (name) {
+            name -> Text,
+            team -> Text,
+            created_at -> BigInt,
+        }
+    }
+    diesel::table! {
+        manifests (digest) {
+            digest -> Text,
+            media_type -> Text,
+            body -> Binary,
+            subject -> Nullable<Text>,
+            artifact_type -> Nullable<Text>,
+            config_digest -> Nullable<Text>,
+            annotations -> Nullable<Text>,
+            created_at -> BigInt,
+        }
+    }
+    diesel::table! {
+        repository_manifests (repository, digest) {
+            repository -> Text,
+            digest -> Text,
+            created_at -> BigInt,
+        }
+    }
+    diesel::table! {
+        manifest_references (manifest, reference) {
+            manifest -> Text,
+            reference -> Text,
+        }
+    }
+    diesel::table! {
+        tags (id) {
+            id -> BigInt,
+            repository -> Text,
+            name -> Text,
+            digest -> Text,
+            created_at -> BigInt,
+            created_by -> Text,
+        }
+    }
+    diesel::table! {
+        tag_events (id) {
+            id -> BigInt,
+            repository -> Text,
+            tag -> Text,
+            digest -> Text,
+            previous_digest -> Nullable<Text>,
+            principal -> Text,
+            at -> BigInt,
+        }
+    }
+    diesel::table! {
+        uploads (id) {
+            id -> Text,
+            repository -> Text,
+            received -> BigInt,
+            hash_state -> Binary,
+            created_at -> BigInt,
+            updated_at -> BigInt,
+        }
+    }
+    diesel::joinable!(repository_manifests -> manifests (digest));
+    diesel::allow_tables_to_appear_in_same_query!(manifests, repository_manifests);
+}
+
+use schema::*;
+
+type Conn = SqliteConnection;
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<Conn, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut Conn) -> Result<(), diesel::r2d2::Error> {
+        // WAL lets readers run beside the one writer; busy_timeout makes writers queue instead
+        // of failing; synchronous=FULL because an acknowledged tag is an audit record.
+        conn.batch_execute(
+            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// The metadata store on a SQL database through diesel.
+#[derive(Clone)]
+pub struct SqlTagStore {
+    pool: Pool<ConnectionManager<Conn>>,
+}
+
+impl std::fmt::Debug for SqlTagStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlTagStore")
+            .field("connections", &self.pool.state().connections)
+            .finish()
+    }
+}
+
+/// Inside a transaction: either the database failed or a store rule refused the write.
+enum TxError {
+    Db(DieselError),
+    Store(Error),
+}
+
+impl From<DieselError> for TxError {
+    fn from(e: DieselError) -> Self {
+        TxError::Db(e)
+    }
+}
+
+fn db_error(e: DieselError) -> Error {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+            Error::Unavailable(info.message().to_owned())
+        }
+        other => Error::Query(other.to_string()),
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, Error> {
+    s.parse()
+        .map_err(|e| Error::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+impl SqlTagStore {
+    /// Open the database at `url` (`sqlite://PATH`, or a bare path), creating it and applying
+    /// migrations as needed.
+    pub async fn open(url: &str) -> Result<SqlTagStore, Error> {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url).to_owned();
+        tokio::task::spawn_blocking(move || {
+            let manager = ConnectionManager::<Conn>::new(path);
+            let pool = Pool::builder()
+                .max_size(8)
+                .connection_timeout(Duration::from_secs(10))
+                .connection_customizer(Box::new(SqlitePragmas))
+                .build(manager)
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            let mut conn = pool.get().map_err(|e| Error::Unavailable(e.to_string()))?;
+            conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map_err(|e| Error::Query(format!("migrations failed: {e}")))?;
+            Ok(SqlTagStore { pool })
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("blocking task failed: {e}")))?
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut PooledConnection<ConnectionManager<Conn>>) -> Result<T, Error>
+            + Send
+            + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(|e| Error::Unavailable(e.to_string()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("blocking task failed: {e}")))?
+    }
+}
+
+fn put_manifest_tx(
+    c: &mut Conn,
+    repo: &RepoName,
+    m: &NewManifest,
+    tag: Option<&TagWrite>,
+) -> Result<TagOutcome, TxError> {
+    let now = now_millis();
+    let digest = m.digest.as_str();
+    // Decide the tag first: a refusal must leave nothing behind (the transaction rolls back
+    // anyway, but this also spares the writes).
+    let outcome = match tag {
+        None => TagOutcome::Untagged,
+        Some(w) => {
+            let existing: Option<(i64, String)> = tags::table
+                .filter(tags::repository.eq(repo.as_str()))
+                .filter(tags::name.eq(w.tag.as_str()))
+                .select((tags::id, tags::digest))
+                .first(c)
+                .optional()?;
+            match existing {
+                None => TagOutcome::Created,
+                Some((_, d)) if d == digest => TagOutcome::Unchanged,
+                Some((_, d)) => {
+                    let previous = parse_digest(&d).map_err(TxError::Store)?;
+                    match w.mutability {
+                        Mutability::Mutable => TagOutcome::Moved { previous },
+                        Mutability::Immutable => {
+                            return Err(TxError::Store(Error::TagImmutable {
+                                repo: repo.clone(),
+                                tag: w.tag.clone(),
+                                existing: previous,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    diesel::insert_into(repositories::table)
+        .values((
+            repositories::name.eq(repo.as_str()),
+            repositories::team.eq(repo.team()),
+            repositories::created_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .execute(c)?;
+    let inserted = diesel::insert_into(manifests::table)
+        .values((
+            manifests::digest.eq(digest),
+            manifests::media_type.eq(&m.media_type),
+            manifests::body.eq(m.body.as_ref()),
+            manifests::subject.eq(m.subject.as_ref().map(|d| d.as_str())),
+            manifests::artifact_type.eq(m.artifact_type.as_deref()),
+            manifests::config_digest.eq(m.config_digest.as_ref().map(|d| d.as_str())),
+            manifests::annotations.eq(m.annotations.as_deref()),
+            manifests::created_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .execute(c)?;
+    if inserted > 0 {
+        for r in &m.references {
+            diesel::insert_into(manifest_references::table)
+                .values((
+                    manifest_references::manifest.eq(digest),
+                    manifest_references::reference.eq(r.as_str()),
+                ))
+                .on_conflict_do_nothing()
+                .execute(c)?;
+        }
+    }
+    diesel::insert_into(repository_manifests::table)
+        .values((
+            repository_manifests::repository.eq(repo.as_str()),
+            repository_manifests::digest.eq(digest),
+            repository_manifests::created_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .execute(c)?;
+    if let Some(w) = tag {
+        let previous = match &outcome {
+            TagOutcome::Created => {
+                // The unique (repository, name) constraint decides a race with another writer;
+                // its violation surfaces as a DatabaseError and the caller retries.
+                diesel::insert_into(tags::table)
+                    .values((
+                        tags::repository.eq(repo.as_str()),
+                        tags::name.eq(w.tag.as_str()),
+                        tags::digest.eq(digest),
+                        tags::created_at.eq(now),
+                        tags::created_by.eq(&w.principal),
+                    ))
+                    .execute(c)?;
+                None
+            }
+            TagOutcome::Moved { previous } => {
+                let n = diesel::update(
+                    tags::table
+                        .filter(tags::repository.eq(repo.as_str()))
+                        .filter(tags::name.eq(w.tag.as_str()))
+                        .filter(tags::digest.eq(previous.as_str())),
+                )
+                .set((
+                    tags::digest.eq(digest),
+                    tags::created_at.eq(now),
+                    tags::created_by.eq(&w.principal),
+                ))
+                .execute(c)?;
+                if n != 1 {
+                    // Someone moved it in between; roll back and let the caller retry.
+                    return Err(TxError::Db(DieselError::DatabaseError(
+                        DatabaseErrorKind::SerializationFailure,
+                        Box::new("mutable tag moved concurrently".to_owned()),
+                    )));
+                }
+                Some(previous.as_str())
+            }
+            TagOutcome::Unchanged | TagOutcome::Untagged => return Ok(outcome),
+        };
+        diesel::insert_into(tag_events::table)
+            .values((
+                tag_events::repository.eq(repo.as_str()),
+                tag_events::tag.eq(w.tag.as_str()),
+                tag_events::digest.eq(digest),
+                tag_events::previous_digest.eq(previous),
+                tag_events::principal.eq(&w.principal),
+                tag_events::at.eq(now),
+            ))
+            .execute(c)?;
+    }
+    Ok(outcome)
+}
+
+fn is_retryable(e: &DieselError) -> bool {
+    matches!(
+        e,
+        DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
+            _
+        )
+    )
+}
+
+fn tag_record(row: (String, String, i64, String)) -> Result<TagRecord, Error> {
+    Ok(TagRecord {
+        name: row.0,
+        digest: parse_digest(&row.1)?,
+        created_at: row.2,
+        created_by: row.3,
+    })
+}
+
+#[async_trait]
+impl TagStore for SqlTagStore {
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        manifest: NewManifest,
+        tag: Option<TagWrite>,
+    ) -> Result<TagOutcome, Error> {
+        let repo = repo.clone();
+        self.run(move |c| {
+            // A lost race is retried: the second attempt sees the winner's row and answers
+            // Unchanged or TagImmutable.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let r = c.immediate_transaction(|c| {
+                    put_manifest_tx(c, &repo, &manifest, tag.as_ref())
+                });
+                match r {
+                    Ok(o) => return Ok(o),
+                    Err(TxError::Store(e)) => return Err(e),
+                    Err(TxError::Db(e)) if attempt < 5 && is_retryable(&e) => continue,
+                    Err(TxError::Db(e)) => return Err(db_error(e)),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, Error> {
+        let (repo, digest) = (repo.clone(), digest.clone());
+        self.run(move |c| {
+            let row: Option<(String, Vec<u8>)> = manifests::table
+                .inner_join(repository_manifests::table)
+                .filter(repository_manifests::repository.eq(repo.as_str()))
+                .filter(manifests::digest.eq(digest.as_str()))
+                .select((manifests::media_type, manifests::body))
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            Ok(row.map(|(media_type, body)| ManifestRecord {
+                digest,
+                media_type,
+                body: Bytes::from(body),
+            }))
+        })
+        .await
+    }
+
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, Error> {
+        let (repo, tag) = (repo.clone(), tag.clone());
+        self.run(move |c| {
+            let d: Option<String> = tags::table
+                .filter(tags::repository.eq(repo.as_str()))
+                .filter(tags::name.eq(tag.as_str()))
+                .select(tags::digest)
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            d.as_deref().map(parse_digest).transpose()
+        })
+        .await
+    }
+
+    async fn latest_tag(&self, repo: &RepoName) -> Result<Option<TagRecord>, Error> {
+        let repo = repo.clone();
+        self.run(move |c| {
+            let row = tags::table
+                .filter(tags::repository.eq(repo.as_str()))
+                .order((tags::created_at.desc(), tags::id.desc()))
+                .select((tags::name, tags::digest, tags::created_at, tags::created_by))
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            row.map(tag_record).transpose()
+        })
+        .await
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, Error> {
+        let repo = repo.clone();
+        let last = last.map(str::to_owned);
+        self.run(move |c| {
+            let exists: Option<String> = repositories::table
+                .filter(repositories::name.eq(repo.as_str()))
+                .select(repositories::name)
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            if exists.is_none() {
+                return Ok(None);
+            }
+            let mut q = tags::table
+                .filter(tags::repository.eq(repo.as_str()))
+                .select(tags::name)
+                .order(tags::name.asc())
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .into_boxed();
+            if let Some(l) = last {
+                q = q.filter(tags::name.gt(l));
+            }
+            q.load(c).map(Some).map_err(db_error)
+        })
+        .await
+    }
+
+    async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>, Error> {
+        let repo = repo.clone();
+        self.run(move |c| {
+            let rows: Vec<(String, String, i64, String)> = tags::table
+                .filter(tags::repository.eq(repo.as_str()))
+                .order((tags::created_at.asc(), tags::id.asc()))
+                .select((tags::name, tags::digest, tags::created_at, tags::created_by))
+                .load(c)
+                .map_err(db_error)?;
+            rows.into_iter().map(tag_record).collect()
+        })
+        .await
+    }
+
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        let last = last.map(str::to_owned);
+        self.run(move |c| {
+            let mut q = repositories::table
+                .select(repositories::name)
+                .order(repositories::name.asc())
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .into_boxed();
+            if let Some(l) = last {
+                q = q.filter(repositories::name.gt(l));
+            }
+            q.load(c).map_err(db_error)
+        })
+        .await
+    }
+
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>, Error> {
+        let (repo, subject) = (repo.clone(), subject.clone());
+        self.run(move |c| {
+            type Row = (String, String, Vec<u8>, Option<String>, Option<String>);
+            let rows: Vec<Row> = manifests::table
+                .inner_join(repository_manifests::table)
+                .filter(repository_manifests::repository.eq(repo.as_str()))
+                .filter(manifests::subject.eq(subject.as_str()))
+                .order(manifests::digest.asc())
+                .select((
+                    manifests::digest,
+                    manifests::media_type,
+                    manifests::body,
+                    manifests::artifact_type,
+                    manifests::annotations,
+                ))
+                .load(c)
+                .map_err(db_error)?;
+            rows.into_iter()
+                .map(|(d, media_type, body, artifact_type, annotations)| {
+                    Ok(Referrer {
+                        digest: parse_digest(&d)?,
+                        media_type,
+                        size: body.len() as u64,
+                        artifact_type,
+                        annotations,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn create_upload(&self, s: UploadSession) -> Result<(), Error> {
+        self.run(move |c| {
+            diesel::insert_into(uploads::table)
+                .values((
+                    uploads::id.eq(s.id.as_str()),
+                    uploads::repository.eq(s.repo.as_str()),
+                    uploads::received.eq(s.received as i64),
+                    uploads::hash_state.eq(&s.hash_state),
+                    uploads::created_at.eq(s.created_at),
+                    uploads::updated_at.eq(s.updated_at),
+                ))
+                .execute(c)
+                .map(drop)
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadSession>, Error> {
+        let id = id.clone();
+        self.run(move |c| {
+            type Row = (String, i64, Vec<u8>, i64, i64);
+            let row: Option<Row> = uploads::table
+                .find(id.as_str())
+                .select((
+                    uploads::repository,
+                    uploads::received,
+                    uploads::hash_state,
+                    uploads::created_at,
+                    uploads::updated_at,
+                ))
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            row.map(|(repo, received, hash_state, created_at, updated_at)| {
+                Ok(UploadSession {
+                    repo: repo
+                        .parse()
+                        .map_err(|e| Error::Corrupt(format!("upload repository: {e}")))?,
+                    id: id.clone(),
+                    received: received as u64,
+                    hash_state,
+                    created_at,
+                    updated_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn advance_upload(
+        &self,
+        id: &UploadId,
+        expected: u64,
+        received: u64,
+        hash_state: Vec<u8>,
+    ) -> Result<(), Error> {
+        let id = id.clone();
+        self.run(move |c| {
+            let n = diesel::update(
+                uploads::table
+                    .filter(uploads::id.eq(id.as_str()))
+                    .filter(uploads::received.eq(expected as i64)),
+            )
+            .set((
+                uploads::received.eq(received as i64),
+                uploads::hash_state.eq(&hash_state),
+                uploads::updated_at.eq(now_millis()),
+            ))
+            .execute(c)
+            .map_err(db_error)?;
+            if n == 1 {
+                return Ok(());
+            }
+            let actual: Option<i64> = uploads::table
+                .find(id.as_str())
+                .select(uploads::received)
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            Err(match actual {
+                None => Error::UploadUnknown(id),
+                Some(a) => Error::UploadOffsetConflict {
+                    id,
+                    expected,
+                    actual: a as u64,
+                },
+            })
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &UploadId) -> Result<bool, Error> {
+        let id = id.clone();
+        self.run(move |c| {
+            diesel::delete(uploads::table.find(id.as_str()))
+                .execute(c)
+                .map(|n| n > 0)
+                .map_err(db_error)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::conformance_tests!(async {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+        (SqlTagStore::open(&url).await.unwrap(), dir)
+    });
+}
