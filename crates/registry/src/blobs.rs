@@ -1,0 +1,458 @@
+//! Blob reads and the upload protocol: sessions, chunks, monolithic pushes and mounts.
+//!
+//! A blob is hashed while it streams in and is committed to the blob store only once its
+//! digest is verified. Upload progress (offset and hasher state) lives in the tag store after
+//! every request, so an upload can continue on another replica or after a restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::BodyStream;
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use hyper::{Request, Response, StatusCode};
+use pierone_protocol::{Algorithm, Digest, Hasher, RepoName, UploadId};
+use pierone_tagstore::UploadSession;
+
+use crate::error::RegistryError;
+use crate::response::{self, Resp, header_value, range_header};
+use crate::Registry;
+
+pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Parse a blob `Range: bytes=a-b` (also `a-` and `-n`) against `size`.
+fn parse_range(value: &str, size: u64) -> Result<Option<std::ops::Range<u64>>, RegistryError> {
+    let bad = || RegistryError::RangeNotSatisfiable { size };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        // Unknown units are ignored, as RFC 9110 asks.
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Multiple ranges would need multipart responses; serving the whole blob is allowed.
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            (size.saturating_sub(n), size)
+        }
+        (s, "") => (s.parse().map_err(|_| bad())?, size),
+        (s, e) => {
+            let s: u64 = s.parse().map_err(|_| bad())?;
+            let e: u64 = e.parse().map_err(|_| bad())?;
+            if e < s {
+                return Err(bad());
+            }
+            (s, (e + 1).min(size))
+        }
+    };
+    if start >= size || start >= end {
+        return Err(bad());
+    }
+    Ok(Some(start..end))
+}
+
+/// Parse an upload `Content-Range: <start>-<end>` (tolerating a `bytes ` prefix and `/total`).
+fn parse_content_range(value: &str) -> Result<(u64, u64), RegistryError> {
+    let bad = || RegistryError::ContentRangeInvalid(value.to_owned());
+    let v = value.trim();
+    let v = v.strip_prefix("bytes ").unwrap_or(v);
+    let v = v.split('/').next().unwrap_or(v);
+    let (s, e) = v.split_once('-').ok_or_else(bad)?;
+    let s: u64 = s.trim().parse().map_err(|_| bad())?;
+    let e: u64 = e.trim().parse().map_err(|_| bad())?;
+    if e < s {
+        return Err(bad());
+    }
+    Ok((s, e))
+}
+
+/// The shared progress of a body being streamed into the blob store.
+#[derive(Debug)]
+struct Progress {
+    hasher: Option<Hasher>,
+    received: u64,
+    limit: u64,
+    too_large: bool,
+}
+
+fn blob_location(repo: &RepoName, digest: &Digest) -> String {
+    format!("/v2/{repo}/blobs/{digest}")
+}
+
+fn upload_location(repo: &RepoName, id: &UploadId) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+fn new_upload_id() -> UploadId {
+    UploadId::from_random(*uuid::Uuid::new_v4().as_bytes())
+}
+
+impl Registry {
+    pub(crate) async fn get_blob(
+        &self,
+        _repo: &RepoName,
+        digest: &Digest,
+        req: &Request<Incoming>,
+        with_body: bool,
+    ) -> Result<Resp, RegistryError> {
+        let size = self
+            .blobs
+            .stat(digest)
+            .await?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+        let range = match req.headers().get(RANGE).and_then(|v| v.to_str().ok()) {
+            Some(v) => parse_range(v, size)?,
+            None => None,
+        };
+        let (status, len) = match &range {
+            Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),
+            None => (StatusCode::OK, size),
+        };
+        let body = if with_body {
+            let read = self
+                .blobs
+                .get(digest, range.clone())
+                .await?
+                .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+            response::stream(read.body)
+        } else {
+            response::empty()
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(CONTENT_LENGTH, len.into());
+        h.insert(CONTENT_TYPE, header_value("application/octet-stream"));
+        h.insert("Docker-Content-Digest", header_value(digest.as_str()));
+        h.insert(ACCEPT_RANGES, header_value("bytes"));
+        h.insert("ETag", header_value(&format!("\"{digest}\"")));
+        if let Some(r) = range {
+            h.insert(
+                CONTENT_RANGE,
+                header_value(&format!("bytes {}-{}/{size}", r.start, r.end - 1)),
+            );
+        }
+        Ok(r)
+    }
+
+    /// Stream `body` into upload `id` at `offset`, hashing as it goes. Returns the hasher
+    /// over everything up to the new end and the number of bytes written.
+    async fn receive(
+        &self,
+        id: &UploadId,
+        offset: u64,
+        hasher: Hasher,
+        body: Incoming,
+    ) -> Result<(Hasher, u64), RegistryError> {
+        let progress = Arc::new(Mutex::new(Progress {
+            hasher: Some(hasher),
+            received: offset,
+            limit: self.config.max_blob_size,
+            too_large: false,
+        }));
+        let p = progress.clone();
+        let stream = BodyStream::new(body)
+            .map_err(std::io::Error::other)
+            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
+            .and_then(move |chunk: Bytes| {
+                let mut st = p.lock().unwrap_or_else(|e| e.into_inner());
+                st.received += chunk.len() as u64;
+                let r = if st.received > st.limit {
+                    st.too_large = true;
+                    Err(std::io::Error::other("body exceeds the blob size limit"))
+                } else {
+                    if let Some(h) = st.hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                    Ok(chunk)
+                };
+                std::future::ready(r)
+            });
+        let written = self.blobs.write_upload(id, offset, Box::pin(stream)).await;
+        let mut st = progress.lock().unwrap_or_else(|e| e.into_inner());
+        if st.too_large {
+            return Err(RegistryError::BodyTooLarge {
+                size: st.received,
+                limit: st.limit,
+            });
+        }
+        let written = written?;
+        let hasher = st.hasher.take().ok_or(RegistryError::UploadUnknown)?;
+        Ok((hasher, written))
+    }
+
+    fn check_declared_size(&self, offset: u64, req: &Request<Incoming>) -> Result<(), RegistryError> {
+        if let Some(len) = content_length(req) {
+            let total = offset.saturating_add(len);
+            if total > self.config.max_blob_size {
+                return Err(RegistryError::BodyTooLarge {
+                    size: total,
+                    limit: self.config.max_blob_size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Verify and publish the first `size` bytes of upload `id` as `expected`.
+    async fn commit(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        hasher: Hasher,
+        size: u64,
+        expected: &Digest,
+    ) -> Result<Resp, RegistryError> {
+        if hasher.algorithm() != expected.algorithm() {
+            self.discard(id).await;
+            return Err(RegistryError::DigestAlgorithmMismatch {
+                upload: hasher.algorithm().as_str(),
+                requested: expected.algorithm().as_str(),
+            });
+        }
+        let actual = hasher.finish();
+        if &actual != expected {
+            self.discard(id).await;
+            return Err(RegistryError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        self.blobs.commit_upload(id, size, expected).await?;
+        self.tags.delete_upload(id).await?;
+        Ok(created(&blob_location(repo, expected), expected))
+    }
+
+    /// Forget a failed upload entirely; errors only leave garbage for collection, so they are
+    /// logged rather than hiding the error the client needs to see.
+    async fn discard(&self, id: &UploadId) {
+        if let Err(e) = self.blobs.abort_upload(id).await {
+            tracing::warn!(upload = %id, error = %e, "could not discard upload data");
+        }
+        if let Err(e) = self.tags.delete_upload(id).await {
+            tracing::warn!(upload = %id, error = %e, "could not discard upload session");
+        }
+    }
+
+    pub(crate) async fn start_upload(
+        &self,
+        repo: &RepoName,
+        req: Request<Incoming>,
+    ) -> Result<Resp, RegistryError> {
+        let q = query(&req);
+        if let Some(mount) = q.get("mount") {
+            // A mount that cannot be satisfied falls back to a new upload session, as the
+            // spec requires; blobs are global, so the source repository only has to be valid.
+            let from_ok = q.get("from").is_some_and(|f| f.parse::<RepoName>().is_ok());
+            if let (Ok(digest), true) = (mount.parse::<Digest>(), from_ok) {
+                if self.blobs.stat(&digest).await?.is_some() {
+                    return Ok(created(&blob_location(repo, &digest), &digest));
+                }
+            }
+        }
+        if let Some(d) = q.get("digest") {
+            let digest: Digest = d.parse()?;
+            self.check_declared_size(0, &req)?;
+            let id = new_upload_id();
+            let (hasher, written) =
+                match self.receive(&id, 0, Hasher::new(digest.algorithm()), req.into_body()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.discard(&id).await;
+                        return Err(e);
+                    }
+                };
+            return self.commit(repo, &id, hasher, written, &digest).await;
+        }
+        let algorithm = match q.get("digest-algorithm").map(String::as_str) {
+            None | Some("sha256") => Algorithm::Sha256,
+            Some("sha512") => Algorithm::Sha512,
+            Some(other) => {
+                return Err(RegistryError::Protocol(
+                    pierone_protocol::Error::UnsupportedDigestAlgorithm(other.to_owned()),
+                ));
+            }
+        };
+        let id = new_upload_id();
+        let now = now_millis();
+        // Create the (empty) data first: a session row never points at data that is missing.
+        self.blobs
+            .write_upload(&id, 0, Box::pin(futures_util::stream::empty()))
+            .await?;
+        self.tags
+            .create_upload(UploadSession {
+                id: id.clone(),
+                repo: repo.clone(),
+                received: 0,
+                hash_state: Hasher::new(algorithm).save(),
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        Ok(accepted(StatusCode::ACCEPTED, repo, &id, 0))
+    }
+
+    /// The live session `id` of `repo`.
+    async fn session(&self, repo: &RepoName, id: &UploadId) -> Result<UploadSession, RegistryError> {
+        let s = self
+            .tags
+            .get_upload(id)
+            .await?
+            .ok_or(RegistryError::UploadUnknown)?;
+        if &s.repo != repo {
+            return Err(RegistryError::UploadUnknown);
+        }
+        let ttl = i64::try_from(self.config.upload_ttl.as_millis()).unwrap_or(i64::MAX);
+        if now_millis().saturating_sub(s.updated_at) > ttl {
+            self.discard(id).await;
+            return Err(RegistryError::UploadUnknown);
+        }
+        Ok(s)
+    }
+
+    pub(crate) async fn upload_status(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> Result<Resp, RegistryError> {
+        let s = self.session(repo, id).await?;
+        Ok(accepted(StatusCode::NO_CONTENT, repo, id, s.received))
+    }
+
+    pub(crate) async fn upload_chunk(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        req: Request<Incoming>,
+    ) -> Result<Resp, RegistryError> {
+        let s = self.session(repo, id).await?;
+        if let Some(cr) = req.headers().get(CONTENT_RANGE) {
+            let (start, end) = parse_content_range(cr.to_str().unwrap_or("?"))?;
+            if start != s.received {
+                return Err(RegistryError::ChunkOutOfOrder {
+                    start,
+                    received: s.received,
+                });
+            }
+            if let Some(len) = content_length(&req) {
+                if len != end - start + 1 {
+                    return Err(RegistryError::ChunkLengthMismatch {
+                        declared: len,
+                        actual: end - start + 1,
+                    });
+                }
+            }
+        }
+        self.check_declared_size(s.received, &req)?;
+        let hasher = Hasher::restore(&s.hash_state)?;
+        let (hasher, written) = self.receive(id, s.received, hasher, req.into_body()).await?;
+        let received = s.received + written;
+        self.tags
+            .advance_upload(id, s.received, received, hasher.save())
+            .await?;
+        Ok(accepted(StatusCode::ACCEPTED, repo, id, received))
+    }
+
+    pub(crate) async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        req: Request<Incoming>,
+    ) -> Result<Resp, RegistryError> {
+        let q = query(&req);
+        let digest: Digest = q.get("digest").ok_or(RegistryError::DigestMissing)?.parse()?;
+        let s = self.session(repo, id).await?;
+        self.check_declared_size(s.received, &req)?;
+        let hasher = Hasher::restore(&s.hash_state)?;
+        // Without Content-Length or Transfer-Encoding, HTTP/1 has no body: the usual close.
+        let has_body = !hyper::body::Body::is_end_stream(req.body());
+        let (hasher, size) = if has_body {
+            let (hasher, written) = self.receive(id, s.received, hasher, req.into_body()).await?;
+            (hasher, s.received + written)
+        } else {
+            (hasher, s.received)
+        };
+        self.commit(repo, id, hasher, size, &digest).await
+    }
+
+    pub(crate) async fn cancel_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> Result<Resp, RegistryError> {
+        self.session(repo, id).await?;
+        self.discard(id).await;
+        let mut r = Response::new(response::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        Ok(r)
+    }
+}
+
+fn created(location: &str, digest: &Digest) -> Resp {
+    let mut r = Response::new(response::empty());
+    *r.status_mut() = StatusCode::CREATED;
+    let h = r.headers_mut();
+    h.insert(LOCATION, header_value(location));
+    h.insert("Docker-Content-Digest", header_value(digest.as_str()));
+    h.insert(CONTENT_LENGTH, 0.into());
+    r
+}
+
+fn accepted(status: StatusCode, repo: &RepoName, id: &UploadId, received: u64) -> Resp {
+    let mut r = Response::new(response::empty());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(LOCATION, header_value(&upload_location(repo, id)));
+    h.insert(RANGE, range_header(received));
+    h.insert("Docker-Upload-UUID", header_value(id.as_str()));
+    h.insert(CONTENT_LENGTH, 0.into());
+    r
+}
+
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100).unwrap(), Some(0..10));
+        assert_eq!(parse_range("bytes=90-", 100).unwrap(), Some(90..100));
+        assert_eq!(parse_range("bytes=-10", 100).unwrap(), Some(90..100));
+        assert_eq!(parse_range("bytes=50-500", 100).unwrap(), Some(50..100));
+        assert_eq!(parse_range("items=0-1", 100).unwrap(), None);
+        for bad in ["bytes=100-", "bytes=5-2", "bytes=x-1", "bytes=", "bytes=-0"] {
+            assert!(parse_range(bad, 100).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-99").unwrap(), (0, 99));
+        assert_eq!(parse_content_range("bytes 100-199/*").unwrap(), (100, 199));
+        assert!(parse_content_range("9-1").is_err());
+        assert!(parse_content_range("abc").is_err());
+    }
+}

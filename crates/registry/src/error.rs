@@ -1,0 +1,199 @@
+//! Everything a request can fail with, and the one place that turns it into an OCI error.
+
+use hyper::StatusCode;
+use pierone_protocol::{Digest, ErrorCode, Reference, RepoName};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Protocol(pierone_protocol::Error),
+    #[error(transparent)]
+    Blobs(#[from] pierone_blobstore::Error),
+    #[error(transparent)]
+    Tags(#[from] pierone_tagstore::Error),
+    #[error("blob {0} is not stored in this registry")]
+    BlobUnknown(Digest),
+    #[error("manifest {1} is not in repository {0}")]
+    ManifestUnknown(RepoName, Reference),
+    #[error("repository {0} is not known")]
+    NameUnknown(RepoName),
+    #[error("blob upload is unknown, finished or expired; start a new one")]
+    UploadUnknown,
+    #[error("the manifest references {0}, which is not in this registry (push it first)")]
+    ManifestBlobUnknown(Digest),
+    #[error("the manifest references {0}, which is not a manifest in this repository")]
+    ManifestChildUnknown(Digest),
+    #[error("content hashes to {actual}, not to the digest given, {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error(
+        "the upload was hashed with {upload}; start it with ?digest-algorithm={requested} to close it with a {requested} digest"
+    )]
+    DigestAlgorithmMismatch {
+        upload: &'static str,
+        requested: &'static str,
+    },
+    #[error("the digest query parameter is required to close an upload")]
+    DigestMissing,
+    #[error("chunk starts at byte {start} but the upload has {received} bytes; send chunks in order")]
+    ChunkOutOfOrder { start: u64, received: u64 },
+    #[error("Content-Range {0:?} is malformed; expected <start>-<end>")]
+    ContentRangeInvalid(String),
+    #[error("Content-Length {declared} does not match the {actual} bytes the range names")]
+    ChunkLengthMismatch { declared: u64, actual: u64 },
+    #[error("requested range is outside the blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("body of {size} bytes exceeds the limit of {limit} bytes")]
+    BodyTooLarge { size: u64, limit: u64 },
+    #[error("the request body failed: {0}")]
+    RequestBody(String),
+    #[error("invalid query parameter {name}: {value:?}")]
+    InvalidQuery { name: &'static str, value: String },
+    #[error(
+        "{0} is not supported: Pier One never deletes through the API, so that deployed artifacts stay auditable"
+    )]
+    DeleteRefused(&'static str),
+    #[error("method {0} is not supported on this endpoint")]
+    MethodNotAllowed(hyper::Method),
+    #[error("no such endpoint")]
+    NoRoute,
+}
+
+impl From<pierone_protocol::Error> for RegistryError {
+    fn from(e: pierone_protocol::Error) -> Self {
+        RegistryError::Protocol(e)
+    }
+}
+
+/// Extra data some errors put in response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorHeaders {
+    None,
+    /// `Range: 0-<received-1>` so the client can resume.
+    UploadRange(u64),
+    /// `Content-Range: bytes */<size>` for an unsatisfiable read.
+    BlobSize(u64),
+}
+
+impl RegistryError {
+    /// The HTTP status and OCI error code. Exhaustive by design: a new error variant must
+    /// decide here how clients see it.
+    ///
+    /// The spec has no code for server faults; 5xx answers use `UNSUPPORTED` (the operation
+    /// could not be done) and `TOOMANYREQUESTS` for "unavailable, retry later", so that every
+    /// body still carries one of the fourteen codes.
+    pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
+        use pierone_blobstore::Error as B;
+        use pierone_protocol::Error as P;
+        use pierone_tagstore::Error as T;
+        match self {
+            RegistryError::Protocol(e) => match e {
+                P::InvalidName { .. } => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
+                P::InvalidTag(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
+                P::InvalidDigest(_) | P::UnsupportedDigestAlgorithm(_) => {
+                    (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
+                }
+                P::InvalidUploadId(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+                P::CorruptHashState => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported),
+                P::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
+                P::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
+            },
+            RegistryError::Blobs(e) => match e {
+                B::Io { .. } | B::Backend(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+                }
+                B::Body(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
+                B::UploadUnknown(_) | B::UploadTruncated { .. } => {
+                    (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown)
+                }
+                B::UploadBusy(_) => (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid),
+                B::RangeNotSatisfiable { .. } => {
+                    (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
+                }
+            },
+            RegistryError::Tags(e) => match e {
+                T::TagImmutable { .. } | T::LatestNotAllowed => {
+                    (StatusCode::CONFLICT, ErrorCode::Denied)
+                }
+                T::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+                T::UploadOffsetConflict { .. } => {
+                    (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid)
+                }
+                T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
+                T::Query(_) | T::Corrupt(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+                }
+            },
+            RegistryError::BlobUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
+            RegistryError::ManifestUnknown(..) => (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
+            RegistryError::NameUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            RegistryError::UploadUnknown => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+            RegistryError::ManifestBlobUnknown(_) | RegistryError::ManifestChildUnknown(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown)
+            }
+            RegistryError::DigestMismatch { .. }
+            | RegistryError::DigestAlgorithmMismatch { .. }
+            | RegistryError::DigestMissing => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+            RegistryError::ChunkOutOfOrder { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid)
+            }
+            RegistryError::ContentRangeInvalid(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid)
+            }
+            RegistryError::ChunkLengthMismatch { .. } => {
+                (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid)
+            }
+            RegistryError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
+            }
+            RegistryError::BodyTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid)
+            }
+            RegistryError::RequestBody(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
+            RegistryError::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
+            RegistryError::DeleteRefused(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
+            }
+            RegistryError::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
+            }
+            RegistryError::NoRoute => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+        }
+    }
+
+    /// Structured detail for the error envelope, where there is something a client can use.
+    pub fn detail(&self) -> Option<serde_json::Value> {
+        match self {
+            RegistryError::Tags(pierone_tagstore::Error::TagImmutable { repo, tag, existing }) => {
+                Some(serde_json::json!({
+                    "repository": repo.as_str(),
+                    "tag": tag.as_str(),
+                    "digest": existing.as_str(),
+                }))
+            }
+            RegistryError::DigestMismatch { expected, actual } => Some(serde_json::json!({
+                "expected": expected.as_str(),
+                "actual": actual.as_str(),
+            })),
+            RegistryError::ManifestBlobUnknown(d) | RegistryError::ManifestChildUnknown(d) => {
+                Some(serde_json::json!({ "digest": d.as_str() }))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn headers(&self) -> ErrorHeaders {
+        match self {
+            RegistryError::ChunkOutOfOrder { received, .. } => ErrorHeaders::UploadRange(*received),
+            RegistryError::Tags(pierone_tagstore::Error::UploadOffsetConflict { actual, .. }) => {
+                ErrorHeaders::UploadRange(*actual)
+            }
+            RegistryError::RangeNotSatisfiable { size }
+            | RegistryError::Blobs(pierone_blobstore::Error::RangeNotSatisfiable { size, .. }) => {
+                ErrorHeaders::BlobSize(*size)
+            }
+            _ => ErrorHeaders::None,
+        }
+    }
+}
+
