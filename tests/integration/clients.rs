@@ -1,0 +1,206 @@
+//! Real clients against the real server: skopeo and podman from Debian, and the `oras` Python
+//! SDK. These are not optional: `.ci/run` installs the tools, and a missing tool fails here.
+
+use std::path::Path;
+use std::process::Command;
+
+use pierone_protocol::Digest;
+use serde_json::{Value, json};
+
+use crate::util::{OCI_INDEX, OCI_MANIFEST, TestServer};
+
+/// Run a command to completion off the async workers; returns (success, stdout, stderr).
+async fn run(cmd: &str, args: Vec<String>) -> (bool, String, String) {
+    let cmd = cmd.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(&cmd)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd} (is it installed? .ci/run installs it): {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn ok(cmd: &str, args: &[&str]) -> String {
+    let (success, stdout, stderr) = run(cmd, args.iter().map(|s| s.to_string()).collect()).await;
+    assert!(success, "{cmd} {args:?} failed:\n{stderr}");
+    stdout
+}
+
+fn write_blob(layout: &Path, data: &[u8]) -> (Digest, usize) {
+    let d = Digest::sha256_of(data);
+    let dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(d.hex()), data).unwrap();
+    (d, data.len())
+}
+
+/// A one-layer image for `arch` whose single file says `content`; returns the manifest
+/// descriptor as JSON.
+fn image(layout: &Path, arch: &str, content: &str) -> Value {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "hello.txt", content.as_bytes()).unwrap();
+    let layer = tar.into_inner().unwrap();
+    let (ld, ls) = write_blob(layout, &layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": ["/bin/true"]},
+        "rootfs": {"type": "layers", "diff_ids": [ld.as_str()]},
+    }))
+    .unwrap();
+    let (cd, cs) = write_blob(layout, &config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.as_str(), "size": ls}],
+    }))
+    .unwrap();
+    let (md, ms) = write_blob(layout, &manifest);
+    json!({"mediaType": OCI_MANIFEST, "digest": md.as_str(), "size": ms,
+           "platform": {"architecture": arch, "os": "linux"}})
+}
+
+/// An OCI layout with images `one` and `two` (single-arch) and `multi` (an index).
+fn layout(dir: &Path, salt: &str) {
+    let one = image(dir, "amd64", &format!("one {salt}"));
+    let two = image(dir, "amd64", &format!("two {salt}"));
+    let amd = image(dir, "amd64", &format!("multi amd64 {salt}"));
+    let arm = image(dir, "arm64", &format!("multi arm64 {salt}"));
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [amd, arm],
+    }))
+    .unwrap();
+    let (xd, xs) = write_blob(dir, &index);
+    let named = |mut d: Value, name: &str| {
+        d["annotations"] = json!({"org.opencontainers.image.ref.name": name});
+        d
+    };
+    let top = json!({
+        "schemaVersion": 2,
+        "manifests": [
+            named(one, "one"),
+            named(two, "two"),
+            named(json!({"mediaType": OCI_INDEX, "digest": xd.as_str(), "size": xs}), "multi"),
+        ],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+fn no_tls() -> [&'static str; 2] {
+    ["--src-tls-verify=false", "--dest-tls-verify=false"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pushes_pulls_copies_and_respects_immutability() {
+    let s = TestServer::start().await;
+    let host = s.host().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let lay = work.path().join("layout");
+    layout(&lay, "skopeo");
+    let src = |name: &str| format!("oci:{}:{name}", lay.display());
+    let dst = |repo: &str| format!("docker://{host}/{repo}");
+    let [a, b] = no_tls();
+
+    // OCI push, then the identical push again (a CI re-run) succeeds.
+    ok("skopeo", &["copy", a, b, &src("one"), &dst("team/app:1.0")]).await;
+    ok("skopeo", &["copy", a, b, &src("one"), &dst("team/app:1.0")]).await;
+    // A different image on the same tag is refused, and the user sees why.
+    let (success, _, stderr) = run(
+        "skopeo",
+        ["copy", a, b, &src("two"), &dst("team/app:1.0")].iter().map(|s| s.to_string()).collect(),
+    )
+    .await;
+    assert!(!success, "re-tagging must fail");
+    assert!(stderr.contains("immutable") || stderr.contains("already names"), "{stderr}");
+
+    // Docker schema2 conversion, and a multi-arch index with all its children.
+    ok("skopeo", &["copy", a, b, "--format", "v2s2", &src("two"), &dst("team/docker:1.0")]).await;
+    let raw = ok("skopeo", &["inspect", "--raw", "--tls-verify=false", &dst("team/docker:1.0")]).await;
+    assert!(raw.contains("application/vnd.docker.distribution.manifest.v2+json"), "{raw}");
+    ok("skopeo", &["copy", a, b, "--all", &src("multi"), &dst("team/multi:1.0")]).await;
+    let raw = ok("skopeo", &["inspect", "--raw", "--tls-verify=false", &dst("team/multi:1.0")]).await;
+    let idx: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(idx["manifests"].as_array().unwrap().len(), 2);
+    let arm = ok(
+        "skopeo",
+        &["inspect", "--tls-verify=false", "--override-arch", "arm64", &dst("team/multi:1.0")],
+    )
+    .await;
+    assert!(arm.contains("arm64"), "{arm}");
+
+    // Registry to registry, across repositories (blob mounts), and back to disk intact.
+    ok("skopeo", &["copy", a, b, "--all", &dst("team/multi:1.0"), &dst("team/multi-copy:1.0")]).await;
+    let out = work.path().join("out");
+    ok("skopeo", &["copy", a, b, "--all", &dst("team/multi-copy:1.0"), &format!("oci:{}:x", out.display())]).await;
+    for entry in std::fs::read_dir(out.join("blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(Digest::sha256_of(&data).hex(), path.file_name().unwrap().to_str().unwrap());
+    }
+    let tags = ok("skopeo", &["list-tags", "--tls-verify=false", &dst("team/app")]).await;
+    assert!(tags.contains("\"1.0\""), "{tags}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_and_pushes() {
+    let s = TestServer::start().await;
+    let host = s.host().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let lay = work.path().join("layout");
+    let salt = format!("podman-{}", std::process::id());
+    layout(&lay, &salt);
+    let [a, b] = no_tls();
+    ok("skopeo", &["copy", a, b, &format!("oci:{}:one", lay.display()), &format!("docker://{host}/team/seed:1.0")]).await;
+    ok("skopeo", &["copy", a, b, &format!("oci:{}:two", lay.display()), &format!("docker://{host}/team/seed:2.0")]).await;
+
+    let image = |r: &str| format!("{host}/{r}");
+    ok("podman", &["pull", "--tls-verify=false", &image("team/seed:1.0")]).await;
+    ok("podman", &["tag", &image("team/seed:1.0"), &image("team/pod:1.0")]).await;
+    ok("podman", &["push", "--tls-verify=false", &image("team/pod:1.0")]).await;
+    // Identical again: fine.
+    ok("podman", &["push", "--tls-verify=false", &image("team/pod:1.0")]).await;
+    // A different image under the same tag: refused with the registry's message.
+    ok("podman", &["pull", "--tls-verify=false", &image("team/seed:2.0")]).await;
+    ok("podman", &["tag", &image("team/seed:2.0"), &image("team/pod:1.0")]).await;
+    let (success, _, stderr) = run(
+        "podman",
+        ["push", "--tls-verify=false", &image("team/pod:1.0")].iter().map(|s| s.to_string()).collect(),
+    )
+    .await;
+    assert!(!success, "podman must not move an immutable tag");
+    assert!(stderr.contains("immutable") || stderr.contains("already names"), "{stderr}");
+
+    let inspect = ok("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{}", image("team/pod:1.0"))]).await;
+    let seed = ok("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{}", image("team/seed:1.0"))]).await;
+    let layers = |s: &str| serde_json::from_str::<Value>(s).unwrap()["Layers"].clone();
+    assert_eq!(layers(&inspect), layers(&seed), "pushed layers are the pulled ones");
+    for r in ["team/seed:1.0", "team/seed:2.0", "team/pod:1.0"] {
+        let _ = run("podman", vec!["rmi".into(), "-f".into(), image(r)]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oras_python_sdk_pushes_artifacts_with_subject_and_finds_referrers() {
+    let s = TestServer::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/clients/oras_check.py");
+    let work = tempfile::tempdir().unwrap();
+    let (success, stdout, stderr) = run(
+        "python3",
+        vec![script.to_owned(), s.host().to_owned(), work.path().display().to_string()],
+    )
+    .await;
+    assert!(success, "oras check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ORAS OK"), "{stdout}");
+}

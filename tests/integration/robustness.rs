@@ -1,0 +1,260 @@
+//! What must hold under races, crashes, restarts, huge bodies and shutdown.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pierone_protocol::{Digest, Hasher};
+use reqwest::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::{Client, OCI_MANIFEST, Process, TestServer, header, location, oci_error};
+
+/// Deterministic pseudo-random bytes, generated in chunks so tests never hold a big blob.
+fn chunk(seed: u64, index: u64, len: usize) -> Bytes {
+    let mut x = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+fn digest_of_chunks(seed: u64, n: u64, len: usize) -> Digest {
+    let mut h = Hasher::new(pierone_protocol::Algorithm::Sha256);
+    for i in 0..n {
+        h.update(&chunk(seed, i, len));
+    }
+    h.finish()
+}
+
+/// A streamed request body of `n` chunks, optionally pausing after `pause_after` chunks.
+fn body_stream(seed: u64, n: u64, len: usize, pause_after: Option<u64>) -> reqwest::Body {
+    let s = futures_util::stream::unfold(0u64, move |i| async move {
+        if i == n {
+            return None;
+        }
+        if Some(i) == pause_after {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Some((Ok::<_, std::io::Error>(chunk(seed, i, len)), i + 1))
+    });
+    reqwest::Body::wrap_stream(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pushes_to_one_tag_have_exactly_one_winner() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let mut manifests = vec![];
+    for i in 0..32 {
+        manifests.push(c.image("team/race", &format!("racer-{i}")).await);
+    }
+    let futs = manifests.iter().map(|m| {
+        let c = c.clone();
+        let m = m.clone();
+        tokio::spawn(async move { c.put_manifest("team/race", "1.0", OCI_MANIFEST, &m).await })
+    });
+    let mut winners = vec![];
+    let mut refused = 0;
+    for (i, r) in futures_util::future::join_all(futs).await.into_iter().enumerate() {
+        let r = r.unwrap();
+        if r.status() == StatusCode::CREATED {
+            winners.push(i);
+        } else {
+            let e = oci_error(r, StatusCode::CONFLICT, "DENIED").await;
+            assert!(e.message.contains("team/race:1.0"));
+            refused += 1;
+        }
+    }
+    assert_eq!((winners.len(), refused), (1, 31));
+    let r = c.get("/v2/team/race/manifests/1.0").await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &manifests[winners[0]][..]);
+}
+
+#[tokio::test]
+async fn absurd_content_length_is_refused_before_reading() {
+    let s = TestServer::start().await;
+    for (path, method) in [
+        ("/v2/team/app/blobs/uploads/?digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "POST"),
+        ("/v2/team/app/manifests/1.0", "PUT"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(s.host()).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {OCI_MANIFEST}\r\nContent-Length: 99999999999999\r\n\r\nabc"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains("SIZE_INVALID"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn blob_size_limit_is_enforced_while_streaming() {
+    let s = TestServer::start_with(pierone_registry::Config {
+        max_blob_size: 1000,
+        ..Default::default()
+    })
+    .await;
+    let c = s.client();
+    let loc = c.start_upload("team/app").await;
+    // No Content-Length (chunked transfer): the limit must hold while the bytes arrive.
+    let r = c
+        .req(Method::PATCH, &loc)
+        .body(body_stream(1, 4, 512, None))
+        .send()
+        .await
+        .unwrap();
+    oci_error(r, StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID").await;
+    let r = c.req(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(header(&r, "Range").as_deref(), Some("0-0"));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_uploads_finish() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let d = digest_of_chunks(7, 8, 64 * 1024);
+    let url = format!("/v2/team/app/blobs/uploads/?digest={d}");
+    // A slow body: 8 chunks, 50 ms apart.
+    let body = futures_util::stream::unfold(0u64, |i| async move {
+        if i == 8 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Some((Ok::<_, std::io::Error>(chunk(7, i, 64 * 1024)), i + 1))
+    });
+    let push = tokio::spawn({
+        let c = c.clone();
+        async move { c.req(Method::POST, &url).body(reqwest::Body::wrap_stream(body)).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let url = s.url.clone();
+    s.stop().await;
+    let r = push.await.unwrap().unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "the in-flight push completed");
+    assert!(Client::new(&url).http.get(format!("{url}/v2/")).send().await.is_err(), "no longer accepting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_sessions_survive_a_restart_and_a_crash_mid_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::start(dir.path(), &[]);
+    let c = Client::new(&p.url);
+    let loc = c.start_upload("team/app").await;
+    let len = 256 * 1024;
+    let r = c.req(Method::PATCH, &loc).body(chunk(3, 0, len)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = location(&r);
+
+    // The second chunk is half sent when the server dies.
+    let c2 = c.clone();
+    let loc2 = loc.clone();
+    let partial = tokio::spawn(async move {
+        c2.req(Method::PATCH, &loc2)
+            .body(body_stream(3, 4, len / 4, Some(2)))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.kill9();
+    assert!(partial.await.unwrap().is_err());
+
+    let p = Process::start(dir.path(), &[]);
+    let c = Client::new(&p.url);
+    let r = c.req(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&r, "Range"), Some(format!("0-{}", len - 1)), "only the acknowledged chunk counts");
+
+    let r = c
+        .req(Method::PATCH, &loc)
+        .header("Content-Range", format!("{}-{}", len, 2 * len - 1))
+        .body(chunk(3, 1, len))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let mut h = Hasher::new(pierone_protocol::Algorithm::Sha256);
+    h.update(&chunk(3, 0, len));
+    h.update(&chunk(3, 1, len));
+    let d = h.finish();
+    let r = c.req(Method::PUT, &format!("{}?digest={d}", location(&r))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = c.get(&format!("/v2/team/app/blobs/{d}")).await.bytes().await.unwrap();
+    assert_eq!(got.len(), 2 * len);
+    assert_eq!(Digest::sha256_of(&got), d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_mid_push_leaves_nothing_half_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::start(dir.path(), &[]);
+    let c = Client::new(&p.url);
+    let (n, len) = (16, 1024 * 1024);
+    let d = digest_of_chunks(9, n, len);
+    let m = c.image("team/app", "before-crash").await;
+    assert_eq!(c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m).await.status(), StatusCode::CREATED);
+
+    let c2 = c.clone();
+    let url = format!("/v2/team/app/blobs/uploads/?digest={d}");
+    let push = tokio::spawn(async move {
+        c2.req(Method::POST, &url)
+            .body(body_stream(9, n, len, Some(8)))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.kill9();
+    assert!(push.await.unwrap().is_err());
+
+    let p = Process::start(dir.path(), &[]);
+    let c = Client::new(&p.url);
+    let r = c.req(Method::HEAD, &format!("/v2/team/app/blobs/{d}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a half-pushed blob is never visible");
+    // What was acknowledged before the crash is all there.
+    let r = c.get("/v2/team/app/manifests/1.0").await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &m[..]);
+    // And the same blob can be pushed again from scratch.
+    let r = c
+        .req(Method::POST, &format!("/v2/team/app/blobs/uploads/?digest={d}"))
+        .body(body_stream(9, n, len, None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_while_pushing_and_pulling_a_large_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(dir.path(), &["--no-fsync"]);
+    let c = Client::new(&p.url);
+    let (n, len) = (384u64, 1024 * 1024);
+    let d = digest_of_chunks(11, n, len);
+    let r = c
+        .req(Method::POST, &format!("/v2/team/big/blobs/uploads/?digest={d}"))
+        .body(body_stream(11, n, len, None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let mut r = c.get(&format!("/v2/team/big/blobs/{d}")).await;
+    let mut h = Hasher::new(pierone_protocol::Algorithm::Sha256);
+    let mut total = 0u64;
+    while let Some(b) = r.chunk().await.unwrap() {
+        total += b.len() as u64;
+        h.update(&b);
+    }
+    assert_eq!((total, h.finish()), (n * len as u64, d));
+    let peak_mib = p.peak_rss_kib() / 1024;
+    assert!(peak_mib < 64, "peak RSS {peak_mib} MiB while moving a {} MiB blob", n);
+}
