@@ -10,7 +10,10 @@ async fn ping_answers_with_the_api_version() {
     let s = TestServer::start().await;
     let r = s.client().get("/v2/").await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(header(&r, "Docker-Distribution-API-Version").as_deref(), Some("registry/2.0"));
+    assert_eq!(
+        header(&r, "Docker-Distribution-API-Version").as_deref(),
+        Some("registry/2.0")
+    );
     // Unknown endpoints still carry the header and the envelope.
     let r = s.client().get("/v2/team/app/nothing").await;
     oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
@@ -23,10 +26,17 @@ async fn monolithic_push_then_get_head_and_ranges() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let d = c.push_blob("team/app", &data).await;
 
-    let r = c.req(Method::HEAD, &format!("/v2/team/app/blobs/{d}")).send().await.unwrap();
+    let r = c
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "Content-Length").as_deref(), Some("100000"));
-    assert_eq!(header(&r, "Docker-Content-Digest").as_deref(), Some(d.as_str()));
+    assert_eq!(
+        header(&r, "Docker-Content-Digest").as_deref(),
+        Some(d.as_str())
+    );
 
     let r = c.get(&format!("/v2/team/app/blobs/{d}")).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
@@ -38,7 +48,10 @@ async fn monolithic_push_then_get_head_and_ranges() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(header(&r, "Content-Range").as_deref(), Some("bytes 10-19/100000"));
+    assert_eq!(
+        header(&r, "Content-Range").as_deref(),
+        Some("bytes 10-19/100000")
+    );
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[10..20]);
 
     let r = c
@@ -47,11 +60,18 @@ async fn monolithic_push_then_get_head_and_ranges() {
         .send()
         .await
         .unwrap();
-    assert_eq!(header(&r, "Content-Range").as_deref(), Some("bytes */100000"));
+    assert_eq!(
+        header(&r, "Content-Range").as_deref(),
+        Some("bytes */100000")
+    );
     oci_error(r, StatusCode::RANGE_NOT_SATISFIABLE, "SIZE_INVALID").await;
 
     // Blobs are global and deduplicated: the same digest reads from any repository.
-    let r = c.req(Method::HEAD, &format!("/v2/team/other/blobs/{d}")).send().await.unwrap();
+    let r = c
+        .req(Method::HEAD, &format!("/v2/team/other/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -61,7 +81,12 @@ async fn unknown_blob() {
     let d = Digest::sha256_of(b"nope");
     let r = s.client().get(&format!("/v2/team/app/blobs/{d}")).await;
     oci_error(r, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
-    let r = s.client().req(Method::HEAD, &format!("/v2/team/app/blobs/{d}")).send().await.unwrap();
+    let r = s
+        .client()
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
@@ -97,7 +122,12 @@ async fn chunked_upload_in_order_with_status_and_resume() {
     oci_error(r, StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID").await;
 
     // A streamed chunk without Content-Range (what docker sends).
-    let r = c.req(Method::PATCH, &loc).body(", world").send().await.unwrap();
+    let r = c
+        .req(Method::PATCH, &loc)
+        .body(", world")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(header(&r, "Range").as_deref(), Some("0-11"));
 
@@ -114,7 +144,12 @@ async fn chunked_upload_in_order_with_status_and_resume() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(location(&r), format!("/v2/team/app/blobs/{d}"));
-    let body = c.get(&format!("/v2/team/app/blobs/{d}")).await.bytes().await.unwrap();
+    let body = c
+        .get(&format!("/v2/team/app/blobs/{d}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(body.as_ref(), b"hello, world!");
 
     // The session is gone once closed.
@@ -136,7 +171,11 @@ async fn chunk_length_must_match_its_range() {
         .unwrap();
     oci_error(r, StatusCode::BAD_REQUEST, "SIZE_INVALID").await;
     let r = c.req(Method::GET, &loc).send().await.unwrap();
-    assert_eq!(header(&r, "Range").as_deref(), Some("0-0"), "nothing was accepted");
+    assert_eq!(
+        header(&r, "Range").as_deref(),
+        Some("0-0"),
+        "nothing was accepted"
+    );
 }
 
 #[tokio::test]
@@ -145,7 +184,10 @@ async fn digest_mismatch_publishes_nothing() {
     let c = s.client();
     let claimed = Digest::sha256_of(b"what the client claims");
     let r = c
-        .req(Method::POST, &format!("/v2/team/app/blobs/uploads/?digest={claimed}"))
+        .req(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?digest={claimed}"),
+        )
         .body("something else")
         .send()
         .await
@@ -153,35 +195,69 @@ async fn digest_mismatch_publishes_nothing() {
     let e = oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     assert_eq!(e.detail["expected"], claimed.as_str());
     for d in [claimed, Digest::sha256_of(b"something else")] {
-        let r = c.req(Method::HEAD, &format!("/v2/team/app/blobs/{d}")).send().await.unwrap();
+        let r = c
+            .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{d} must not be visible");
     }
 
     // Same through a chunked upload closed with the wrong digest.
     let loc = c.start_upload("team/app").await;
-    let r = c.req(Method::PATCH, &loc).body("chunked data").send().await.unwrap();
+    let r = c
+        .req(Method::PATCH, &loc)
+        .body("chunked data")
+        .send()
+        .await
+        .unwrap();
     let loc = location(&r);
     let wrong = Digest::sha256_of(b"other");
-    let r = c.req(Method::PUT, &format!("{loc}?digest={wrong}")).send().await.unwrap();
+    let r = c
+        .req(Method::PUT, &format!("{loc}?digest={wrong}"))
+        .send()
+        .await
+        .unwrap();
     oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     let r = c
-        .req(Method::HEAD, &format!("/v2/team/app/blobs/{}", Digest::sha256_of(b"chunked data")))
+        .req(
+            Method::HEAD,
+            &format!("/v2/team/app/blobs/{}", Digest::sha256_of(b"chunked data")),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Malformed and unsupported digests.
-    let r = c.req(Method::POST, "/v2/team/app/blobs/uploads/?digest=sha256:xyz").body("x").send().await.unwrap();
-    oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     let r = c
-        .req(Method::POST, "/v2/team/app/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e")
+        .req(
+            Method::POST,
+            "/v2/team/app/blobs/uploads/?digest=sha256:xyz",
+        )
         .body("x")
         .send()
         .await
         .unwrap();
     oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
-    let r = c.req(Method::PUT, &format!("{}?digest=", c.start_upload("team/app").await)).send().await.unwrap();
+    let r = c
+        .req(
+            Method::POST,
+            "/v2/team/app/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e",
+        )
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    let r = c
+        .req(
+            Method::PUT,
+            &format!("{}?digest=", c.start_upload("team/app").await),
+        )
+        .send()
+        .await
+        .unwrap();
     oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
 }
 
@@ -193,22 +269,41 @@ async fn sha512_uploads() {
     h.update(b"five-twelve");
     let d = h.finish();
     let r = c
-        .req(Method::POST, &format!("/v2/team/app/blobs/uploads/?digest={d}"))
+        .req(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+        )
         .body("five-twelve")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(c.get(&format!("/v2/team/app/blobs/{d}")).await.bytes().await.unwrap().as_ref(), b"five-twelve");
+    assert_eq!(
+        c.get(&format!("/v2/team/app/blobs/{d}"))
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        b"five-twelve"
+    );
 
     // Chunked: the algorithm is chosen when the session starts.
     let r = c
-        .req(Method::POST, "/v2/team/app/blobs/uploads/?digest-algorithm=sha512")
+        .req(
+            Method::POST,
+            "/v2/team/app/blobs/uploads/?digest-algorithm=sha512",
+        )
         .send()
         .await
         .unwrap();
     let loc = location(&r);
-    let r = c.req(Method::PATCH, &loc).body("five-").send().await.unwrap();
+    let r = c
+        .req(Method::PATCH, &loc)
+        .body("five-")
+        .send()
+        .await
+        .unwrap();
     let r = c
         .req(Method::PUT, &format!("{}?digest={d}", location(&r)))
         .body("twelve")
@@ -219,9 +314,18 @@ async fn sha512_uploads() {
 
     // A sha256 session cannot be closed with a sha512 digest: it was never hashed that way.
     let loc = c.start_upload("team/app").await;
-    let r = c.req(Method::PUT, &format!("{loc}?digest={d}")).body("five-twelve").send().await.unwrap();
+    let r = c
+        .req(Method::PUT, &format!("{loc}?digest={d}"))
+        .body("five-twelve")
+        .send()
+        .await
+        .unwrap();
     let e = oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
-    assert!(e.message.contains("digest-algorithm=sha512"), "{}", e.message);
+    assert!(
+        e.message.contains("digest-algorithm=sha512"),
+        "{}",
+        e.message
+    );
 }
 
 #[tokio::test]
@@ -230,18 +334,27 @@ async fn cross_repository_mount() {
     let c = s.client();
     let d = c.push_blob("team/source", b"shared layer").await;
     let r = c
-        .req(Method::POST, &format!("/v2/team/target/blobs/uploads/?mount={d}&from=team/source"))
+        .req(
+            Method::POST,
+            &format!("/v2/team/target/blobs/uploads/?mount={d}&from=team/source"),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(location(&r), format!("/v2/team/target/blobs/{d}"));
-    assert_eq!(header(&r, "Docker-Content-Digest").as_deref(), Some(d.as_str()));
+    assert_eq!(
+        header(&r, "Docker-Content-Digest").as_deref(),
+        Some(d.as_str())
+    );
 
     // Mounting something absent falls back to a fresh upload session.
     let missing = Digest::sha256_of(b"absent");
     let r = c
-        .req(Method::POST, &format!("/v2/team/target/blobs/uploads/?mount={missing}&from=team/source"))
+        .req(
+            Method::POST,
+            &format!("/v2/team/target/blobs/uploads/?mount={missing}&from=team/source"),
+        )
         .send()
         .await
         .unwrap();
@@ -265,7 +378,11 @@ async fn cancelled_upload_is_gone() {
     let other = loc.replace("team/app", "team/other");
     let r = c.req(Method::GET, &other).send().await.unwrap();
     oci_error(r, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
-    let r = c.req(Method::GET, "/v2/team/app/blobs/uploads/no-such-upload").send().await.unwrap();
+    let r = c
+        .req(Method::GET, "/v2/team/app/blobs/uploads/no-such-upload")
+        .send()
+        .await
+        .unwrap();
     oci_error(r, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
 }
 
@@ -274,18 +391,33 @@ async fn nothing_is_deleted_through_the_api() {
     let s = TestServer::start().await;
     let c = s.client();
     let d = c.push_blob("team/app", b"keep me").await;
-    let r = c.req(Method::DELETE, &format!("/v2/team/app/blobs/{d}")).send().await.unwrap();
+    let r = c
+        .req(Method::DELETE, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
     oci_error(r, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED").await;
     let m = c.image("team/app", "del").await;
-    let r = c.put_manifest("team/app", "1.0", crate::util::OCI_MANIFEST, &m).await;
+    let r = c
+        .put_manifest("team/app", "1.0", crate::util::OCI_MANIFEST, &m)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let md = Digest::sha256_of(&m);
-    for path in ["/v2/team/app/manifests/1.0".to_owned(), format!("/v2/team/app/manifests/{md}")] {
+    for path in [
+        "/v2/team/app/manifests/1.0".to_owned(),
+        format!("/v2/team/app/manifests/{md}"),
+    ] {
         let r = c.req(Method::DELETE, &path).send().await.unwrap();
         oci_error(r, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED").await;
     }
-    assert_eq!(c.get("/v2/team/app/manifests/1.0").await.status(), StatusCode::OK);
-    assert_eq!(c.get(&format!("/v2/team/app/blobs/{d}")).await.status(), StatusCode::OK);
+    assert_eq!(
+        c.get("/v2/team/app/manifests/1.0").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.get(&format!("/v2/team/app/blobs/{d}")).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -303,10 +435,20 @@ async fn bad_names_are_name_invalid() {
         let e = oci_error(r, StatusCode::BAD_REQUEST, "NAME_INVALID").await;
         assert!(!e.message.is_empty());
     }
-    let r = c.req(Method::POST, "/v2/single/blobs/uploads/").send().await.unwrap();
+    let r = c
+        .req(Method::POST, "/v2/single/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
     oci_error(r, StatusCode::BAD_REQUEST, "NAME_INVALID").await;
-    assert!(c.get("/v2/_catalog").await.json::<serde_json::Value>().await.unwrap()["repositories"]
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert!(
+        c.get("/v2/_catalog")
+            .await
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["repositories"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -13,10 +13,9 @@ use crate::util::{OCI_INDEX, OCI_MANIFEST, TestServer};
 async fn run(cmd: &str, args: Vec<String>) -> (bool, String, String) {
     let cmd = cmd.to_owned();
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(&cmd)
-            .args(&args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd} (is it installed? .ci/run installs it): {e}"));
+        let out = Command::new(&cmd).args(&args).output().unwrap_or_else(|e| {
+            panic!("cannot run {cmd} (is it installed? .ci/run installs it): {e}")
+        });
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -50,7 +49,8 @@ fn image(layout: &Path, arch: &str, content: &str) -> Value {
     header.set_mode(0o644);
     header.set_mtime(0);
     header.set_cksum();
-    tar.append_data(&mut header, "hello.txt", content.as_bytes()).unwrap();
+    tar.append_data(&mut header, "hello.txt", content.as_bytes())
+        .unwrap();
     let layer = tar.into_inner().unwrap();
     let (ld, ls) = write_blob(layout, &layer);
     let config = serde_json::to_vec(&json!({
@@ -119,37 +119,115 @@ async fn skopeo_pushes_pulls_copies_and_respects_immutability() {
     // A different image on the same tag is refused, and the user sees why.
     let (success, _, stderr) = run(
         "skopeo",
-        ["copy", a, b, &src("two"), &dst("team/app:1.0")].iter().map(|s| s.to_string()).collect(),
+        ["copy", a, b, &src("two"), &dst("team/app:1.0")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     )
     .await;
     assert!(!success, "re-tagging must fail");
-    assert!(stderr.contains("immutable") || stderr.contains("already names"), "{stderr}");
+    assert!(
+        stderr.contains("immutable") || stderr.contains("already names"),
+        "{stderr}"
+    );
 
     // Docker schema2 conversion, and a multi-arch index with all its children.
-    ok("skopeo", &["copy", a, b, "--format", "v2s2", &src("two"), &dst("team/docker:1.0")]).await;
-    let raw = ok("skopeo", &["inspect", "--raw", "--tls-verify=false", &dst("team/docker:1.0")]).await;
-    assert!(raw.contains("application/vnd.docker.distribution.manifest.v2+json"), "{raw}");
-    ok("skopeo", &["copy", a, b, "--all", &src("multi"), &dst("team/multi:1.0")]).await;
-    let raw = ok("skopeo", &["inspect", "--raw", "--tls-verify=false", &dst("team/multi:1.0")]).await;
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            a,
+            b,
+            "--format",
+            "v2s2",
+            &src("two"),
+            &dst("team/docker:1.0"),
+        ],
+    )
+    .await;
+    let raw = ok(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &dst("team/docker:1.0"),
+        ],
+    )
+    .await;
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw}"
+    );
+    ok(
+        "skopeo",
+        &["copy", a, b, "--all", &src("multi"), &dst("team/multi:1.0")],
+    )
+    .await;
+    let raw = ok(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &dst("team/multi:1.0"),
+        ],
+    )
+    .await;
     let idx: Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(idx["manifests"].as_array().unwrap().len(), 2);
     let arm = ok(
         "skopeo",
-        &["inspect", "--tls-verify=false", "--override-arch", "arm64", &dst("team/multi:1.0")],
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--override-arch",
+            "arm64",
+            &dst("team/multi:1.0"),
+        ],
     )
     .await;
     assert!(arm.contains("arm64"), "{arm}");
 
     // Registry to registry, across repositories (blob mounts), and back to disk intact.
-    ok("skopeo", &["copy", a, b, "--all", &dst("team/multi:1.0"), &dst("team/multi-copy:1.0")]).await;
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            a,
+            b,
+            "--all",
+            &dst("team/multi:1.0"),
+            &dst("team/multi-copy:1.0"),
+        ],
+    )
+    .await;
     let out = work.path().join("out");
-    ok("skopeo", &["copy", a, b, "--all", &dst("team/multi-copy:1.0"), &format!("oci:{}:x", out.display())]).await;
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            a,
+            b,
+            "--all",
+            &dst("team/multi-copy:1.0"),
+            &format!("oci:{}:x", out.display()),
+        ],
+    )
+    .await;
     for entry in std::fs::read_dir(out.join("blobs/sha256")).unwrap() {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
-        assert_eq!(Digest::sha256_of(&data).hex(), path.file_name().unwrap().to_str().unwrap());
+        assert_eq!(
+            Digest::sha256_of(&data).hex(),
+            path.file_name().unwrap().to_str().unwrap()
+        );
     }
-    let tags = ok("skopeo", &["list-tags", "--tls-verify=false", &dst("team/app")]).await;
+    let tags = ok(
+        "skopeo",
+        &["list-tags", "--tls-verify=false", &dst("team/app")],
+    )
+    .await;
     assert!(tags.contains("\"1.0\""), "{tags}");
 }
 
@@ -162,30 +240,100 @@ async fn podman_pulls_and_pushes() {
     let salt = format!("podman-{}", std::process::id());
     layout(&lay, &salt);
     let [a, b] = no_tls();
-    ok("skopeo", &["copy", a, b, &format!("oci:{}:one", lay.display()), &format!("docker://{host}/team/seed:1.0")]).await;
-    ok("skopeo", &["copy", a, b, &format!("oci:{}:two", lay.display()), &format!("docker://{host}/team/seed:2.0")]).await;
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            a,
+            b,
+            &format!("oci:{}:one", lay.display()),
+            &format!("docker://{host}/team/seed:1.0"),
+        ],
+    )
+    .await;
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            a,
+            b,
+            &format!("oci:{}:two", lay.display()),
+            &format!("docker://{host}/team/seed:2.0"),
+        ],
+    )
+    .await;
 
     let image = |r: &str| format!("{host}/{r}");
-    ok("podman", &["pull", "--tls-verify=false", &image("team/seed:1.0")]).await;
-    ok("podman", &["tag", &image("team/seed:1.0"), &image("team/pod:1.0")]).await;
-    ok("podman", &["push", "--tls-verify=false", &image("team/pod:1.0")]).await;
+    ok(
+        "podman",
+        &["pull", "--tls-verify=false", &image("team/seed:1.0")],
+    )
+    .await;
+    ok(
+        "podman",
+        &["tag", &image("team/seed:1.0"), &image("team/pod:1.0")],
+    )
+    .await;
+    ok(
+        "podman",
+        &["push", "--tls-verify=false", &image("team/pod:1.0")],
+    )
+    .await;
     // Identical again: fine.
-    ok("podman", &["push", "--tls-verify=false", &image("team/pod:1.0")]).await;
+    ok(
+        "podman",
+        &["push", "--tls-verify=false", &image("team/pod:1.0")],
+    )
+    .await;
     // A different image under the same tag: refused with the registry's message.
-    ok("podman", &["pull", "--tls-verify=false", &image("team/seed:2.0")]).await;
-    ok("podman", &["tag", &image("team/seed:2.0"), &image("team/pod:1.0")]).await;
+    ok(
+        "podman",
+        &["pull", "--tls-verify=false", &image("team/seed:2.0")],
+    )
+    .await;
+    ok(
+        "podman",
+        &["tag", &image("team/seed:2.0"), &image("team/pod:1.0")],
+    )
+    .await;
     let (success, _, stderr) = run(
         "podman",
-        ["push", "--tls-verify=false", &image("team/pod:1.0")].iter().map(|s| s.to_string()).collect(),
+        ["push", "--tls-verify=false", &image("team/pod:1.0")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     )
     .await;
     assert!(!success, "podman must not move an immutable tag");
-    assert!(stderr.contains("immutable") || stderr.contains("already names"), "{stderr}");
+    assert!(
+        stderr.contains("immutable") || stderr.contains("already names"),
+        "{stderr}"
+    );
 
-    let inspect = ok("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{}", image("team/pod:1.0"))]).await;
-    let seed = ok("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{}", image("team/seed:1.0"))]).await;
+    let inspect = ok(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}", image("team/pod:1.0")),
+        ],
+    )
+    .await;
+    let seed = ok(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}", image("team/seed:1.0")),
+        ],
+    )
+    .await;
     let layers = |s: &str| serde_json::from_str::<Value>(s).unwrap()["Layers"].clone();
-    assert_eq!(layers(&inspect), layers(&seed), "pushed layers are the pulled ones");
+    assert_eq!(
+        layers(&inspect),
+        layers(&seed),
+        "pushed layers are the pulled ones"
+    );
     for r in ["team/seed:1.0", "team/seed:2.0", "team/pod:1.0"] {
         let _ = run("podman", vec!["rmi".into(), "-f".into(), image(r)]).await;
     }
@@ -194,11 +342,18 @@ async fn podman_pulls_and_pushes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oras_python_sdk_pushes_artifacts_with_subject_and_finds_referrers() {
     let s = TestServer::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/clients/oras_check.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/clients/oras_check.py"
+    );
     let work = tempfile::tempdir().unwrap();
     let (success, stdout, stderr) = run(
         "python3",
-        vec![script.to_owned(), s.host().to_owned(), work.path().display().to_string()],
+        vec![
+            script.to_owned(),
+            s.host().to_owned(),
+            work.path().display().to_string(),
+        ],
     )
     .await;
     assert!(success, "oras check failed:\n{stdout}\n{stderr}");

@@ -1,6 +1,9 @@
 //! The integration tests of pierone: the real server driven over HTTP on 127.0.0.1, by this
 //! crate's client and by real container tools (skopeo, podman, oras).
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod blobs;
 mod clients;
 mod manifests;

@@ -6,7 +6,9 @@ use pierone_tagstore::TagPolicy;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::util::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, TestServer, header, oci_error};
+use crate::util::{
+    DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, TestServer, header, oci_error,
+};
 
 #[tokio::test]
 async fn manifests_are_served_byte_for_byte_by_tag_and_digest() {
@@ -16,21 +18,39 @@ async fn manifests_are_served_byte_for_byte_by_tag_and_digest() {
     let m = c.image("team/app", "bytes").await;
     let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&m).unwrap()).unwrap();
     let d = Digest::sha256_of(&pretty);
-    let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &pretty).await;
+    let r = c
+        .put_manifest("team/app", "1.0", OCI_MANIFEST, &pretty)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(header(&r, "Docker-Content-Digest").as_deref(), Some(d.as_str()));
-    assert_eq!(header(&r, "Location"), Some(format!("/v2/team/app/manifests/{d}")));
+    assert_eq!(
+        header(&r, "Docker-Content-Digest").as_deref(),
+        Some(d.as_str())
+    );
+    assert_eq!(
+        header(&r, "Location"),
+        Some(format!("/v2/team/app/manifests/{d}"))
+    );
 
     for reference in ["1.0".to_owned(), d.to_string()] {
         let r = c.get(&format!("/v2/team/app/manifests/{reference}")).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(header(&r, "Content-Type").as_deref(), Some(OCI_MANIFEST));
-        assert_eq!(header(&r, "Docker-Content-Digest").as_deref(), Some(d.as_str()));
+        assert_eq!(
+            header(&r, "Docker-Content-Digest").as_deref(),
+            Some(d.as_str())
+        );
         assert_eq!(r.bytes().await.unwrap().as_ref(), &pretty[..]);
-        let r = c.req(Method::HEAD, &format!("/v2/team/app/manifests/{reference}")).send().await.unwrap();
+        let r = c
+            .req(Method::HEAD, &format!("/v2/team/app/manifests/{reference}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(header(&r, "Content-Length"), Some(pretty.len().to_string()));
-        assert_eq!(header(&r, "Docker-Content-Digest").as_deref(), Some(d.as_str()));
+        assert_eq!(
+            header(&r, "Docker-Content-Digest").as_deref(),
+            Some(d.as_str())
+        );
     }
     // Pushed to team/app only.
     let r = c.get(&format!("/v2/team/other/manifests/{d}")).await;
@@ -49,14 +69,18 @@ async fn docker_schema2_and_push_by_digest() {
     v["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json".into();
     let body = serde_json::to_vec(&v).unwrap();
     let d = Digest::sha256_of(&body);
-    let r = c.put_manifest("team/app", &d.to_string(), DOCKER_MANIFEST, &body).await;
+    let r = c
+        .put_manifest("team/app", &d.to_string(), DOCKER_MANIFEST, &body)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let r = c.get(&format!("/v2/team/app/manifests/{d}")).await;
     assert_eq!(header(&r, "Content-Type").as_deref(), Some(DOCKER_MANIFEST));
 
     // By digest, the body must hash to the digest in the URL.
     let wrong = Digest::sha256_of(b"not it");
-    let r = c.put_manifest("team/app", &wrong.to_string(), DOCKER_MANIFEST, &body).await;
+    let r = c
+        .put_manifest("team/app", &wrong.to_string(), DOCKER_MANIFEST, &body)
+        .await;
     oci_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
 }
 
@@ -82,10 +106,15 @@ async fn indexes_need_their_children() {
     let r = c.put_manifest("team/multi", "1.0", OCI_INDEX, &oci).await;
     let e = oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
     assert_eq!(e.detail["digest"], da.as_str());
-    assert_eq!(c.get("/v2/team/multi/manifests/1.0").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.get("/v2/team/multi/manifests/1.0").await.status(),
+        StatusCode::NOT_FOUND
+    );
 
     for (d, m) in [(&da, &amd), (&db, &arm)] {
-        let r = c.put_manifest("team/multi", &d.to_string(), OCI_MANIFEST, m).await;
+        let r = c
+            .put_manifest("team/multi", &d.to_string(), OCI_MANIFEST, m)
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     let r = c.put_manifest("team/multi", "1.0", OCI_INDEX, &oci).await;
@@ -96,7 +125,9 @@ async fn indexes_need_their_children() {
 
     // A Docker manifest list is accepted too (children are OCI here; only existence matters).
     let list = index(DOCKER_LIST, OCI_MANIFEST);
-    let r = c.put_manifest("team/multi", "1.0-list", DOCKER_LIST, &list).await;
+    let r = c
+        .put_manifest("team/multi", "1.0-list", DOCKER_LIST, &list)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
@@ -110,21 +141,32 @@ async fn invalid_manifests_change_nothing() {
     missing_layer["layers"][0]["digest"] = ghost.as_str().into();
     let missing_layer = serde_json::to_vec(&missing_layer).unwrap();
 
-    let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &missing_layer).await;
+    let r = c
+        .put_manifest("team/app", "1.0", OCI_MANIFEST, &missing_layer)
+        .await;
     let e = oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
     assert_eq!(e.detail["digest"], ghost.as_str());
 
+    let mut wrong_size: Value = serde_json::from_slice(&good).unwrap();
+    wrong_size["layers"][0]["size"] = 1.into();
+    let wrong_size = serde_json::to_vec(&wrong_size).unwrap();
     for (ct, body) in [
-        (OCI_MANIFEST, &b"{not json"[..]),
+        (OCI_MANIFEST, &wrong_size[..]),
+        (OCI_MANIFEST, b"{not json"),
         (OCI_MANIFEST, br#"{"schemaVersion":2}"#),
         (OCI_MANIFEST, br#"{"schemaVersion":1,"config":{}}"#),
         (OCI_INDEX, &good[..]),
-        ("application/vnd.docker.distribution.manifest.v1+prettyjws", br#"{"schemaVersion":1}"#),
+        (
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            br#"{"schemaVersion":1}"#,
+        ),
     ] {
         let r = c.put_manifest("team/app", "1.0", ct, body).await;
         oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
     }
-    let r = c.put_manifest("team/app", "bad:tag", OCI_MANIFEST, &good).await;
+    let r = c
+        .put_manifest("team/app", "bad:tag", OCI_MANIFEST, &good)
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Over 4 MiB, refused from Content-Length before reading it all.
@@ -148,20 +190,35 @@ async fn tags_are_immutable_but_identical_repushes_succeed() {
     let m1 = c.image("team/app", "first").await;
     let m2 = c.image("team/app", "second").await;
     let (d1, d2) = (Digest::sha256_of(&m1), Digest::sha256_of(&m2));
-    assert_eq!(c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m1).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m1)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
     // CI re-runs: the identical manifest is fine, with the same digest.
     let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m1).await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(header(&r, "Docker-Content-Digest").as_deref(), Some(d1.as_str()));
+    assert_eq!(
+        header(&r, "Docker-Content-Digest").as_deref(),
+        Some(d1.as_str())
+    );
 
     let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m2).await;
     let e = oci_error(r, StatusCode::CONFLICT, "DENIED").await;
-    assert!(e.message.contains("team/app:1.0") && e.message.contains(d1.as_str()), "{}", e.message);
+    assert!(
+        e.message.contains("team/app:1.0") && e.message.contains(d1.as_str()),
+        "{}",
+        e.message
+    );
     assert_eq!(e.detail["digest"], d1.as_str());
     assert_eq!(e.detail["tag"], "1.0");
 
     let r = c.get("/v2/team/app/manifests/1.0").await;
-    assert_eq!(header(&r, "Docker-Content-Digest").as_deref(), Some(d1.as_str()));
+    assert_eq!(
+        header(&r, "Docker-Content-Digest").as_deref(),
+        Some(d1.as_str())
+    );
     // The refused manifest was not stored either.
     let r = c.get(&format!("/v2/team/app/manifests/{d2}")).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -173,15 +230,32 @@ async fn snapshot_tags_move() {
     let c = s.client();
     let m1 = c.image("team/app", "snap-a").await;
     let m2 = c.image("team/app", "snap-b").await;
-    assert_eq!(c.put_manifest("team/app", "1.1-SNAPSHOT", OCI_MANIFEST, &m1).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        c.put_manifest("team/app", "1.1-SNAPSHOT", OCI_MANIFEST, &m1)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
     let r = c.get("/v2/team/app/manifests/1.1-SNAPSHOT").await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &m1[..]);
-    assert_eq!(c.put_manifest("team/app", "1.1-SNAPSHOT", OCI_MANIFEST, &m2).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        c.put_manifest("team/app", "1.1-SNAPSHOT", OCI_MANIFEST, &m2)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
     let r = c.get("/v2/team/app/manifests/1.1-SNAPSHOT").await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &m2[..]);
     // Case-sensitive, as in Pier One.
-    assert_eq!(c.put_manifest("team/app", "1.1-snapshot", OCI_MANIFEST, &m1).await.status(), StatusCode::CREATED);
-    let r = c.put_manifest("team/app", "1.1-snapshot", OCI_MANIFEST, &m2).await;
+    assert_eq!(
+        c.put_manifest("team/app", "1.1-snapshot", OCI_MANIFEST, &m1)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let r = c
+        .put_manifest("team/app", "1.1-snapshot", OCI_MANIFEST, &m2)
+        .await;
     oci_error(r, StatusCode::CONFLICT, "DENIED").await;
 }
 
@@ -196,11 +270,29 @@ async fn configured_patterns_replace_the_default() {
     let m1 = c.image("team/app", "p1").await;
     let m2 = c.image("team/app", "p2").await;
     for t in ["dev-x", "latest"] {
-        assert_eq!(c.put_manifest("team/app", t, OCI_MANIFEST, &m1).await.status(), StatusCode::CREATED);
-        assert_eq!(c.put_manifest("team/app", t, OCI_MANIFEST, &m2).await.status(), StatusCode::CREATED, "{t}");
+        assert_eq!(
+            c.put_manifest("team/app", t, OCI_MANIFEST, &m1)
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            c.put_manifest("team/app", t, OCI_MANIFEST, &m2)
+                .await
+                .status(),
+            StatusCode::CREATED,
+            "{t}"
+        );
     }
-    assert_eq!(c.put_manifest("team/app", "1-SNAPSHOT", OCI_MANIFEST, &m1).await.status(), StatusCode::CREATED);
-    let r = c.put_manifest("team/app", "1-SNAPSHOT", OCI_MANIFEST, &m2).await;
+    assert_eq!(
+        c.put_manifest("team/app", "1-SNAPSHOT", OCI_MANIFEST, &m1)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let r = c
+        .put_manifest("team/app", "1-SNAPSHOT", OCI_MANIFEST, &m2)
+        .await;
     oci_error(r, StatusCode::CONFLICT, "DENIED").await;
     // latest was pushed explicitly, so it names what was pushed, not the newest tag.
     let r = c.get("/v2/team/app/manifests/latest").await;
@@ -215,7 +307,9 @@ async fn latest_is_refused_and_resolves_to_the_newest_tag() {
     oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     let m1 = c.image("team/app", "old").await;
     let m2 = c.image("team/app", "new").await;
-    let r = c.put_manifest("team/app", "latest", OCI_MANIFEST, &m1).await;
+    let r = c
+        .put_manifest("team/app", "latest", OCI_MANIFEST, &m1)
+        .await;
     let e = oci_error(r, StatusCode::CONFLICT, "DENIED").await;
     assert!(e.message.contains("latest"));
     // "b" sorts before "z" but is created later: newest by creation, not by name.
@@ -223,7 +317,10 @@ async fn latest_is_refused_and_resolves_to_the_newest_tag() {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     c.put_manifest("team/app", "b", OCI_MANIFEST, &m2).await;
     let r = c.get("/v2/team/app/manifests/latest").await;
-    assert_eq!(header(&r, "Docker-Content-Digest"), Some(Digest::sha256_of(&m2).to_string()));
+    assert_eq!(
+        header(&r, "Docker-Content-Digest"),
+        Some(Digest::sha256_of(&m2).to_string())
+    );
 }
 
 #[tokio::test]
@@ -232,18 +329,32 @@ async fn tag_list_and_catalog_paginate_with_link_headers() {
     let c = s.client();
     let m = c.image("team/app", "list").await;
     for t in ["c", "a", "d", "b", "e"] {
-        assert_eq!(c.put_manifest("team/app", t, OCI_MANIFEST, &m).await.status(), StatusCode::CREATED);
+        assert_eq!(
+            c.put_manifest("team/app", t, OCI_MANIFEST, &m)
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
     }
     let r = c.get("/v2/team/app/tags/list").await;
     assert!(header(&r, "Link").is_none());
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v, json!({"name": "team/app", "tags": ["a", "b", "c", "d", "e"]}));
+    assert_eq!(
+        v,
+        json!({"name": "team/app", "tags": ["a", "b", "c", "d", "e"]})
+    );
 
     let mut seen = vec![];
     let mut next = Some("/v2/team/app/tags/list?n=2".to_owned());
     while let Some(url) = next.take() {
         let r = c.get(&url).await;
-        next = header(&r, "Link").map(|l| l.trim_start_matches('<').split('>').next().unwrap().to_owned());
+        next = header(&r, "Link").map(|l| {
+            l.trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap()
+                .to_owned()
+        });
         let v: Value = r.json().await.unwrap();
         for t in v["tags"].as_array().unwrap() {
             seen.push(t.as_str().unwrap().to_owned());
@@ -251,7 +362,12 @@ async fn tag_list_and_catalog_paginate_with_link_headers() {
         assert!(seen.len() <= 6, "pagination must end");
     }
     assert_eq!(seen, ["a", "b", "c", "d", "e"]);
-    let v: Value = c.get("/v2/team/app/tags/list?n=0").await.json().await.unwrap();
+    let v: Value = c
+        .get("/v2/team/app/tags/list?n=0")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["tags"], json!([]));
     let r = c.get("/v2/team/app/tags/list?n=abc").await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
@@ -261,9 +377,15 @@ async fn tag_list_and_catalog_paginate_with_link_headers() {
         c.put_manifest(repo, "1", OCI_MANIFEST, &m).await;
     }
     let v: Value = c.get("/v2/_catalog").await.json().await.unwrap();
-    assert_eq!(v["repositories"], json!(["other/x", "team/app", "team/b/nested", "team/zz"]));
+    assert_eq!(
+        v["repositories"],
+        json!(["other/x", "team/app", "team/b/nested", "team/zz"])
+    );
     let r = c.get("/v2/_catalog?n=2&last=other/x").await;
-    assert_eq!(header(&r, "Link").as_deref(), Some("</v2/_catalog?n=2&last=team%2Fb%2Fnested>; rel=\"next\""));
+    assert_eq!(
+        header(&r, "Link").as_deref(),
+        Some("</v2/_catalog?n=2&last=team%2Fb%2Fnested>; rel=\"next\"")
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["repositories"], json!(["team/app", "team/b/nested"]));
 }
@@ -274,10 +396,17 @@ async fn referrers_with_subject_and_artifact_type_filter() {
     let c = s.client();
     let subject = c.image("team/app", "subject").await;
     let sd = Digest::sha256_of(&subject);
-    c.put_manifest("team/app", "1.0", OCI_MANIFEST, &subject).await;
+    c.put_manifest("team/app", "1.0", OCI_MANIFEST, &subject)
+        .await;
     let empty = c.push_blob("team/app", b"{}").await;
     let mut digests = vec![];
-    for (i, at) in ["application/vnd.example.sig", "application/vnd.example.sbom"].iter().enumerate() {
+    for (i, at) in [
+        "application/vnd.example.sig",
+        "application/vnd.example.sbom",
+    ]
+    .iter()
+    .enumerate()
+    {
         let art = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -289,7 +418,9 @@ async fn referrers_with_subject_and_artifact_type_filter() {
         }))
         .unwrap();
         let d = Digest::sha256_of(&art);
-        let r = c.put_manifest("team/app", &d.to_string(), OCI_MANIFEST, &art).await;
+        let r = c
+            .put_manifest("team/app", &d.to_string(), OCI_MANIFEST, &art)
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         assert_eq!(header(&r, "OCI-Subject").as_deref(), Some(sd.as_str()));
         digests.push(d);
@@ -300,14 +431,26 @@ async fn referrers_with_subject_and_artifact_type_filter() {
     assert!(header(&r, "OCI-Filters-Applied").is_none());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["mediaType"], OCI_INDEX);
-    let mut got: Vec<&str> = v["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap()).collect();
+    let mut got: Vec<&str> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
     got.sort();
     let mut want: Vec<&str> = digests.iter().map(|d| d.as_str()).collect();
     want.sort();
     assert_eq!(got, want);
 
-    let r = c.get(&format!("/v2/team/app/referrers/{sd}?artifactType=application/vnd.example.sbom")).await;
-    assert_eq!(header(&r, "OCI-Filters-Applied").as_deref(), Some("artifactType"));
+    let r = c
+        .get(&format!(
+            "/v2/team/app/referrers/{sd}?artifactType=application/vnd.example.sbom"
+        ))
+        .await;
+    assert_eq!(
+        header(&r, "OCI-Filters-Applied").as_deref(),
+        Some("artifactType")
+    );
     let v: Value = r.json().await.unwrap();
     let ms = v["manifests"].as_array().unwrap();
     assert_eq!(ms.len(), 1);
@@ -316,7 +459,12 @@ async fn referrers_with_subject_and_artifact_type_filter() {
     assert_eq!(ms[0]["annotations"]["n"], "1");
 
     // Unknown subjects have no referrers (an empty index, not an error).
-    let r = c.get(&format!("/v2/team/app/referrers/{}", Digest::sha256_of(b"x"))).await;
+    let r = c
+        .get(&format!(
+            "/v2/team/app/referrers/{}",
+            Digest::sha256_of(b"x")
+        ))
+        .await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["manifests"], json!([]));
     let r = c.get("/v2/team/app/referrers/sha256:nothex").await;

@@ -60,7 +60,11 @@ async fn concurrent_pushes_to_one_tag_have_exactly_one_winner() {
     });
     let mut winners = vec![];
     let mut refused = 0;
-    for (i, r) in futures_util::future::join_all(futs).await.into_iter().enumerate() {
+    for (i, r) in futures_util::future::join_all(futs)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         let r = r.unwrap();
         if r.status() == StatusCode::CREATED {
             winners.push(i);
@@ -72,14 +76,20 @@ async fn concurrent_pushes_to_one_tag_have_exactly_one_winner() {
     }
     assert_eq!((winners.len(), refused), (1, 31));
     let r = c.get("/v2/team/race/manifests/1.0").await;
-    assert_eq!(r.bytes().await.unwrap().as_ref(), &manifests[winners[0]][..]);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        &manifests[winners[0]][..]
+    );
 }
 
 #[tokio::test]
 async fn absurd_content_length_is_refused_before_reading() {
     let s = TestServer::start().await;
     for (path, method) in [
-        ("/v2/team/app/blobs/uploads/?digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "POST"),
+        (
+            "/v2/team/app/blobs/uploads/?digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "POST",
+        ),
         ("/v2/team/app/manifests/1.0", "PUT"),
     ] {
         let mut tcp = tokio::net::TcpStream::connect(s.host()).await.unwrap();
@@ -135,14 +145,31 @@ async fn graceful_shutdown_lets_in_flight_uploads_finish() {
     });
     let push = tokio::spawn({
         let c = c.clone();
-        async move { c.req(Method::POST, &url).body(reqwest::Body::wrap_stream(body)).send().await }
+        async move {
+            c.req(Method::POST, &url)
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(120)).await;
     let url = s.url.clone();
     s.stop().await;
     let r = push.await.unwrap().unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "the in-flight push completed");
-    assert!(Client::new(&url).http.get(format!("{url}/v2/")).send().await.is_err(), "no longer accepting");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "the in-flight push completed"
+    );
+    assert!(
+        Client::new(&url)
+            .http
+            .get(format!("{url}/v2/"))
+            .send()
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +179,12 @@ async fn upload_sessions_survive_a_restart_and_a_crash_mid_chunk() {
     let c = Client::new(&p.url);
     let loc = c.start_upload("team/app").await;
     let len = 256 * 1024;
-    let r = c.req(Method::PATCH, &loc).body(chunk(3, 0, len)).send().await.unwrap();
+    let r = c
+        .req(Method::PATCH, &loc)
+        .body(chunk(3, 0, len))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let loc = location(&r);
 
@@ -173,7 +205,11 @@ async fn upload_sessions_survive_a_restart_and_a_crash_mid_chunk() {
     let c = Client::new(&p.url);
     let r = c.req(Method::GET, &loc).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(header(&r, "Range"), Some(format!("0-{}", len - 1)), "only the acknowledged chunk counts");
+    assert_eq!(
+        header(&r, "Range"),
+        Some(format!("0-{}", len - 1)),
+        "only the acknowledged chunk counts"
+    );
 
     let r = c
         .req(Method::PATCH, &loc)
@@ -187,9 +223,18 @@ async fn upload_sessions_survive_a_restart_and_a_crash_mid_chunk() {
     h.update(&chunk(3, 0, len));
     h.update(&chunk(3, 1, len));
     let d = h.finish();
-    let r = c.req(Method::PUT, &format!("{}?digest={d}", location(&r))).send().await.unwrap();
+    let r = c
+        .req(Method::PUT, &format!("{}?digest={d}", location(&r)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let got = c.get(&format!("/v2/team/app/blobs/{d}")).await.bytes().await.unwrap();
+    let got = c
+        .get(&format!("/v2/team/app/blobs/{d}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(got.len(), 2 * len);
     assert_eq!(Digest::sha256_of(&got), d);
 }
@@ -202,7 +247,12 @@ async fn kill_mid_push_leaves_nothing_half_visible() {
     let (n, len) = (16, 1024 * 1024);
     let d = digest_of_chunks(9, n, len);
     let m = c.image("team/app", "before-crash").await;
-    assert_eq!(c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
 
     let c2 = c.clone();
     let url = format!("/v2/team/app/blobs/uploads/?digest={d}");
@@ -218,14 +268,25 @@ async fn kill_mid_push_leaves_nothing_half_visible() {
 
     let p = Process::start(dir.path(), &[]);
     let c = Client::new(&p.url);
-    let r = c.req(Method::HEAD, &format!("/v2/team/app/blobs/{d}")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a half-pushed blob is never visible");
+    let r = c
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "a half-pushed blob is never visible"
+    );
     // What was acknowledged before the crash is all there.
     let r = c.get("/v2/team/app/manifests/1.0").await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &m[..]);
     // And the same blob can be pushed again from scratch.
     let r = c
-        .req(Method::POST, &format!("/v2/team/app/blobs/uploads/?digest={d}"))
+        .req(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+        )
         .body(body_stream(9, n, len, None))
         .send()
         .await
@@ -241,7 +302,10 @@ async fn memory_stays_bounded_while_pushing_and_pulling_a_large_blob() {
     let (n, len) = (384u64, 1024 * 1024);
     let d = digest_of_chunks(11, n, len);
     let r = c
-        .req(Method::POST, &format!("/v2/team/big/blobs/uploads/?digest={d}"))
+        .req(
+            Method::POST,
+            &format!("/v2/team/big/blobs/uploads/?digest={d}"),
+        )
         .body(body_stream(11, n, len, None))
         .send()
         .await
@@ -256,5 +320,9 @@ async fn memory_stays_bounded_while_pushing_and_pulling_a_large_blob() {
     }
     assert_eq!((total, h.finish()), (n * len as u64, d));
     let peak_mib = p.peak_rss_kib() / 1024;
-    assert!(peak_mib < 64, "peak RSS {peak_mib} MiB while moving a {} MiB blob", n);
+    assert!(
+        peak_mib < 64,
+        "peak RSS {peak_mib} MiB while moving a {} MiB blob",
+        n
+    );
 }

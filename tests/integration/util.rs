@@ -101,10 +101,9 @@ impl Process {
                 if let Some(addr) = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("listen="))
+                    && let Some(tx) = tx.take()
                 {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.to_owned());
-                    }
+                    let _ = tx.send(addr.to_owned());
                 }
                 // Keep draining so the server never blocks on a full pipe.
             }
@@ -180,12 +179,20 @@ impl Client {
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
         let d = Digest::sha256_of(data);
         let r = self
-            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={d}"))
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            )
             .body(data.to_vec())
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "push blob: {:?}", r.text().await);
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "push blob: {:?}",
+            r.text().await
+        );
         d
     }
 
@@ -199,7 +206,13 @@ impl Client {
         location(&r)
     }
 
-    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> reqwest::Response {
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> reqwest::Response {
         self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
             .header("Content-Type", media_type)
             .body(body.to_vec())
@@ -239,7 +252,9 @@ pub fn location(r: &reqwest::Response) -> String {
 }
 
 pub fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
 }
 
 /// Read an error response, asserting the envelope, the registry header and the status.

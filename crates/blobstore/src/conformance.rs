@@ -5,6 +5,9 @@
 //! block that yields `(store, guard)`; the guard (a temporary directory, a server handle) lives
 //! as long as the test.
 
+// This module is a test suite shipped as library code: a failed unwrap is a failed check.
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
@@ -61,7 +64,10 @@ fn uid(s: &str) -> UploadId {
 pub async fn put(store: &dyn BlobStore, data: &[u8]) -> Digest {
     let id = uid("put");
     let digest = Digest::sha256_of(data);
-    store.write_upload(&id, 0, stream_of(&[data])).await.expect("write");
+    store
+        .write_upload(&id, 0, stream_of(&[data]))
+        .await
+        .expect("write");
     store
         .commit_upload(&id, data.len() as u64, &digest)
         .await
@@ -88,7 +94,10 @@ pub async fn upload_then_read(store: &dyn BlobStore) {
 pub async fn ranges(store: &dyn BlobStore) {
     let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let d = put(store, &data).await;
-    assert_eq!(read_all(store, &d, Some(10..20)).await.unwrap(), &data[10..20]);
+    assert_eq!(
+        read_all(store, &d, Some(10..20)).await.unwrap(),
+        &data[10..20]
+    );
     assert_eq!(
         read_all(store, &d, Some(1000..300_000)).await.unwrap(),
         &data[1000..]
@@ -104,11 +113,35 @@ pub async fn ranges(store: &dyn BlobStore) {
 
 pub async fn chunked_upload_resumes_at_offset(store: &dyn BlobStore) {
     let id = uid("chunks");
-    assert_eq!(store.write_upload(&id, 0, stream_of(&[b"abc", b"def"])).await.unwrap(), 6);
-    assert_eq!(store.write_upload(&id, 6, stream_of(&[b"ghi"])).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .write_upload(&id, 0, stream_of(&[b"abc", b"def"]))
+            .await
+            .unwrap(),
+        6
+    );
+    assert_eq!(
+        store
+            .write_upload(&id, 6, stream_of(&[b"ghi"]))
+            .await
+            .unwrap(),
+        3
+    );
     // A request whose progress was never recorded: the next write starts again at 9.
-    assert_eq!(store.write_upload(&id, 9, stream_of(&[b"XXXX"])).await.unwrap(), 4);
-    assert_eq!(store.write_upload(&id, 9, stream_of(&[b"jk"])).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .write_upload(&id, 9, stream_of(&[b"XXXX"]))
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        store
+            .write_upload(&id, 9, stream_of(&[b"jk"]))
+            .await
+            .unwrap(),
+        2
+    );
     let d = Digest::sha256_of(b"abcdefghijk");
     store.commit_upload(&id, 11, &d).await.unwrap();
     assert_eq!(read_all(store, &d, None).await.unwrap(), b"abcdefghijk");
@@ -116,10 +149,17 @@ pub async fn chunked_upload_resumes_at_offset(store: &dyn BlobStore) {
 
 pub async fn offset_past_stored_data_is_refused(store: &dyn BlobStore) {
     let id = uid("gap");
-    store.write_upload(&id, 0, stream_of(&[b"abc"])).await.unwrap();
+    store
+        .write_upload(&id, 0, stream_of(&[b"abc"]))
+        .await
+        .unwrap();
     assert!(matches!(
         store.write_upload(&id, 10, stream_of(&[b"x"])).await,
-        Err(Error::UploadTruncated { stored: 3, expected: 10, .. })
+        Err(Error::UploadTruncated {
+            stored: 3,
+            expected: 10,
+            ..
+        })
     ));
     let unknown = uid("nosuch");
     assert!(matches!(
@@ -127,7 +167,9 @@ pub async fn offset_past_stored_data_is_refused(store: &dyn BlobStore) {
         Err(Error::UploadUnknown(_))
     ));
     assert!(matches!(
-        store.commit_upload(&unknown, 0, &Digest::sha256_of(b"")).await,
+        store
+            .commit_upload(&unknown, 0, &Digest::sha256_of(b""))
+            .await,
         Err(Error::UploadUnknown(_))
     ));
 }
@@ -141,12 +183,20 @@ pub async fn failed_body_publishes_nothing(store: &dyn BlobStore) {
     store.abort_upload(&id).await.unwrap();
     // Abort is idempotent, and an aborted upload cannot be committed.
     store.abort_upload(&id).await.unwrap();
-    assert!(store.commit_upload(&id, 0, &Digest::sha256_of(b"")).await.is_err());
+    assert!(
+        store
+            .commit_upload(&id, 0, &Digest::sha256_of(b""))
+            .await
+            .is_err()
+    );
 }
 
 pub async fn commit_shorter_than_stored_uses_prefix(store: &dyn BlobStore) {
     let id = uid("prefix");
-    store.write_upload(&id, 0, stream_of(&[b"abcdef"])).await.unwrap();
+    store
+        .write_upload(&id, 0, stream_of(&[b"abcdef"]))
+        .await
+        .unwrap();
     let d = Digest::sha256_of(b"abc");
     store.commit_upload(&id, 3, &d).await.unwrap();
     assert_eq!(read_all(store, &d, None).await.unwrap(), b"abc");
@@ -183,7 +233,10 @@ pub async fn sha512_blobs(store: &dyn BlobStore) {
     h.update(b"512");
     let d = h.finish();
     let id = uid("sha512");
-    store.write_upload(&id, 0, stream_of(&[b"512"])).await.unwrap();
+    store
+        .write_upload(&id, 0, stream_of(&[b"512"]))
+        .await
+        .unwrap();
     store.commit_upload(&id, 3, &d).await.unwrap();
     assert_eq!(read_all(store, &d, None).await.unwrap(), b"512");
 }

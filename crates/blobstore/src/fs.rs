@@ -120,11 +120,7 @@ impl BlobStore for FsBlobStore {
                 });
             }
         };
-        let total_size = file
-            .metadata()
-            .await
-            .map_err(Error::io("stat blob"))?
-            .len();
+        let total_size = file.metadata().await.map_err(Error::io("stat blob"))?.len();
         let range = range.unwrap_or(0..total_size);
         if range.start > range.end || range.end > total_size {
             return Err(Error::RangeNotSatisfiable {
@@ -148,7 +144,10 @@ impl BlobStore for FsBlobStore {
                 let want = remaining.min(READ_CHUNK as u64) as usize;
                 let mut buf = BytesMut::with_capacity(want);
                 while buf.len() < want {
-                    let n = (&mut file).take((want - buf.len()) as u64).read_buf(&mut buf).await?;
+                    let n = (&mut file)
+                        .take((want - buf.len()) as u64)
+                        .read_buf(&mut buf)
+                        .await?;
                     if n == 0 {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
@@ -174,24 +173,27 @@ impl BlobStore for FsBlobStore {
     ) -> Result<u64, Error> {
         let path = self.upload_path(id);
         let id2 = id.clone();
-        let std_file =
-            tokio::task::spawn_blocking(move || -> Result<std::fs::File, Error> {
-                let file = open_locked(&path, &id2, offset == 0)?;
-                let stored = file.metadata().map_err(Error::io("stat upload file"))?.len();
-                if stored < offset {
-                    return Err(Error::UploadTruncated {
-                        id: id2,
-                        stored,
-                        expected: offset,
-                    });
-                }
-                if stored > offset {
-                    file.set_len(offset).map_err(Error::io("truncate upload file"))?;
-                }
-                Ok(file)
-            })
-            .await
-            .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))??;
+        let std_file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, Error> {
+            let file = open_locked(&path, &id2, offset == 0)?;
+            let stored = file
+                .metadata()
+                .map_err(Error::io("stat upload file"))?
+                .len();
+            if stored < offset {
+                return Err(Error::UploadTruncated {
+                    id: id2,
+                    stored,
+                    expected: offset,
+                });
+            }
+            if stored > offset {
+                file.set_len(offset)
+                    .map_err(Error::io("truncate upload file"))?;
+            }
+            Ok(file)
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))??;
         let mut file = tokio::fs::File::from_std(std_file);
         file.seek(SeekFrom::Start(offset))
             .await
@@ -215,7 +217,10 @@ impl BlobStore for FsBlobStore {
         let fsync = self.fsync;
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             let file = open_locked(&upload, &id, false)?;
-            let stored = file.metadata().map_err(Error::io("stat upload file"))?.len();
+            let stored = file
+                .metadata()
+                .map_err(Error::io("stat upload file"))?
+                .len();
             if stored < size {
                 return Err(Error::UploadTruncated {
                     id,
@@ -229,7 +234,8 @@ impl BlobStore for FsBlobStore {
                 return std::fs::remove_file(&upload).map_err(Error::io("remove upload file"));
             }
             if stored > size {
-                file.set_len(size).map_err(Error::io("truncate upload file"))?;
+                file.set_len(size)
+                    .map_err(Error::io("truncate upload file"))?;
             }
             if fsync {
                 file.sync_all().map_err(Error::io("fsync upload file"))?;

@@ -43,7 +43,9 @@ pub struct BlobRead {
 
 impl Debug for BlobRead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobRead").field("total_size", &self.total_size).finish()
+        f.debug_struct("BlobRead")
+            .field("total_size", &self.total_size)
+            .finish()
     }
 }
 
@@ -87,15 +89,22 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error>;
 
     /// Read a blob, or the byte `range` of it. `None` when it is not stored.
-    async fn get(&self, digest: &Digest, range: Option<Range<u64>>)
-    -> Result<Option<BlobRead>, Error>;
+    async fn get(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<BlobRead>, Error>;
 
     /// Write `data` to upload `id` starting at byte `offset`, creating the upload when `offset`
     /// is 0. Data previously stored at or beyond `offset` is discarded first. Returns the
     /// number of bytes written. On error, the upload may hold any prefix of `data`; the caller's
     /// recorded offset stays authoritative.
-    async fn write_upload(&self, id: &UploadId, offset: u64, data: ByteStream)
-    -> Result<u64, Error>;
+    async fn write_upload(
+        &self,
+        id: &UploadId,
+        offset: u64,
+        data: ByteStream,
+    ) -> Result<u64, Error>;
 
     /// Publish the first `size` bytes of upload `id` as blob `digest`, atomically, and forget
     /// the upload. The caller must already have verified that those bytes hash to `digest`.

@@ -89,16 +89,18 @@ impl FromStr for Digest {
             // content we cannot verify.
             other
                 if !other.is_empty()
-                    && other
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) =>
+                    && other.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)
+                    }) =>
             {
                 return Err(Error::UnsupportedDigestAlgorithm(other.to_owned()));
             }
             _ => return Err(Error::InvalidDigest(s.to_owned())),
         };
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(Error::InvalidDigest(s.to_owned()));
         }

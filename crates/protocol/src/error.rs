@@ -115,13 +115,21 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for c in ErrorCode::ALL {
             assert!(seen.insert(c.as_str()));
-            assert!(c.as_str().bytes().all(|b| b.is_ascii_uppercase() || b == b'_'));
+            assert!(
+                c.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_')
+            );
         }
     }
 
     #[test]
     fn envelope_shape() {
-        let body = error_body(ErrorCode::Denied, "no", Some(serde_json::json!({"tag": "1.0"})));
+        let body = error_body(
+            ErrorCode::Denied,
+            "no",
+            Some(serde_json::json!({"tag": "1.0"})),
+        );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["errors"][0]["code"], "DENIED");
         assert_eq!(v["errors"][0]["message"], "no");

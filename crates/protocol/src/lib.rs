@@ -14,7 +14,7 @@ mod upload;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorCode, ErrorInfo, error_body};
 pub use manifest::{
-    Descriptor, Manifest, ManifestKind, MAX_MANIFEST_SIZE, media_types, parse_manifest,
+    Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestKind, media_types, parse_manifest,
 };
 pub use name::RepoName;
 pub use reference::{Reference, Tag};

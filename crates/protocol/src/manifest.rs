@@ -76,9 +76,11 @@ fn is_image_type(mt: &str) -> bool {
 }
 
 fn convert(d: &oci_spec::image::Descriptor) -> Result<Descriptor, Error> {
-    let digest: Digest = d.digest().to_string().parse().map_err(|e: Error| {
-        Error::ManifestInvalid(format!("descriptor digest: {e}"))
-    })?;
+    let digest: Digest = d
+        .digest()
+        .to_string()
+        .parse()
+        .map_err(|e: Error| Error::ManifestInvalid(format!("descriptor digest: {e}")))?;
     Ok(Descriptor {
         media_type: d.media_type().to_string(),
         digest,
@@ -154,7 +156,11 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<Manifes
             kind: ManifestKind::Index,
             config: None,
             layers: Vec::new(),
-            manifests: index.manifests().iter().map(convert).collect::<Result<_, _>>()?,
+            manifests: index
+                .manifests()
+                .iter()
+                .map(convert)
+                .collect::<Result<_, _>>()?,
             subject: index.subject().as_ref().map(convert).transpose()?,
             artifact_type: index.artifact_type().as_ref().map(|t| t.to_string()),
             annotations: annotations(index.annotations()),
@@ -204,10 +210,20 @@ mod tests {
 
     #[test]
     fn oci_image_manifest() {
-        let m = parse_manifest(Some(media_types::OCI_MANIFEST), image(Some(media_types::OCI_MANIFEST)).as_bytes()).unwrap();
+        let m = parse_manifest(
+            Some(media_types::OCI_MANIFEST),
+            image(Some(media_types::OCI_MANIFEST)).as_bytes(),
+        )
+        .unwrap();
         assert_eq!(m.kind, ManifestKind::Image);
-        assert_eq!(m.blobs().map(|d| d.digest.as_str()).collect::<Vec<_>>(), [D1, D2]);
-        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            m.blobs().map(|d| d.digest.as_str()).collect::<Vec<_>>(),
+            [D1, D2]
+        );
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
     }
 
     #[test]
@@ -222,7 +238,10 @@ mod tests {
 
     #[test]
     fn mismatched_content_type_is_invalid() {
-        let e = parse_manifest(Some(media_types::OCI_INDEX), image(Some(media_types::OCI_MANIFEST)).as_bytes());
+        let e = parse_manifest(
+            Some(media_types::OCI_INDEX),
+            image(Some(media_types::OCI_MANIFEST)).as_bytes(),
+        );
         assert!(matches!(e, Err(Error::ManifestInvalid(_))));
     }
 
@@ -261,6 +280,9 @@ mod tests {
             );
         }
         let huge = vec![b' '; (MAX_MANIFEST_SIZE + 1) as usize];
-        assert!(matches!(parse_manifest(None, &huge), Err(Error::ManifestTooLarge { .. })));
+        assert!(matches!(
+            parse_manifest(None, &huge),
+            Err(Error::ManifestTooLarge { .. })
+        ));
     }
 }

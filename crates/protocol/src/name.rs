@@ -150,7 +150,10 @@ mod tests {
             "team/a b",
             "team/a:b",
         ] {
-            assert!(bad.parse::<RepoName>().is_err(), "{bad:?} should be invalid");
+            assert!(
+                bad.parse::<RepoName>().is_err(),
+                "{bad:?} should be invalid"
+            );
         }
         let long = format!("team/{}", "a".repeat(251));
         assert!(long.parse::<RepoName>().is_err());

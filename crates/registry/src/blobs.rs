@@ -16,9 +16,9 @@ use hyper::{Request, Response, StatusCode};
 use pierone_protocol::{Algorithm, Digest, Hasher, RepoName, UploadId};
 use pierone_tagstore::UploadSession;
 
+use crate::Registry;
 use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value, range_header};
-use crate::Registry;
 
 pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     req.uri()
@@ -197,7 +197,11 @@ impl Registry {
         Ok((hasher, written))
     }
 
-    fn check_declared_size(&self, offset: u64, req: &Request<Incoming>) -> Result<(), RegistryError> {
+    fn check_declared_size(
+        &self,
+        offset: u64,
+        req: &Request<Incoming>,
+    ) -> Result<(), RegistryError> {
         if let Some(len) = content_length(req) {
             let total = offset.saturating_add(len);
             if total > self.config.max_blob_size {
@@ -260,24 +264,26 @@ impl Registry {
             // A mount that cannot be satisfied falls back to a new upload session, as the
             // spec requires; blobs are global, so the source repository only has to be valid.
             let from_ok = q.get("from").is_some_and(|f| f.parse::<RepoName>().is_ok());
-            if let (Ok(digest), true) = (mount.parse::<Digest>(), from_ok) {
-                if self.blobs.stat(&digest).await?.is_some() {
-                    return Ok(created(&blob_location(repo, &digest), &digest));
-                }
+            if let (Ok(digest), true) = (mount.parse::<Digest>(), from_ok)
+                && self.blobs.stat(&digest).await?.is_some()
+            {
+                return Ok(created(&blob_location(repo, &digest), &digest));
             }
         }
         if let Some(d) = q.get("digest") {
             let digest: Digest = d.parse()?;
             self.check_declared_size(0, &req)?;
             let id = new_upload_id();
-            let (hasher, written) =
-                match self.receive(&id, 0, Hasher::new(digest.algorithm()), req.into_body()).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.discard(&id).await;
-                        return Err(e);
-                    }
-                };
+            let (hasher, written) = match self
+                .receive(&id, 0, Hasher::new(digest.algorithm()), req.into_body())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.discard(&id).await;
+                    return Err(e);
+                }
+            };
             return self.commit(repo, &id, hasher, written, &digest).await;
         }
         let algorithm = match q.get("digest-algorithm").map(String::as_str) {
@@ -309,7 +315,11 @@ impl Registry {
     }
 
     /// The live session `id` of `repo`.
-    async fn session(&self, repo: &RepoName, id: &UploadId) -> Result<UploadSession, RegistryError> {
+    async fn session(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> Result<UploadSession, RegistryError> {
         let s = self
             .tags
             .get_upload(id)
@@ -350,18 +360,20 @@ impl Registry {
                     received: s.received,
                 });
             }
-            if let Some(len) = content_length(&req) {
-                if len != end - start + 1 {
-                    return Err(RegistryError::ChunkLengthMismatch {
-                        declared: len,
-                        actual: end - start + 1,
-                    });
-                }
+            if let Some(len) = content_length(&req)
+                && len != end - start + 1
+            {
+                return Err(RegistryError::ChunkLengthMismatch {
+                    declared: len,
+                    actual: end - start + 1,
+                });
             }
         }
         self.check_declared_size(s.received, &req)?;
         let hasher = Hasher::restore(&s.hash_state)?;
-        let (hasher, written) = self.receive(id, s.received, hasher, req.into_body()).await?;
+        let (hasher, written) = self
+            .receive(id, s.received, hasher, req.into_body())
+            .await?;
         let received = s.received + written;
         self.tags
             .advance_upload(id, s.received, received, hasher.save())
@@ -376,14 +388,19 @@ impl Registry {
         req: Request<Incoming>,
     ) -> Result<Resp, RegistryError> {
         let q = query(&req);
-        let digest: Digest = q.get("digest").ok_or(RegistryError::DigestMissing)?.parse()?;
+        let digest: Digest = q
+            .get("digest")
+            .ok_or(RegistryError::DigestMissing)?
+            .parse()?;
         let s = self.session(repo, id).await?;
         self.check_declared_size(s.received, &req)?;
         let hasher = Hasher::restore(&s.hash_state)?;
         // Without Content-Length or Transfer-Encoding, HTTP/1 has no body: the usual close.
         let has_body = !hyper::body::Body::is_end_stream(req.body());
         let (hasher, size) = if has_body {
-            let (hasher, written) = self.receive(id, s.received, hasher, req.into_body()).await?;
+            let (hasher, written) = self
+                .receive(id, s.received, hasher, req.into_body())
+                .await?;
             (hasher, s.received + written)
         } else {
             (hasher, s.received)

@@ -24,6 +24,12 @@ pub enum RegistryError {
     ManifestBlobUnknown(Digest),
     #[error("the manifest references {0}, which is not a manifest in this repository")]
     ManifestChildUnknown(Digest),
+    #[error("the manifest says {digest} has {declared} bytes, but it has {actual}")]
+    DescriptorSizeMismatch {
+        digest: Digest,
+        declared: u64,
+        actual: u64,
+    },
     #[error("content hashes to {actual}, not to the digest given, {expected}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error(
@@ -35,7 +41,9 @@ pub enum RegistryError {
     },
     #[error("the digest query parameter is required to close an upload")]
     DigestMissing,
-    #[error("chunk starts at byte {start} but the upload has {received} bytes; send chunks in order")]
+    #[error(
+        "chunk starts at byte {start} but the upload has {received} bytes; send chunks in order"
+    )]
     ChunkOutOfOrder { start: u64, received: u64 },
     #[error("Content-Range {0:?} is malformed; expected <start>-<end>")]
     ContentRangeInvalid(String),
@@ -96,7 +104,9 @@ impl RegistryError {
                 P::InvalidUploadId(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
                 P::CorruptHashState => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported),
                 P::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
-                P::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
+                P::ManifestTooLarge { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid)
+                }
             },
             RegistryError::Blobs(e) => match e {
                 B::Io { .. } | B::Backend(_) => {
@@ -106,7 +116,10 @@ impl RegistryError {
                 B::UploadUnknown(_) | B::UploadTruncated { .. } => {
                     (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown)
                 }
-                B::UploadBusy(_) => (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid),
+                B::UploadBusy(_) => (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    ErrorCode::BlobUploadInvalid,
+                ),
                 B::RangeNotSatisfiable { .. } => {
                     (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
                 }
@@ -116,30 +129,38 @@ impl RegistryError {
                     (StatusCode::CONFLICT, ErrorCode::Denied)
                 }
                 T::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
-                T::UploadOffsetConflict { .. } => {
-                    (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid)
-                }
+                T::UploadOffsetConflict { .. } => (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    ErrorCode::BlobUploadInvalid,
+                ),
                 T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
                 T::Query(_) | T::Corrupt(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
                 }
             },
             RegistryError::BlobUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
-            RegistryError::ManifestUnknown(..) => (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
+            RegistryError::ManifestUnknown(..) => {
+                (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
+            }
             RegistryError::NameUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             RegistryError::UploadUnknown => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
             RegistryError::ManifestBlobUnknown(_) | RegistryError::ManifestChildUnknown(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown)
             }
+            RegistryError::DescriptorSizeMismatch { .. } => {
+                (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
+            }
             RegistryError::DigestMismatch { .. }
             | RegistryError::DigestAlgorithmMismatch { .. }
             | RegistryError::DigestMissing => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
-            RegistryError::ChunkOutOfOrder { .. } => {
-                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid)
-            }
-            RegistryError::ContentRangeInvalid(_) => {
-                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid)
-            }
+            RegistryError::ChunkOutOfOrder { .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUploadInvalid,
+            ),
+            RegistryError::ContentRangeInvalid(_) => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUploadInvalid,
+            ),
             RegistryError::ChunkLengthMismatch { .. } => {
                 (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid)
             }
@@ -149,7 +170,9 @@ impl RegistryError {
             RegistryError::BodyTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid)
             }
-            RegistryError::RequestBody(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
+            RegistryError::RequestBody(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid)
+            }
             RegistryError::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
             RegistryError::DeleteRefused(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
@@ -164,13 +187,15 @@ impl RegistryError {
     /// Structured detail for the error envelope, where there is something a client can use.
     pub fn detail(&self) -> Option<serde_json::Value> {
         match self {
-            RegistryError::Tags(pierone_tagstore::Error::TagImmutable { repo, tag, existing }) => {
-                Some(serde_json::json!({
-                    "repository": repo.as_str(),
-                    "tag": tag.as_str(),
-                    "digest": existing.as_str(),
-                }))
-            }
+            RegistryError::Tags(pierone_tagstore::Error::TagImmutable {
+                repo,
+                tag,
+                existing,
+            }) => Some(serde_json::json!({
+                "repository": repo.as_str(),
+                "tag": tag.as_str(),
+                "digest": existing.as_str(),
+            })),
             RegistryError::DigestMismatch { expected, actual } => Some(serde_json::json!({
                 "expected": expected.as_str(),
                 "actual": actual.as_str(),
@@ -185,15 +210,14 @@ impl RegistryError {
     pub fn headers(&self) -> ErrorHeaders {
         match self {
             RegistryError::ChunkOutOfOrder { received, .. } => ErrorHeaders::UploadRange(*received),
-            RegistryError::Tags(pierone_tagstore::Error::UploadOffsetConflict { actual, .. }) => {
-                ErrorHeaders::UploadRange(*actual)
-            }
+            RegistryError::Tags(pierone_tagstore::Error::UploadOffsetConflict {
+                actual, ..
+            }) => ErrorHeaders::UploadRange(*actual),
             RegistryError::RangeNotSatisfiable { size }
-            | RegistryError::Blobs(pierone_blobstore::Error::RangeNotSatisfiable { size, .. }) => {
-                ErrorHeaders::BlobSize(*size)
-            }
+            | RegistryError::Blobs(pierone_blobstore::Error::RangeNotSatisfiable {
+                size, ..
+            }) => ErrorHeaders::BlobSize(*size),
             _ => ErrorHeaders::None,
         }
     }
 }
-

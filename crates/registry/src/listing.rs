@@ -5,34 +5,38 @@ use hyper::header::LINK;
 use hyper::{Request, StatusCode};
 use pierone_protocol::RepoName;
 
+use crate::Registry;
 use crate::blobs::query;
 use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value};
-use crate::Registry;
 
 /// The page size and cursor of a listing request.
 fn page(req: &Request<Incoming>) -> Result<(Option<usize>, Option<String>), RegistryError> {
     let q = query(req);
     let n = match q.get("n") {
         None => None,
-        Some(v) => Some(v.parse::<usize>().map_err(|_| RegistryError::InvalidQuery {
-            name: "n",
-            value: v.clone(),
-        })?),
+        Some(v) => Some(
+            v.parse::<usize>()
+                .map_err(|_| RegistryError::InvalidQuery {
+                    name: "n",
+                    value: v.clone(),
+                })?,
+        ),
     };
     Ok((n, q.get("last").cloned()))
 }
 
 /// Add `Link: <...>; rel="next"` when a full page suggests there may be more.
 fn with_link(mut r: Resp, path: &str, n: Option<usize>, items: &[String]) -> Resp {
-    if let (Some(n), Some(last)) = (n, items.last()) {
-        if n > 0 && items.len() == n {
-            let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
-            r.headers_mut().insert(
-                LINK,
-                header_value(&format!("<{path}?n={n}&last={last}>; rel=\"next\"")),
-            );
-        }
+    if let (Some(n), Some(last)) = (n, items.last())
+        && n > 0
+        && items.len() == n
+    {
+        let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+        r.headers_mut().insert(
+            LINK,
+            header_value(&format!("<{path}?n={n}&last={last}>; rel=\"next\"")),
+        );
     }
     r
 }

@@ -24,13 +24,20 @@ fn is_foreign(media_type: &str) -> bool {
 impl Registry {
     /// The digest a tag names. `latest`, unless pushed explicitly (where allowed), means the
     /// most recently created tag of the repository, as in Pier One.
-    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, RegistryError> {
+    async fn resolve_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>, RegistryError> {
         let key = (repo.clone(), tag.clone());
         if let Some(d) = self.tag_cache.get(&key) {
             return Ok(Some(d));
         }
         if let Some(d) = self.tags.resolve_tag(repo, tag).await? {
-            if matches!(self.config.tag_policy.classify(tag), Ok(Mutability::Immutable)) {
+            if matches!(
+                self.config.tag_policy.classify(tag),
+                Ok(Mutability::Immutable)
+            ) {
                 self.tag_cache.insert(key, d.clone());
             }
             return Ok(Some(d));
@@ -41,7 +48,11 @@ impl Registry {
         Ok(None)
     }
 
-    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, RegistryError> {
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, RegistryError> {
         let key = (repo.clone(), digest.clone());
         if let Some(m) = self.manifest_cache.get(&key) {
             return Ok(Some(m));
@@ -66,7 +77,11 @@ impl Registry {
         };
         let m = self.manifest(repo, &digest).await?.ok_or_else(unknown)?;
         let len = m.body.len();
-        let body = if with_body { response::full(m.body) } else { response::empty() };
+        let body = if with_body {
+            response::full(m.body)
+        } else {
+            response::empty()
+        };
         let mut r = Response::new(body);
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, header_value(&m.media_type));
@@ -103,10 +118,9 @@ impl Registry {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
+            && len > MAX_MANIFEST_SIZE
         {
-            if len > MAX_MANIFEST_SIZE {
-                return Err(too_large(len));
-            }
+            return Err(too_large(len));
         }
         let content_type = req
             .headers()
@@ -143,16 +157,22 @@ impl Registry {
 
         // Everything the manifest points at must already be here: a pulled tag must never
         // lead to a missing blob.
-        let blob_checks = parsed
-            .blobs()
-            .filter(|d| !is_foreign(&d.media_type))
-            .map(|d| async move {
-                match self.blobs.stat(&d.digest).await {
-                    Ok(Some(_)) => Ok(()),
-                    Ok(None) => Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
-                    Err(e) => Err(e.into()),
-                }
-            });
+        let blob_checks =
+            parsed
+                .blobs()
+                .filter(|d| !is_foreign(&d.media_type))
+                .map(|d| async move {
+                    match self.blobs.stat(&d.digest).await {
+                        Ok(Some(size)) if size == d.size => Ok(()),
+                        Ok(Some(size)) => Err(RegistryError::DescriptorSizeMismatch {
+                            digest: d.digest.clone(),
+                            declared: d.size,
+                            actual: size,
+                        }),
+                        Ok(None) => Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
+                        Err(e) => Err(e.into()),
+                    }
+                });
         futures_util::future::try_join_all(blob_checks).await?;
         if parsed.kind == ManifestKind::Index {
             let child_checks = parsed.manifests.iter().map(|d| async move {
@@ -192,7 +212,10 @@ impl Registry {
         let mut r = Response::new(response::empty());
         *r.status_mut() = StatusCode::CREATED;
         let h = r.headers_mut();
-        h.insert(LOCATION, header_value(&format!("/v2/{repo}/manifests/{digest}")));
+        h.insert(
+            LOCATION,
+            header_value(&format!("/v2/{repo}/manifests/{digest}")),
+        );
         h.insert("Docker-Content-Digest", header_value(digest.as_str()));
         h.insert(CONTENT_LENGTH, 0.into());
         if let Some(s) = subject {
@@ -224,7 +247,10 @@ impl Registry {
                 if let Some(t) = r.artifact_type {
                     d["artifactType"] = t.into();
                 }
-                if let Some(a) = r.annotations.and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok()) {
+                if let Some(a) = r
+                    .annotations
+                    .and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
+                {
                     d["annotations"] = a;
                 }
                 d
@@ -237,7 +263,8 @@ impl Registry {
         });
         let mut r = response::json(StatusCode::OK, media_types::OCI_INDEX, &index);
         if filter.is_some() {
-            r.headers_mut().insert("OCI-Filters-Applied", header_value("artifactType"));
+            r.headers_mut()
+                .insert("OCI-Filters-Applied", header_value("artifactType"));
         }
         Ok(r)
     }

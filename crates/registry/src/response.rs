@@ -15,7 +15,9 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub type Resp = Response<Body>;
 
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn empty() -> Body {

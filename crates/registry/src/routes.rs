@@ -53,7 +53,10 @@ pub fn parse(path: &str) -> Result<Option<Route>, RegistryError> {
         return Ok(Some(if tail.is_empty() {
             Route::UploadStart(repo)
         } else {
-            Route::Upload(repo, tail.parse().map_err(|_| RegistryError::UploadUnknown)?)
+            Route::Upload(
+                repo,
+                tail.parse().map_err(|_| RegistryError::UploadUnknown)?,
+            )
         }));
     }
     if let Some(name) = rest.strip_suffix("/blobs/uploads") {
@@ -81,22 +84,59 @@ mod tests {
         assert_eq!(parse("/v2/").unwrap(), Some(Route::Base));
         assert_eq!(parse("/v2").unwrap(), Some(Route::Base));
         assert_eq!(parse("/v2/_catalog").unwrap(), Some(Route::Catalog));
-        assert!(matches!(parse("/v2/t/a/b/tags/list").unwrap(), Some(Route::Tags(r)) if r.as_str() == "t/a/b"));
-        assert!(matches!(parse("/v2/t/a/manifests/1.0").unwrap(), Some(Route::Manifest(r, Reference::Tag(_))) if r.as_str() == "t/a"));
-        assert!(matches!(parse(&format!("/v2/t/a/manifests/{D}")).unwrap(), Some(Route::Manifest(_, Reference::Digest(_)))));
-        assert!(matches!(parse(&format!("/v2/t/blobs/x/blobs/{D}")).unwrap(), Some(Route::Blob(r, _)) if r.as_str() == "t/blobs/x"));
-        assert!(matches!(parse("/v2/t/a/blobs/uploads/").unwrap(), Some(Route::UploadStart(_))));
-        assert!(matches!(parse("/v2/t/a/blobs/uploads/abc-1").unwrap(), Some(Route::Upload(_, id)) if id.as_str() == "abc-1"));
-        assert!(matches!(parse(&format!("/v2/t/a/referrers/{D}")).unwrap(), Some(Route::Referrers(..))));
+        assert!(
+            matches!(parse("/v2/t/a/b/tags/list").unwrap(), Some(Route::Tags(r)) if r.as_str() == "t/a/b")
+        );
+        assert!(
+            matches!(parse("/v2/t/a/manifests/1.0").unwrap(), Some(Route::Manifest(r, Reference::Tag(_))) if r.as_str() == "t/a")
+        );
+        assert!(matches!(
+            parse(&format!("/v2/t/a/manifests/{D}")).unwrap(),
+            Some(Route::Manifest(_, Reference::Digest(_)))
+        ));
+        assert!(
+            matches!(parse(&format!("/v2/t/blobs/x/blobs/{D}")).unwrap(), Some(Route::Blob(r, _)) if r.as_str() == "t/blobs/x")
+        );
+        assert!(matches!(
+            parse("/v2/t/a/blobs/uploads/").unwrap(),
+            Some(Route::UploadStart(_))
+        ));
+        assert!(
+            matches!(parse("/v2/t/a/blobs/uploads/abc-1").unwrap(), Some(Route::Upload(_, id)) if id.as_str() == "abc-1")
+        );
+        assert!(matches!(
+            parse(&format!("/v2/t/a/referrers/{D}")).unwrap(),
+            Some(Route::Referrers(..))
+        ));
         assert_eq!(parse("/other").unwrap(), None);
         assert_eq!(parse("/v2/t/a/unknown").unwrap(), None);
     }
 
     #[test]
     fn bad_parameters() {
-        assert!(matches!(parse("/v2/Team/a/tags/list"), Err(RegistryError::Protocol(pierone_protocol::Error::InvalidName { .. }))));
-        assert!(matches!(parse("/v2/single/tags/list"), Err(RegistryError::Protocol(pierone_protocol::Error::InvalidName { .. }))));
-        assert!(matches!(parse("/v2/t/a/blobs/sha256:abc"), Err(RegistryError::Protocol(pierone_protocol::Error::InvalidDigest(_)))));
-        assert!(matches!(parse("/v2/t/a/manifests/-bad"), Err(RegistryError::Protocol(pierone_protocol::Error::InvalidTag(_)))));
+        assert!(matches!(
+            parse("/v2/Team/a/tags/list"),
+            Err(RegistryError::Protocol(
+                pierone_protocol::Error::InvalidName { .. }
+            ))
+        ));
+        assert!(matches!(
+            parse("/v2/single/tags/list"),
+            Err(RegistryError::Protocol(
+                pierone_protocol::Error::InvalidName { .. }
+            ))
+        ));
+        assert!(matches!(
+            parse("/v2/t/a/blobs/sha256:abc"),
+            Err(RegistryError::Protocol(
+                pierone_protocol::Error::InvalidDigest(_)
+            ))
+        ));
+        assert!(matches!(
+            parse("/v2/t/a/manifests/-bad"),
+            Err(RegistryError::Protocol(
+                pierone_protocol::Error::InvalidTag(_)
+            ))
+        ));
     }
 }

@@ -1,6 +1,9 @@
 //! The conformance suite: the rules of [`TagStore`], checked the same way for every
 //! implementation through [`conformance_tests!`](crate::conformance_tests).
 
+// This module is a test suite shipped as library code: a failed unwrap is a failed check.
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use pierone_protocol::{Digest, Hasher, RepoName, Tag, UploadId};
 
@@ -14,7 +17,9 @@ pub fn repo(prefix: &str) -> RepoName {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("team{prefix}/app-{nanos}-{n}").parse().expect("valid name")
+    format!("team{prefix}/app-{nanos}-{n}")
+        .parse()
+        .expect("valid name")
 }
 
 /// A distinct manifest whose body mentions `seed`.
@@ -63,8 +68,14 @@ pub async fn tags_are_immutable(store: &dyn TagStore) {
     let r = repo("imm");
     let (m1, m2) = (manifest("one"), manifest("two"));
     let w = write("1.0", Mutability::Immutable);
-    assert_eq!(store.put_manifest(&r, m1.clone(), w.clone()).await.unwrap(), TagOutcome::Created);
-    assert_eq!(store.put_manifest(&r, m1.clone(), w.clone()).await.unwrap(), TagOutcome::Unchanged);
+    assert_eq!(
+        store.put_manifest(&r, m1.clone(), w.clone()).await.unwrap(),
+        TagOutcome::Created
+    );
+    assert_eq!(
+        store.put_manifest(&r, m1.clone(), w.clone()).await.unwrap(),
+        TagOutcome::Unchanged
+    );
     match store.put_manifest(&r, m2.clone(), w.clone()).await {
         Err(Error::TagImmutable { existing, tag, .. }) => {
             assert_eq!(existing, m1.digest);
@@ -73,7 +84,10 @@ pub async fn tags_are_immutable(store: &dyn TagStore) {
         other => panic!("expected TagImmutable, got {other:?}"),
     }
     // The refused write changed nothing: the tag still resolves to m1 and m2 is not stored.
-    assert_eq!(store.resolve_tag(&r, &tag("1.0")).await.unwrap(), Some(m1.digest.clone()));
+    assert_eq!(
+        store.resolve_tag(&r, &tag("1.0")).await.unwrap(),
+        Some(m1.digest.clone())
+    );
     assert_eq!(store.get_manifest(&r, &m2.digest).await.unwrap(), None);
     let recs = store.tag_records(&r).await.unwrap();
     assert_eq!(recs.len(), 1);
@@ -84,12 +98,20 @@ pub async fn mutable_tags_move(store: &dyn TagStore) {
     let r = repo("mut");
     let (m1, m2) = (manifest("snap1"), manifest("snap2"));
     let w = write("1.0-SNAPSHOT", Mutability::Mutable);
-    assert_eq!(store.put_manifest(&r, m1.clone(), w.clone()).await.unwrap(), TagOutcome::Created);
+    assert_eq!(
+        store.put_manifest(&r, m1.clone(), w.clone()).await.unwrap(),
+        TagOutcome::Created
+    );
     assert_eq!(
         store.put_manifest(&r, m2.clone(), w.clone()).await.unwrap(),
-        TagOutcome::Moved { previous: m1.digest.clone() }
+        TagOutcome::Moved {
+            previous: m1.digest.clone()
+        }
     );
-    assert_eq!(store.resolve_tag(&r, &tag("1.0-SNAPSHOT")).await.unwrap(), Some(m2.digest.clone()));
+    assert_eq!(
+        store.resolve_tag(&r, &tag("1.0-SNAPSHOT")).await.unwrap(),
+        Some(m2.digest.clone())
+    );
     // The old manifest stays reachable by digest: nothing is deleted.
     assert!(store.get_manifest(&r, &m1.digest).await.unwrap().is_some());
 }
@@ -99,11 +121,20 @@ pub async fn latest_is_the_newest_tag(store: &dyn TagStore) {
     assert_eq!(store.latest_tag(&r).await.unwrap(), None);
     for (i, t) in ["b", "a", "c"].iter().enumerate() {
         let m = manifest(&format!("latest{i}"));
-        store.put_manifest(&r, m, write(t, Mutability::Immutable)).await.unwrap();
+        store
+            .put_manifest(&r, m, write(t, Mutability::Immutable))
+            .await
+            .unwrap();
     }
     let latest = store.latest_tag(&r).await.unwrap().unwrap();
     assert_eq!(latest.name, "c");
-    let names: Vec<_> = store.tag_records(&r).await.unwrap().into_iter().map(|t| t.name).collect();
+    let names: Vec<_> = store
+        .tag_records(&r)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names, ["b", "a", "c"], "oldest first");
 }
 
@@ -111,15 +142,40 @@ pub async fn listing_paginates(store: &dyn TagStore) {
     let r = repo("list");
     assert_eq!(store.list_tags(&r, None, 10).await.unwrap(), None);
     for t in ["v3", "v1", "v2", "v4"] {
-        store.put_manifest(&r, manifest(&format!("list{t}")), write(t, Mutability::Immutable)).await.unwrap();
+        store
+            .put_manifest(
+                &r,
+                manifest(&format!("list{t}")),
+                write(t, Mutability::Immutable),
+            )
+            .await
+            .unwrap();
     }
-    assert_eq!(store.list_tags(&r, None, 10).await.unwrap().unwrap(), ["v1", "v2", "v3", "v4"]);
-    assert_eq!(store.list_tags(&r, None, 2).await.unwrap().unwrap(), ["v1", "v2"]);
-    assert_eq!(store.list_tags(&r, Some("v2"), 10).await.unwrap().unwrap(), ["v3", "v4"]);
-    assert_eq!(store.list_tags(&r, Some("v4"), 10).await.unwrap().unwrap(), Vec::<String>::new());
+    assert_eq!(
+        store.list_tags(&r, None, 10).await.unwrap().unwrap(),
+        ["v1", "v2", "v3", "v4"]
+    );
+    assert_eq!(
+        store.list_tags(&r, None, 2).await.unwrap().unwrap(),
+        ["v1", "v2"]
+    );
+    assert_eq!(
+        store.list_tags(&r, Some("v2"), 10).await.unwrap().unwrap(),
+        ["v3", "v4"]
+    );
+    assert_eq!(
+        store.list_tags(&r, Some("v4"), 10).await.unwrap().unwrap(),
+        Vec::<String>::new()
+    );
     let untagged = repo("untagged");
-    store.put_manifest(&untagged, manifest("untagged"), None).await.unwrap();
-    assert_eq!(store.list_tags(&untagged, None, 10).await.unwrap(), Some(vec![]));
+    store
+        .put_manifest(&untagged, manifest("untagged"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_tags(&untagged, None, 10).await.unwrap(),
+        Some(vec![])
+    );
 
     let all = store.list_repositories(None, 100_000).await.unwrap();
     assert!(all.contains(&r.to_string()) && all.contains(&untagged.to_string()));
@@ -128,7 +184,10 @@ pub async fn listing_paginates(store: &dyn TagStore) {
     assert_eq!(all, sorted);
     let first = store.list_repositories(None, 1).await.unwrap();
     assert_eq!(first.len(), 1);
-    let rest = store.list_repositories(Some(&first[0]), 100_000).await.unwrap();
+    let rest = store
+        .list_repositories(Some(&first[0]), 100_000)
+        .await
+        .unwrap();
     assert_eq!(rest.len(), all.len() - 1);
 }
 
@@ -141,19 +200,30 @@ pub async fn referrers_follow_subject(store: &dyn TagStore) {
     sig.artifact_type = Some("application/x.sig".into());
     sig.annotations = Some(r#"{"k":"v"}"#.into());
     store.put_manifest(&r, sig.clone(), None).await.unwrap();
-    store.put_manifest(&r, manifest("unrelated"), None).await.unwrap();
+    store
+        .put_manifest(&r, manifest("unrelated"), None)
+        .await
+        .unwrap();
     let refs = store.referrers(&r, &subject.digest).await.unwrap();
     assert_eq!(refs.len(), 1);
     assert_eq!(refs[0].digest, sig.digest);
     assert_eq!(refs[0].size, sig.body.len() as u64);
     assert_eq!(refs[0].artifact_type.as_deref(), Some("application/x.sig"));
     assert_eq!(refs[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
-    assert!(store.referrers(&repo("other"), &subject.digest).await.unwrap().is_empty());
+    assert!(
+        store
+            .referrers(&repo("other"), &subject.digest)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn uploads_advance_by_compare_and_set(store: &dyn TagStore) {
     let r = repo("up");
-    let id: UploadId = format!("u{}", r.artifact().replace('/', "-")).parse().unwrap();
+    let id: UploadId = format!("u{}", r.artifact().replace('/', "-"))
+        .parse()
+        .unwrap();
     let h = Hasher::new(pierone_protocol::Algorithm::Sha256);
     store
         .create_upload(UploadSession {
@@ -166,12 +236,22 @@ pub async fn uploads_advance_by_compare_and_set(store: &dyn TagStore) {
         })
         .await
         .unwrap();
-    store.advance_upload(&id, 0, 10, vec![1, 2, 3]).await.unwrap();
+    store
+        .advance_upload(&id, 0, 10, vec![1, 2, 3])
+        .await
+        .unwrap();
     let s = store.get_upload(&id).await.unwrap().unwrap();
-    assert_eq!((s.received, s.hash_state.as_slice(), &s.repo), (10, &[1u8, 2, 3][..], &r));
+    assert_eq!(
+        (s.received, s.hash_state.as_slice(), &s.repo),
+        (10, &[1u8, 2, 3][..], &r)
+    );
     assert!(matches!(
         store.advance_upload(&id, 0, 20, vec![]).await,
-        Err(Error::UploadOffsetConflict { expected: 0, actual: 10, .. })
+        Err(Error::UploadOffsetConflict {
+            expected: 0,
+            actual: 10,
+            ..
+        })
     ));
     assert!(store.delete_upload(&id).await.unwrap());
     assert!(!store.delete_upload(&id).await.unwrap());
@@ -189,12 +269,19 @@ pub async fn concurrent_tag_race_has_one_winner(store: &dyn TagStore) {
         let r = r.clone();
         async move {
             store
-                .put_manifest(&r, manifest(&format!("race{i}")), write("1.0", Mutability::Immutable))
+                .put_manifest(
+                    &r,
+                    manifest(&format!("race{i}")),
+                    write("1.0", Mutability::Immutable),
+                )
                 .await
         }
     });
     let results = futures_util::future::join_all(futs).await;
-    let created = results.iter().filter(|r| matches!(r, Ok(TagOutcome::Created))).count();
+    let created = results
+        .iter()
+        .filter(|r| matches!(r, Ok(TagOutcome::Created)))
+        .count();
     let refused = results
         .iter()
         .filter(|r| matches!(r, Err(Error::TagImmutable { .. })))

@@ -117,7 +117,9 @@ pub enum TagOutcome {
     /// The tag already named this digest.
     Unchanged,
     /// A mutable tag moved from `previous`.
-    Moved { previous: Digest },
+    Moved {
+        previous: Digest,
+    },
 }
 
 /// A tag with its provenance.
@@ -180,8 +182,11 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>, Error>;
 
     /// Repository names sorted, after `last`, at most `limit`.
-    async fn list_repositories(&self, last: Option<&str>, limit: usize)
-    -> Result<Vec<String>, Error>;
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error>;
 
     /// Manifests in `repo` whose subject is `subject`.
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>, Error>;

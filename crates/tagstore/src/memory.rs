@@ -111,7 +111,10 @@ impl TagStore for MemoryTagStore {
         digest: &Digest,
     ) -> Result<Option<ManifestRecord>, Error> {
         let s = self.lock();
-        if !s.links.contains(&(repo.as_str().to_owned(), digest.clone())) {
+        if !s
+            .links
+            .contains(&(repo.as_str().to_owned(), digest.clone()))
+        {
             return Ok(None);
         }
         Ok(s.manifests.get(digest).map(|m| ManifestRecord {
@@ -188,7 +191,10 @@ impl TagStore for MemoryTagStore {
             .manifests
             .values()
             .filter(|m| m.subject.as_ref() == Some(subject))
-            .filter(|m| s.links.contains(&(repo.as_str().to_owned(), m.digest.clone())))
+            .filter(|m| {
+                s.links
+                    .contains(&(repo.as_str().to_owned(), m.digest.clone()))
+            })
             .map(|m| Referrer {
                 digest: m.digest.clone(),
                 media_type: m.media_type.clone(),

@@ -28,9 +28,15 @@ impl Default for TagPolicy {
 
 impl TagPolicy {
     /// `patterns` are globs where `*` matches any run and `?` one character.
-    pub fn new<S: AsRef<str>>(patterns: impl IntoIterator<Item = S>, allow_latest_push: bool) -> Self {
+    pub fn new<S: AsRef<str>>(
+        patterns: impl IntoIterator<Item = S>,
+        allow_latest_push: bool,
+    ) -> Self {
         TagPolicy {
-            patterns: patterns.into_iter().map(|p| WildMatch::new(p.as_ref())).collect(),
+            patterns: patterns
+                .into_iter()
+                .map(|p| WildMatch::new(p.as_ref()))
+                .collect(),
             allow_latest_push,
         }
     }
@@ -67,8 +73,14 @@ mod tests {
         let p = TagPolicy::default();
         assert_eq!(p.classify(&t("1.0")).unwrap(), Mutability::Immutable);
         assert_eq!(p.classify(&t("1.0-SNAPSHOT")).unwrap(), Mutability::Mutable);
-        assert_eq!(p.classify(&t("1.0-snapshot")).unwrap(), Mutability::Immutable);
-        assert!(matches!(p.classify(&t("latest")), Err(Error::LatestNotAllowed)));
+        assert_eq!(
+            p.classify(&t("1.0-snapshot")).unwrap(),
+            Mutability::Immutable
+        );
+        assert!(matches!(
+            p.classify(&t("latest")),
+            Err(Error::LatestNotAllowed)
+        ));
     }
 
     #[test]
@@ -77,7 +89,10 @@ mod tests {
         assert_eq!(p.classify(&t("dev-x")).unwrap(), Mutability::Mutable);
         assert_eq!(p.classify(&t("pr-1")).unwrap(), Mutability::Mutable);
         assert_eq!(p.classify(&t("pr-12")).unwrap(), Mutability::Immutable);
-        assert_eq!(p.classify(&t("1.0-SNAPSHOT")).unwrap(), Mutability::Immutable);
+        assert_eq!(
+            p.classify(&t("1.0-SNAPSHOT")).unwrap(),
+            Mutability::Immutable
+        );
         assert_eq!(p.classify(&t("latest")).unwrap(), Mutability::Mutable);
     }
 }

@@ -354,9 +354,8 @@ impl TagStore for SqlTagStore {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let r = c.immediate_transaction(|c| {
-                    put_manifest_tx(c, &repo, &manifest, tag.as_ref())
-                });
+                let r =
+                    c.immediate_transaction(|c| put_manifest_tx(c, &repo, &manifest, tag.as_ref()));
                 match r {
                     Ok(o) => return Ok(o),
                     Err(TxError::Store(e)) => return Err(e),

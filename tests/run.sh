@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run every check pierone has: formatting, lints, licences and advisories, unit tests,
+# the storage conformance suites, and the integration tests with real clients.
+# Installs what a fresh Debian machine lacks (skopeo, podman, the oras Python SDK, cargo-deny).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pierone-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+have() { command -v "$1" >/dev/null 2>&1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+have skopeo || missing+=(skopeo)
+have podman || missing+=(podman uidmap fuse-overlayfs)
+if [ ${#missing[@]} -gt 0 ]; then
+    step "installing ${missing[*]} from Debian"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! python3 -c 'import oras' 2>/dev/null; then
+    step "installing the oras Python SDK"
+    python3 -m pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+fi
+if ! have cargo-deny; then
+    step "installing cargo-deny"
+    cargo install --locked --quiet cargo-deny@0.20.2
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo deny check"
+cargo deny --log-level error check
+step "cargo test"
+cargo test --workspace --locked
