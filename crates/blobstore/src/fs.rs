@@ -4,21 +4,30 @@
 //! POSIX filesystems: a reader opens either nothing or the whole blob, and a crash leaves at
 //! worst an upload file that the session's recorded offset still describes.
 
-use std::io::SeekFrom;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::{BlobRead, BlobStore, ByteStream, Error};
 
 /// Size of the chunks a read is streamed in: large enough to keep syscalls off the profile,
 /// small enough that many concurrent pulls stay cheap in memory.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 512 * 1024;
+
+/// Chunks read ahead of the client, per pull.
+const READ_AHEAD: usize = 4;
+
+/// Request-body chunks queued for the writer thread, per upload.
+const WRITE_QUEUE: usize = 32;
+
+/// Start writeback of an upload every this many bytes, so that the fsync before a blob is
+/// published finds little left to write: disk time then overlaps network time.
+const FLUSH_EVERY: u64 = 32 << 20;
 
 /// Blobs and upload data in a directory tree on the local filesystem.
 #[derive(Debug, Clone)]
@@ -92,6 +101,71 @@ fn open_locked(path: &Path, id: &UploadId, create: bool) -> Result<std::fs::File
     }
 }
 
+/// Flushes a file's dirty pages on a blocking thread whenever kicked, coalescing kicks that
+/// arrive while a flush runs. Dropping it ends the thread.
+struct Flusher {
+    kick: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Flusher {
+    fn start(file: std::fs::File) -> Flusher {
+        let (kick, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        tokio::task::spawn_blocking(move || {
+            while rx.recv().is_ok() {
+                // Best effort: the fsync at commit is the one that counts and reports errors.
+                let _ = file.sync_data();
+            }
+        });
+        Flusher { kick }
+    }
+
+    fn kick(&self) {
+        let _ = self.kick.try_send(());
+    }
+}
+
+/// Stream `len` bytes of `file` from `start`, read ahead on a blocking thread.
+fn spawn_reader(mut file: std::fs::File, start: u64, len: u64) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut remaining = len;
+        while remaining > 0 {
+            let want = remaining.min(READ_CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let mut filled = 0;
+            while filled < want {
+                match file.read(&mut buf[filled..]) {
+                    Ok(0) => {
+                        let _ = tx.blocking_send(Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "blob shorter than its recorded size",
+                        )));
+                        return;
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            remaining -= want as u64;
+            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                // The client went away.
+                return;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
 #[async_trait]
 impl BlobStore for FsBlobStore {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
@@ -110,7 +184,7 @@ impl BlobStore for FsBlobStore {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Option<BlobRead>, Error> {
-        let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
+        let file = match tokio::fs::File::open(self.blob_path(digest)).await {
             Ok(f) => f,
             Err(e) if not_found(&e) => return Ok(None),
             Err(e) => {
@@ -129,40 +203,9 @@ impl BlobStore for FsBlobStore {
                 size: total_size,
             });
         }
-        if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start))
-                .await
-                .map_err(Error::io("seek in blob"))?;
-        }
-        let remaining = range.end - range.start;
-        let body = futures_util::stream::try_unfold(
-            (file, remaining),
-            |(mut file, remaining)| async move {
-                if remaining == 0 {
-                    return Ok(None);
-                }
-                let want = remaining.min(READ_CHUNK as u64) as usize;
-                let mut buf = BytesMut::with_capacity(want);
-                while buf.len() < want {
-                    let n = (&mut file)
-                        .take((want - buf.len()) as u64)
-                        .read_buf(&mut buf)
-                        .await?;
-                    if n == 0 {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "blob shorter than its recorded size",
-                        ));
-                    }
-                }
-                let n = buf.len() as u64;
-                Ok(Some((buf.freeze(), (file, remaining - n))))
-            },
-        );
-        Ok(Some(BlobRead {
-            total_size,
-            body: Box::pin(body),
-        }))
+        let file = file.into_std().await;
+        let body = spawn_reader(file, range.start, range.end - range.start);
+        Ok(Some(BlobRead { total_size, body }))
     }
 
     async fn write_upload(
@@ -172,42 +215,73 @@ impl BlobStore for FsBlobStore {
         mut data: ByteStream,
     ) -> Result<u64, Error> {
         let path = self.upload_path(id);
-        let id2 = id.clone();
-        let std_file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, Error> {
-            let file = open_locked(&path, &id2, offset == 0)?;
-            let stored = file
-                .metadata()
-                .map_err(Error::io("stat upload file"))?
-                .len();
+        let id = id.clone();
+        let fsync = self.fsync;
+        // One blocking thread owns the file for the whole request: the async side only moves
+        // `Bytes` handles, so hashing (in the stream) and writing run in parallel, and there is
+        // no per-chunk hop through the blocking pool.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+            let mut file = open_locked(&path, &id, offset == 0)?;
+            let stored = file.metadata().map_err(Error::io("stat upload file"))?.len();
             if stored < offset {
                 return Err(Error::UploadTruncated {
-                    id: id2,
+                    id,
                     stored,
                     expected: offset,
                 });
             }
             if stored > offset {
-                file.set_len(offset)
-                    .map_err(Error::io("truncate upload file"))?;
+                file.set_len(offset).map_err(Error::io("truncate upload file"))?;
             }
-            Ok(file)
-        })
-        .await
-        .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))??;
-        let mut file = tokio::fs::File::from_std(std_file);
-        file.seek(SeekFrom::Start(offset))
-            .await
-            .map_err(Error::io("seek in upload file"))?;
-        let mut written = 0u64;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(Error::io("seek in upload file"))?;
+            let flusher = if fsync {
+                Some(Flusher::start(
+                    file.try_clone().map_err(Error::io("clone upload file"))?,
+                ))
+            } else {
+                None
+            };
+            let mut written = 0u64;
+            let mut unflushed = 0u64;
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)
+                    .map_err(Error::io("write upload file"))?;
+                written += chunk.len() as u64;
+                unflushed += chunk.len() as u64;
+                if unflushed >= FLUSH_EVERY {
+                    if let Some(f) = &flusher {
+                        f.kick();
+                    }
+                    unflushed = 0;
+                }
+            }
+            Ok(written)
+        });
+        let mut body_error = None;
         while let Some(chunk) = data.next().await {
-            let chunk = chunk.map_err(Error::Body)?;
-            file.write_all(&chunk)
-                .await
-                .map_err(Error::io("write upload file"))?;
-            written += chunk.len() as u64;
+            match chunk {
+                Ok(chunk) => {
+                    if tx.send(chunk).await.is_err() {
+                        // The writer stopped early; its own error explains why.
+                        break;
+                    }
+                }
+                Err(e) => {
+                    body_error = Some(e);
+                    break;
+                }
+            }
         }
-        file.flush().await.map_err(Error::io("write upload file"))?;
-        Ok(written)
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))??;
+        match body_error {
+            Some(e) => Err(Error::Body(e)),
+            None => Ok(written),
+        }
     }
 
     async fn commit_upload(&self, id: &UploadId, size: u64, digest: &Digest) -> Result<(), Error> {
