@@ -359,3 +359,180 @@ async fn oras_python_sdk_pushes_artifacts_with_subject_and_finds_referrers() {
     assert!(success, "oras check failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("ORAS OK"), "{stdout}");
 }
+
+/// A registry with token-info authentication, for the login tests.
+async fn authenticated_server() -> (TestServer, crate::util::FakeTokenInfo) {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use pierone_auth::{AuthConfig, Authorizer, MemoryTeams, TokenInfoValidator};
+
+    let ti = crate::util::FakeTokenInfo::start(vec![(
+        "alice-token",
+        crate::util::token_json("alice", "/employees", &["uid"], 3600),
+    )])
+    .await;
+    let validator = TokenInfoValidator::new(&ti.url, Duration::from_secs(2)).unwrap();
+    let s = TestServer::start_with(pierone_registry::Config {
+        auth: Authorizer::new(
+            Arc::new(validator),
+            Arc::new(MemoryTeams::new([("myteam", &["alice"][..], &[][..])])),
+            AuthConfig::default(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    (s, ti)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_and_podman_log_in_with_oauth2_tokens() {
+    let (s, _ti) = authenticated_server().await;
+    let host = s.host().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let lay = work.path().join("layout");
+    layout(&lay, &format!("login-{}", std::process::id()));
+    let authfile = work.path().join("auth.json");
+    let authfile = authfile.to_str().unwrap();
+    let src = format!("oci:{}:one", lay.display());
+
+    // Without credentials: refused with 401, and the tools say so.
+    let (success, _, stderr) = run(
+        "skopeo",
+        [
+            "copy",
+            "--dest-tls-verify=false",
+            &src,
+            &format!("docker://{host}/myteam/app:1.0"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+    .await;
+    assert!(!success);
+    assert!(
+        stderr.contains("authentication required") || stderr.contains("unauthorized"),
+        "{stderr}"
+    );
+
+    // skopeo with oauth2:<token> credentials: own team yes, other team no (403 shown).
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "oauth2:alice-token",
+            &src,
+            &format!("docker://{host}/myteam/app:1.0"),
+        ],
+    )
+    .await;
+    let (success, _, stderr) = run(
+        "skopeo",
+        [
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "oauth2:alice-token",
+            &src,
+            &format!("docker://{host}/other/app:1.0"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+    .await;
+    assert!(!success, "alice is not in team other");
+    assert!(
+        stderr.contains("denied") && stderr.contains("other"),
+        "{stderr}"
+    );
+
+    // podman login stores Basic oauth2:<token>; pull and push use it.
+    ok(
+        "podman",
+        &[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "-u",
+            "oauth2",
+            "-p",
+            "alice-token",
+            &host,
+        ],
+    )
+    .await;
+    let (success, _, _) = run(
+        "podman",
+        [
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "-u",
+            "oauth2",
+            "-p",
+            "wrong",
+            &host,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+    .await;
+    assert!(!success, "a bad token must not log in");
+    let image = format!("{host}/myteam/app:1.0");
+    ok(
+        "podman",
+        &["pull", "--tls-verify=false", "--authfile", authfile, &image],
+    )
+    .await;
+    ok(
+        "podman",
+        &["tag", &image, &format!("{host}/myteam/pushed:1.0")],
+    )
+    .await;
+    ok(
+        "podman",
+        &[
+            "push",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            &format!("{host}/myteam/pushed:1.0"),
+        ],
+    )
+    .await;
+    ok(
+        "podman",
+        &["tag", &image, &format!("{host}/other/pushed:1.0")],
+    )
+    .await;
+    let (success, _, stderr) = run(
+        "podman",
+        [
+            "push",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            &format!("{host}/other/pushed:1.0"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+    .await;
+    assert!(!success, "podman must be refused for another team");
+    assert!(stderr.contains("denied"), "{stderr}");
+    for r in ["myteam/app:1.0", "myteam/pushed:1.0", "other/pushed:1.0"] {
+        let _ = run(
+            "podman",
+            vec!["rmi".into(), "-f".into(), format!("{host}/{r}")],
+        )
+        .await;
+    }
+}

@@ -67,6 +67,11 @@ impl TestServer {
         }
     }
 
+    /// The SQLite metadata database the server writes.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("meta.db")
+    }
+
     /// The host:port, as container tools want it.
     pub fn host(&self) -> &str {
         self.url.trim_start_matches("http://")
@@ -276,4 +281,76 @@ pub async fn oci_error(r: reqwest::Response, status: StatusCode, code: &str) -> 
     };
     assert_eq!((err.status, err.code.as_str()), (status, code), "{err:?}");
     err
+}
+
+/// A token-info endpoint on 127.0.0.1:0 answering from a fixed table: `GET
+/// /tokeninfo?access_token=<token>` gives the token's JSON, or 400 for unknown tokens.
+/// Special tokens: `slow` answers after 3 s, `garbage` answers HTML, `boom` answers 503.
+pub struct FakeTokenInfo {
+    pub url: String,
+    pub calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeTokenInfo {
+    pub async fn start(tokens: Vec<(&str, Value)>) -> FakeTokenInfo {
+        use http_body_util::{BodyExt, Full};
+        let table: Arc<std::collections::HashMap<String, Value>> =
+            Arc::new(tokens.into_iter().map(|(t, v)| (t.to_owned(), v)).collect());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/tokeninfo", listener.local_addr().unwrap());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = calls.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let table = table.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let table = table.clone();
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            async move {
+                                let token = req
+                                    .uri()
+                                    .query()
+                                    .and_then(|q| q.strip_prefix("access_token="))
+                                    .unwrap_or("")
+                                    .to_owned();
+                                let _ = req.into_body().collect().await;
+                                let (status, body) = match token.as_str() {
+                                    "slow" => {
+                                        tokio::time::sleep(Duration::from_secs(3)).await;
+                                        (200, json!({"uid": "slow"}).to_string())
+                                    }
+                                    "garbage" => (200, "<html>not json</html>".to_owned()),
+                                    "boom" => (503, "down".to_owned()),
+                                    t => match table.get(t) {
+                                        Some(v) => (200, v.to_string()),
+                                        None => {
+                                            (400, json!({"error": "invalid_token"}).to_string())
+                                        }
+                                    },
+                                };
+                                let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                                *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeTokenInfo { url, calls }
+    }
+}
+
+/// Token-info JSON for a token.
+pub fn token_json(uid: &str, realm: &str, scopes: &[&str], expires_in: i64) -> Value {
+    json!({"uid": uid, "realm": realm, "scope": scopes, "expires_in": expires_in})
 }

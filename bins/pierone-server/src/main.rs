@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use pierone_auth::{
+    AuthConfig, Authorizer, CachingValidator, FileTeams, HttpTeams, IntrospectionValidator,
+    MemoryTeams, TeamDirectory, TokenInfoValidator, TokenValidator,
+};
 use pierone_blobstore::FsBlobStore;
 use pierone_registry::{Config, Registry};
 use pierone_tagstore::{SqlTagStore, TagPolicy};
@@ -48,6 +52,132 @@ struct Args {
     /// that were acknowledged. Crash atomicity is kept either way.
     #[arg(long, env = "PIERONE_NO_FSYNC")]
     no_fsync: bool,
+
+    /// Validate bearer tokens with this token-info endpoint
+    /// (`GET <url>?access_token=<token>`).
+    #[arg(
+        long,
+        env = "PIERONE_TOKENINFO_URL",
+        conflicts_with = "introspection_url"
+    )]
+    tokeninfo_url: Option<String>,
+
+    /// Validate bearer tokens with this RFC 7662 introspection endpoint instead.
+    #[arg(long, env = "PIERONE_INTROSPECTION_URL", requires_all = ["introspection_client_id", "introspection_client_secret"])]
+    introspection_url: Option<String>,
+
+    /// Client id the server authenticates to the introspection endpoint with.
+    #[arg(long, env = "PIERONE_INTROSPECTION_CLIENT_ID")]
+    introspection_client_id: Option<String>,
+
+    /// Client secret the server authenticates to the introspection endpoint with.
+    #[arg(
+        long,
+        env = "PIERONE_INTROSPECTION_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    introspection_client_secret: Option<String>,
+
+    /// YAML file of teams, their members (employee uids) and applications; reloaded when it
+    /// changes. Takes precedence over the HTTP services below.
+    #[arg(long, env = "PIERONE_TEAMS_FILE")]
+    teams_file: Option<PathBuf>,
+
+    /// Team service for employees: `GET <url>/api/teams?member=<uid>`.
+    #[arg(long, env = "PIERONE_TEAM_SERVICE_URL")]
+    team_service_url: Option<String>,
+
+    /// Application registry for service users: `GET <url>/apps/<application-id>`.
+    #[arg(long, env = "PIERONE_APPLICATION_REGISTRY_URL")]
+    application_registry_url: Option<String>,
+
+    /// The server's own bearer token for the team service and application registry.
+    #[arg(long, env = "PIERONE_SERVICE_TOKEN", hide_env_values = true)]
+    service_token: Option<String>,
+
+    /// Let anonymous clients pull (pushes still need a token).
+    #[arg(long, env = "PIERONE_PUBLIC_READ")]
+    public_read: bool,
+
+    /// Prefix of service-user uids; the rest is the application id.
+    #[arg(long, env = "PIERONE_SERVICE_UID_PREFIX", default_value = "stups_")]
+    service_uid_prefix: String,
+
+    /// Serve without any token validation on a non-loopback address. Everyone may push.
+    #[arg(long, env = "PIERONE_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+}
+
+/// How long identity services get to answer before a request fails with 503.
+const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Build the authorizer the flags describe, refusing configurations that would expose an
+/// unauthenticated registry by accident.
+fn authorizer(args: &Args) -> Result<Authorizer, String> {
+    let validator: Arc<dyn TokenValidator> = match (&args.tokeninfo_url, &args.introspection_url) {
+        (Some(url), _) => {
+            Arc::new(TokenInfoValidator::new(url, AUTH_TIMEOUT).map_err(|e| e.to_string())?)
+        }
+        (None, Some(url)) => Arc::new(
+            IntrospectionValidator::new(
+                url,
+                args.introspection_client_id.as_deref().unwrap_or_default(),
+                args.introspection_client_secret
+                    .as_deref()
+                    .unwrap_or_default(),
+                AUTH_TIMEOUT,
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        (None, None) => {
+            if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
+                return Err(format!(
+                    "refusing to serve {} without token validation: give --tokeninfo-url or \
+                     --introspection-url, or --insecure-no-auth if you really mean it",
+                    args.listen
+                ));
+            }
+            tracing::warn!(
+                "NO AUTHENTICATION: no --tokeninfo-url or --introspection-url given; \
+                 anyone who can reach {} may push and pull",
+                args.listen
+            );
+            return Ok(Authorizer::unchecked());
+        }
+    };
+    let validator = Arc::new(CachingValidator::new(
+        validator,
+        100_000,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(10),
+    ));
+    let teams: Arc<dyn TeamDirectory> = if let Some(path) = &args.teams_file {
+        Arc::new(FileTeams::open(path).map_err(|e| e.to_string())?)
+    } else if args.team_service_url.is_some() || args.application_registry_url.is_some() {
+        Arc::new(
+            HttpTeams::new(
+                args.team_service_url.as_deref(),
+                args.application_registry_url.as_deref(),
+                args.service_token.as_deref(),
+                AUTH_TIMEOUT,
+            )
+            .map_err(|e| e.to_string())?,
+        )
+    } else {
+        tracing::warn!(
+            "no --teams-file, --team-service-url or --application-registry-url: \
+             only tokens with the scope application.write_all can push"
+        );
+        Arc::new(MemoryTeams::default())
+    };
+    Ok(Authorizer::new(
+        validator,
+        teams,
+        AuthConfig {
+            public_read: args.public_read,
+            service_uid_prefix: args.service_uid_prefix.clone(),
+        },
+    ))
 }
 
 fn main() -> ExitCode {
@@ -78,6 +208,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
+    let auth = authorizer(&args)?;
     let blobs = FsBlobStore::open(&args.data_dir)
         .await
         .map_err(|e| format!("blob store at {}: {e}", args.data_dir.display()))?
@@ -89,6 +220,7 @@ async fn serve(args: Args) -> Result<(), String> {
     let config = Config {
         tag_policy: TagPolicy::new(&args.mutable_tag_patterns, args.allow_latest_push),
         max_blob_size: args.max_blob_size,
+        auth,
         ..Config::default()
     };
     let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(tags), config));

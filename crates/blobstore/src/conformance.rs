@@ -241,6 +241,30 @@ pub async fn sha512_blobs(store: &dyn BlobStore) {
     assert_eq!(read_all(store, &d, None).await.unwrap(), b"512");
 }
 
+/// A large upload (enough to start background writeback in the filesystem store) can be
+/// committed the moment its write returns: nothing of the write outlives it.
+pub async fn large_upload_commits_immediately(store: &dyn BlobStore) {
+    const MIB: usize = 1 << 20;
+    for round in 0..3u8 {
+        let id = uid("large");
+        let chunks: Vec<Result<Bytes, std::io::Error>> = (0..48u8)
+            .map(|i| Ok(Bytes::from(vec![i ^ round; MIB])))
+            .collect();
+        let mut h = pierone_protocol::Hasher::new(pierone_protocol::Algorithm::Sha256);
+        for c in chunks.iter().flatten() {
+            h.update(c);
+        }
+        let d = h.finish();
+        let n = store
+            .write_upload(&id, 0, Box::pin(futures_util::stream::iter(chunks)))
+            .await
+            .unwrap();
+        assert_eq!(n, 48 * MIB as u64);
+        store.commit_upload(&id, n, &d).await.unwrap();
+        assert_eq!(store.stat(&d).await.unwrap(), Some(n));
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an async block yielding
 /// `(store, guard)`.
 #[macro_export]
@@ -256,7 +280,8 @@ macro_rules! conformance_tests {
             commit_shorter_than_stored_uses_prefix,
             commit_is_idempotent_per_digest,
             concurrent_uploads_are_independent,
-            sha512_blobs
+            sha512_blobs,
+            large_upload_commits_immediately
         );
     };
     (@each $make:expr; $($name:ident),*) => {

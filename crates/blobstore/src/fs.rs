@@ -101,26 +101,38 @@ fn open_locked(path: &Path, id: &UploadId, create: bool) -> Result<std::fs::File
     }
 }
 
-/// Flushes a file's dirty pages on a blocking thread whenever kicked, coalescing kicks that
-/// arrive while a flush runs. Dropping it ends the thread.
+/// Flushes a file's dirty pages on its own thread whenever kicked, coalescing kicks that
+/// arrive while a flush runs. The thread holds a duplicate of the file descriptor, and with it
+/// the upload's lock, so [`Flusher::finish`] joins it before the upload is released.
 struct Flusher {
     kick: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Flusher {
-    fn start(file: std::fs::File) -> Flusher {
+    fn start(file: &std::fs::File) -> Result<Flusher, Error> {
+        let file = file.try_clone().map_err(Error::io("clone upload file"))?;
         let (kick, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        tokio::task::spawn_blocking(move || {
-            while rx.recv().is_ok() {
-                // Best effort: the fsync at commit is the one that counts and reports errors.
-                let _ = file.sync_data();
-            }
-        });
-        Flusher { kick }
+        let thread = std::thread::Builder::new()
+            .name("pierone-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // Best effort: the fsync at commit is the one that counts and reports
+                    // errors.
+                    let _ = file.sync_data();
+                }
+            })
+            .map_err(Error::io("start flush thread"))?;
+        Ok(Flusher { kick, thread })
     }
 
     fn kick(&self) {
         let _ = self.kick.try_send(());
+    }
+
+    fn finish(self) {
+        drop(self.kick);
+        let _ = self.thread.join();
     }
 }
 
@@ -223,7 +235,10 @@ impl BlobStore for FsBlobStore {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let writer = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let mut file = open_locked(&path, &id, offset == 0)?;
-            let stored = file.metadata().map_err(Error::io("stat upload file"))?.len();
+            let stored = file
+                .metadata()
+                .map_err(Error::io("stat upload file"))?
+                .len();
             if stored < offset {
                 return Err(Error::UploadTruncated {
                     id,
@@ -232,31 +247,37 @@ impl BlobStore for FsBlobStore {
                 });
             }
             if stored > offset {
-                file.set_len(offset).map_err(Error::io("truncate upload file"))?;
+                file.set_len(offset)
+                    .map_err(Error::io("truncate upload file"))?;
             }
             file.seek(SeekFrom::Start(offset))
                 .map_err(Error::io("seek in upload file"))?;
-            let flusher = if fsync {
-                Some(Flusher::start(
-                    file.try_clone().map_err(Error::io("clone upload file"))?,
-                ))
-            } else {
-                None
-            };
+            // Started at the first kick: most uploads are small and never need it.
+            let mut flusher: Option<Flusher> = None;
             let mut written = 0u64;
             let mut unflushed = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)
-                    .map_err(Error::io("write upload file"))?;
-                written += chunk.len() as u64;
-                unflushed += chunk.len() as u64;
-                if unflushed >= FLUSH_EVERY {
-                    if let Some(f) = &flusher {
-                        f.kick();
+            let result = (|| {
+                while let Some(chunk) = rx.blocking_recv() {
+                    file.write_all(&chunk)
+                        .map_err(Error::io("write upload file"))?;
+                    written += chunk.len() as u64;
+                    unflushed += chunk.len() as u64;
+                    if fsync && unflushed >= FLUSH_EVERY {
+                        if flusher.is_none() {
+                            flusher = Some(Flusher::start(&file)?);
+                        }
+                        if let Some(f) = &flusher {
+                            f.kick();
+                        }
+                        unflushed = 0;
                     }
-                    unflushed = 0;
                 }
+                Ok::<(), Error>(())
+            })();
+            if let Some(f) = flusher {
+                f.finish();
             }
+            result?;
             Ok(written)
         });
         let mut body_error = None;

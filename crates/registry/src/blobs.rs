@@ -19,6 +19,7 @@ use pierone_tagstore::UploadSession;
 use crate::Registry;
 use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value, range_header};
+use pierone_auth::{Access, Principal};
 
 pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     req.uri()
@@ -257,17 +258,23 @@ impl Registry {
     pub(crate) async fn start_upload(
         &self,
         repo: &RepoName,
+        principal: &Principal,
         req: Request<Incoming>,
     ) -> Result<Resp, RegistryError> {
         let q = query(&req);
         if let Some(mount) = q.get("mount") {
             // A mount that cannot be satisfied falls back to a new upload session, as the
-            // spec requires; blobs are global, so the source repository only has to be valid.
-            let from_ok = q.get("from").is_some_and(|f| f.parse::<RepoName>().is_ok());
-            if let (Ok(digest), true) = (mount.parse::<Digest>(), from_ok)
-                && self.blobs.stat(&digest).await?.is_some()
-            {
-                return Ok(created(&blob_location(repo, &digest), &digest));
+            // spec requires. Blobs are global, but the client must be allowed to read the
+            // source it names.
+            let from = q.get("from").and_then(|f| f.parse::<RepoName>().ok());
+            if let (Ok(digest), Some(from)) = (mount.parse::<Digest>(), from) {
+                let read = Access::Read {
+                    team: Some(from.team().to_owned()),
+                };
+                self.config.auth.authorize(principal, &read).await?;
+                if self.blobs.stat(&digest).await?.is_some() {
+                    return Ok(created(&blob_location(repo, &digest), &digest));
+                }
             }
         }
         if let Some(d) = q.get("digest") {

@@ -12,6 +12,8 @@ pub enum RegistryError {
     Blobs(#[from] pierone_blobstore::Error),
     #[error(transparent)]
     Tags(#[from] pierone_tagstore::Error),
+    #[error(transparent)]
+    Auth(#[from] pierone_auth::Error),
     #[error("blob {0} is not stored in this registry")]
     BlobUnknown(Digest),
     #[error("manifest {1} is not in repository {0}")]
@@ -81,6 +83,8 @@ pub enum ErrorHeaders {
     UploadRange(u64),
     /// `Content-Range: bytes */<size>` for an unsatisfiable read.
     BlobSize(u64),
+    /// `WWW-Authenticate: Basic realm=...`, so docker, podman and skopeo send credentials.
+    Challenge,
 }
 
 impl RegistryError {
@@ -135,6 +139,18 @@ impl RegistryError {
                 ),
                 T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
                 T::Query(_) | T::Corrupt(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+                }
+            },
+            RegistryError::Auth(e) => match e {
+                pierone_auth::Error::Unauthorized(_) => {
+                    (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
+                }
+                pierone_auth::Error::Denied { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+                pierone_auth::Error::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
+                }
+                pierone_auth::Error::Config(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
                 }
             },
@@ -196,6 +212,9 @@ impl RegistryError {
                 "tag": tag.as_str(),
                 "digest": existing.as_str(),
             })),
+            RegistryError::Auth(pierone_auth::Error::Denied { team, uid, .. }) => {
+                Some(serde_json::json!({ "team": team, "uid": uid }))
+            }
             RegistryError::DigestMismatch { expected, actual } => Some(serde_json::json!({
                 "expected": expected.as_str(),
                 "actual": actual.as_str(),
@@ -209,6 +228,7 @@ impl RegistryError {
 
     pub fn headers(&self) -> ErrorHeaders {
         match self {
+            RegistryError::Auth(pierone_auth::Error::Unauthorized(_)) => ErrorHeaders::Challenge,
             RegistryError::ChunkOutOfOrder { received, .. } => ErrorHeaders::UploadRange(*received),
             RegistryError::Tags(pierone_tagstore::Error::UploadOffsetConflict {
                 actual, ..

@@ -23,6 +23,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use pierone_auth::{Access, Authorizer};
 use pierone_blobstore::BlobStore;
 use pierone_protocol::{Digest, RepoName, Tag};
 use pierone_tagstore::{ManifestRecord, TagPolicy, TagStore};
@@ -42,6 +43,8 @@ pub struct Config {
     pub upload_ttl: Duration,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Who may do what; by default nothing is checked.
+    pub auth: Authorizer,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             max_blob_size: 64 << 30,
             upload_ttl: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(30),
+            auth: Authorizer::unchecked(),
         }
     }
 }
@@ -79,12 +83,6 @@ impl quick_cache::Weighter<(RepoName, Digest), ManifestRecord> for ManifestWeigh
 
 /// Bytes of manifests kept in memory: small, so the server's footprint stays bounded.
 const MANIFEST_CACHE_BYTES: u64 = 8 << 20;
-
-/// Who is making a request; `anonymous` until authentication exists.
-#[derive(Debug, Clone)]
-pub(crate) struct Principal {
-    pub uid: String,
-}
 
 impl Registry {
     pub fn new(blobs: Arc<dyn BlobStore>, tags: Arc<dyn TagStore>, config: Config) -> Registry {
@@ -132,10 +130,14 @@ impl Registry {
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Resp, RegistryError> {
         let route = routes::parse(req.uri().path())?.ok_or(RegistryError::NoRoute)?;
-        let principal = Principal {
-            uid: "anonymous".to_owned(),
-        };
         let m = req.method().clone();
+        let auth = &self.config.auth;
+        let header = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or(""));
+        let principal = auth.authenticate(header).await?;
+        auth.authorize(&principal, &access(&route, &m)).await?;
         match route {
             Route::Base => match m {
                 Method::GET | Method::HEAD => Ok(response::json(
@@ -171,7 +173,7 @@ impl Registry {
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
             Route::UploadStart(repo) => match m {
-                Method::POST => self.start_upload(&repo, req).await,
+                Method::POST => self.start_upload(&repo, &principal, req).await,
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
             Route::Upload(repo, id) => match m {
@@ -182,6 +184,30 @@ impl Registry {
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
         }
+    }
+}
+
+/// What `method` on `route` needs: reads are GET and HEAD, anything else on a repository is a
+/// write (so an anonymous DELETE gets 401, and an authorised one the 405 that says why not).
+fn access(route: &Route, method: &Method) -> Access {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let team = |repo: &RepoName| repo.team().to_owned();
+    match route {
+        Route::Base => Access::Ping,
+        Route::Catalog => Access::Read { team: None },
+        Route::Tags(repo)
+        | Route::Referrers(repo, _)
+        | Route::Manifest(repo, _)
+        | Route::Blob(repo, _) => {
+            if read {
+                Access::Read {
+                    team: Some(team(repo)),
+                }
+            } else {
+                Access::Write { team: team(repo) }
+            }
+        }
+        Route::UploadStart(repo) | Route::Upload(repo, _) => Access::Write { team: team(repo) },
     }
 }
 

@@ -11,10 +11,11 @@ use pierone_protocol::{
 };
 use pierone_tagstore::{ManifestRecord, Mutability, NewManifest, TagOutcome, TagWrite};
 
+use crate::Registry;
 use crate::blobs::query;
 use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value};
-use crate::{Principal, Registry};
+use pierone_auth::Principal;
 
 /// Layers that by definition live elsewhere and are never pushed to a registry.
 fn is_foreign(media_type: &str) -> bool {
@@ -103,7 +104,7 @@ impl Registry {
             Reference::Tag(t) => Some(TagWrite {
                 mutability: self.config.tag_policy.classify(t)?,
                 tag: t.clone(),
-                principal: principal.uid.clone(),
+                principal: principal.uid().to_owned(),
             }),
             Reference::Digest(_) => None,
         };
@@ -204,7 +205,7 @@ impl Registry {
         let tag_name = tag.as_ref().map(|t| t.tag.clone());
         let outcome = self.tags.put_manifest(repo, new, tag).await?;
         if let Some(t) = tag_name {
-            tracing::info!(%repo, tag = %t, %digest, principal = %principal.uid, ?outcome, "tag written");
+            tracing::info!(%repo, tag = %t, %digest, principal = %principal.uid(), ?outcome, "tag written");
             if matches!(outcome, TagOutcome::Moved { .. }) {
                 self.tag_cache.remove(&(repo.clone(), t));
             }

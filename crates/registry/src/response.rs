@@ -4,7 +4,9 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
-use hyper::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE};
+use hyper::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE, WWW_AUTHENTICATE,
+};
 use hyper::{Response, StatusCode};
 use pierone_blobstore::ByteStream;
 use pierone_protocol::error_body;
@@ -52,6 +54,12 @@ pub fn error(err: &RegistryError) -> Resp {
         ErrorHeaders::None => {}
         ErrorHeaders::UploadRange(received) => {
             h.insert(RANGE, range_header(received));
+        }
+        ErrorHeaders::Challenge => {
+            h.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"Pier One Docker Registry\""),
+            );
         }
         ErrorHeaders::BlobSize(size) => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -1,0 +1,312 @@
+//! Pier One's authorization rules: who is asking ([`Principal`]) and what they may do
+//! ([`Authorizer::authorize`]).
+
+use std::sync::Arc;
+
+use crate::{Error, TeamDirectory, TokenInfo, TokenValidator, parse_authorization};
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No credentials were sent.
+    Anonymous,
+    /// Authentication is switched off (a registry on loopback without token validation):
+    /// everyone may do everything.
+    Unchecked,
+    /// A validated token.
+    Token(TokenInfo),
+}
+
+impl Principal {
+    /// The name recorded as `created_by`.
+    pub fn uid(&self) -> &str {
+        match self {
+            Principal::Anonymous | Principal::Unchecked => "anonymous",
+            Principal::Token(t) => &t.uid,
+        }
+    }
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// `GET /v2/`: any authenticated client (or anyone with public read).
+    Ping,
+    /// Reading from a team's repositories, or listing repositories (`team` is `None`).
+    Read { team: Option<String> },
+    /// Pushing into a team's repositories.
+    Write { team: String },
+}
+
+/// Settings of the rules.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Let anonymous clients pull.
+    pub public_read: bool,
+    /// Prefix of service-user uids, stripped to get the application id.
+    pub service_uid_prefix: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            public_read: false,
+            service_uid_prefix: "stups_".to_owned(),
+        }
+    }
+}
+
+/// Authenticates requests and applies the rules.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    validator: Option<Arc<dyn TokenValidator>>,
+    teams: Arc<dyn TeamDirectory>,
+    config: AuthConfig,
+}
+
+impl Authorizer {
+    /// No authentication at all: every request is allowed and recorded as `anonymous`.
+    pub fn unchecked() -> Authorizer {
+        Authorizer {
+            validator: None,
+            teams: Arc::new(crate::MemoryTeams::default()),
+            config: AuthConfig::default(),
+        }
+    }
+
+    pub fn new(
+        validator: Arc<dyn TokenValidator>,
+        teams: Arc<dyn TeamDirectory>,
+        config: AuthConfig,
+    ) -> Authorizer {
+        Authorizer {
+            validator: Some(validator),
+            teams,
+            config,
+        }
+    }
+
+    pub fn is_unchecked(&self) -> bool {
+        self.validator.is_none()
+    }
+
+    /// Who sent a request with this `Authorization` header value.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
+        let Some(validator) = &self.validator else {
+            return Ok(Principal::Unchecked);
+        };
+        let Some(header) = authorization else {
+            return Ok(Principal::Anonymous);
+        };
+        let token = parse_authorization(header)?;
+        match validator.validate(&token).await? {
+            Some(info) => Ok(Principal::Token(info)),
+            None => Err(Error::Unauthorized(
+                "the token is invalid or expired".into(),
+            )),
+        }
+    }
+
+    /// Whether `principal` may do `access`.
+    pub async fn authorize(&self, principal: &Principal, access: &Access) -> Result<(), Error> {
+        let token = match principal {
+            Principal::Unchecked => return Ok(()),
+            Principal::Anonymous => {
+                return match access {
+                    Access::Ping | Access::Read { .. } if self.config.public_read => Ok(()),
+                    _ => Err(Error::Unauthorized("credentials required".into())),
+                };
+            }
+            Principal::Token(t) => t,
+        };
+        let team = match access {
+            Access::Ping | Access::Read { .. } => return Ok(()),
+            Access::Write { team } => team,
+        };
+        let denied = |why: &str| Error::Denied {
+            team: team.clone(),
+            uid: token.uid.clone(),
+            why: why.to_owned(),
+        };
+        if token.has_scope("application.write_all") {
+            return Ok(());
+        }
+        match token.realm.as_str() {
+            "/employees" => {
+                if self.teams.teams_of_user(&token.uid).await?.contains(team) {
+                    Ok(())
+                } else {
+                    Err(denied("not a member of the team"))
+                }
+            }
+            "/services" => {
+                if !token.has_scope("application.write") {
+                    return Err(denied("the token lacks the scope application.write"));
+                }
+                let app = token
+                    .uid
+                    .strip_prefix(self.config.service_uid_prefix.as_str())
+                    .unwrap_or(&token.uid);
+                if self.teams.teams_of_application(app).await?.contains(team) {
+                    Ok(())
+                } else {
+                    Err(denied(&format!(
+                        "application {app} is not assigned to the team"
+                    )))
+                }
+            }
+            other => Err(denied(&format!("realm {other:?} may not push"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::{MemoryTeams, StaticValidator};
+
+    fn info(uid: &str, realm: &str, scopes: &[&str]) -> TokenInfo {
+        TokenInfo {
+            uid: uid.into(),
+            realm: realm.into(),
+            scopes: scopes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<BTreeSet<_>>(),
+            expires_in: Some(3600),
+        }
+    }
+
+    fn authorizer(public_read: bool) -> Authorizer {
+        let tokens = [
+            ("emp-in", info("alice", "/employees", &["uid"])),
+            ("emp-out", info("bob", "/employees", &["uid"])),
+            (
+                "svc-in",
+                info("stups_ci-bot", "/services", &["uid", "application.write"]),
+            ),
+            (
+                "svc-elsewhere",
+                info(
+                    "stups_other-bot",
+                    "/services",
+                    &["uid", "application.write"],
+                ),
+            ),
+            ("svc-noscope", info("stups_ci-bot", "/services", &["uid"])),
+            (
+                "all",
+                info("robot", "/services", &["application.write_all"]),
+            ),
+            (
+                "weird",
+                info("carol", "/partners", &["uid", "application.write"]),
+            ),
+        ]
+        .map(|(t, i)| (t.to_owned(), i));
+        Authorizer::new(
+            Arc::new(StaticValidator::new(tokens)),
+            Arc::new(MemoryTeams::new([
+                ("myteam", &["alice"][..], &["ci-bot"][..]),
+                ("other", &["bob"][..], &["other-bot"][..]),
+            ])),
+            AuthConfig {
+                public_read,
+                ..AuthConfig::default()
+            },
+        )
+    }
+
+    async fn decide(a: &Authorizer, token: Option<&str>, access: Access) -> Result<(), Error> {
+        let header = token.map(|t| format!("Bearer {t}"));
+        let p = a.authenticate(header.as_deref()).await?;
+        a.authorize(&p, &access).await
+    }
+
+    #[tokio::test]
+    async fn push_rules() {
+        let a = authorizer(false);
+        let push = || Access::Write {
+            team: "myteam".into(),
+        };
+        for ok in ["emp-in", "svc-in", "all"] {
+            assert_eq!(decide(&a, Some(ok), push()).await, Ok(()), "{ok}");
+        }
+        for denied in ["emp-out", "svc-elsewhere", "svc-noscope", "weird"] {
+            match decide(&a, Some(denied), push()).await {
+                Err(Error::Denied { team, .. }) => assert_eq!(team, "myteam"),
+                other => panic!("{denied}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            decide(&a, Some("unknown"), push()).await,
+            Err(Error::Unauthorized(_))
+        ));
+        assert!(matches!(
+            decide(&a, None, push()).await,
+            Err(Error::Unauthorized(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_rules() {
+        let a = authorizer(false);
+        let read = || Access::Read {
+            team: Some("myteam".into()),
+        };
+        for t in ["emp-in", "emp-out", "svc-noscope", "weird"] {
+            assert_eq!(decide(&a, Some(t), read()).await, Ok(()));
+        }
+        assert!(matches!(
+            decide(&a, None, read()).await,
+            Err(Error::Unauthorized(_))
+        ));
+        assert!(matches!(
+            decide(&a, None, Access::Ping).await,
+            Err(Error::Unauthorized(_))
+        ));
+        let public = authorizer(true);
+        assert_eq!(decide(&public, None, read()).await, Ok(()));
+        assert_eq!(decide(&public, None, Access::Ping).await, Ok(()));
+        assert!(matches!(
+            decide(
+                &public,
+                None,
+                Access::Write {
+                    team: "myteam".into()
+                }
+            )
+            .await,
+            Err(Error::Unauthorized(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn unchecked_allows_everything_as_anonymous() {
+        let a = Authorizer::unchecked();
+        let p = a.authenticate(Some("garbage")).await.unwrap();
+        assert_eq!(p.uid(), "anonymous");
+        assert_eq!(
+            a.authorize(&p, &Access::Write { team: "x".into() }).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn denial_names_team_and_user() {
+        let a = authorizer(false);
+        let e = decide(
+            &a,
+            Some("emp-out"),
+            Access::Write {
+                team: "myteam".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("bob") && msg.contains("myteam"), "{msg}");
+    }
+}
