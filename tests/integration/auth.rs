@@ -456,3 +456,40 @@ async fn pushes_record_the_pusher() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].created_by, "alice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_wires_token_info_and_a_teams_file() {
+    let ti = token_info().await;
+    let dir = tempfile::tempdir().unwrap();
+    let teams = dir.path().join("teams.yaml");
+    std::fs::write(&teams, "teams:\n  myteam:\n    members: [alice]\n    applications: [ci-bot]\n").unwrap();
+    let data = dir.path().join("data");
+    let p = crate::util::Process::start(
+        &data,
+        &["--tokeninfo-url", &ti.url, "--teams-file", teams.to_str().unwrap()],
+    );
+    let c = Client::new(&p.url);
+    let r = c.get("/v2/").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for (token, want) in [
+        ("Bearer alice", StatusCode::ACCEPTED),
+        ("Bearer ci-bot", StatusCode::ACCEPTED),
+        ("Bearer bob", StatusCode::FORBIDDEN),
+    ] {
+        let r = with(&c, Method::POST, "/v2/myteam/app/blobs/uploads/", Some(token)).send().await.unwrap();
+        assert_eq!(r.status(), want, "{token}");
+    }
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_serve_a_network_without_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pierone-server"))
+        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without token validation") && stderr.contains("--insecure-no-auth"), "{stderr}");
+}
