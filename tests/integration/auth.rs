@@ -462,11 +462,20 @@ async fn the_binary_wires_token_info_and_a_teams_file() {
     let ti = token_info().await;
     let dir = tempfile::tempdir().unwrap();
     let teams = dir.path().join("teams.yaml");
-    std::fs::write(&teams, "teams:\n  myteam:\n    members: [alice]\n    applications: [ci-bot]\n").unwrap();
+    std::fs::write(
+        &teams,
+        "teams:\n  myteam:\n    members: [alice]\n    applications: [ci-bot]\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let p = crate::util::Process::start(
         &data,
-        &["--tokeninfo-url", &ti.url, "--teams-file", teams.to_str().unwrap()],
+        &[
+            "--tokeninfo-url",
+            &ti.url,
+            "--teams-file",
+            teams.to_str().unwrap(),
+        ],
     );
     let c = Client::new(&p.url);
     let r = c.get("/v2/").await;
@@ -476,7 +485,15 @@ async fn the_binary_wires_token_info_and_a_teams_file() {
         ("Bearer ci-bot", StatusCode::ACCEPTED),
         ("Bearer bob", StatusCode::FORBIDDEN),
     ] {
-        let r = with(&c, Method::POST, "/v2/myteam/app/blobs/uploads/", Some(token)).send().await.unwrap();
+        let r = with(
+            &c,
+            Method::POST,
+            "/v2/myteam/app/blobs/uploads/",
+            Some(token),
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(r.status(), want, "{token}");
     }
 }
@@ -491,5 +508,8 @@ async fn the_binary_refuses_to_serve_a_network_without_authentication() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("without token validation") && stderr.contains("--insecure-no-auth"), "{stderr}");
+    assert!(
+        stderr.contains("without token validation") && stderr.contains("--insecure-no-auth"),
+        "{stderr}"
+    );
 }
