@@ -326,3 +326,32 @@ async fn memory_stays_bounded_while_pushing_and_pulling_a_large_blob() {
         n
     );
 }
+
+#[tokio::test]
+async fn idle_upload_sessions_expire() {
+    let s = TestServer::start_with(pierone_registry::Config {
+        upload_ttl: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let c = s.client();
+    let loc = c.start_upload("team/app").await;
+    let r = c
+        .req(Method::PATCH, &loc)
+        .body("kept alive")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = c.req(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = c
+        .req(Method::PATCH, &loc)
+        .body("too late")
+        .send()
+        .await
+        .unwrap();
+    oci_error(r, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+}

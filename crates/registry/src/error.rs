@@ -67,6 +67,16 @@ pub enum RegistryError {
     MethodNotAllowed(hyper::Method),
     #[error("no such endpoint")]
     NoRoute,
+    #[error("team {0} has no artifacts")]
+    TeamUnknown(String),
+    #[error("no image matches {0}")]
+    ImageUnknown(String),
+    #[error("{0} matches {1} different images; give a longer prefix")]
+    ImageAmbiguous(String, usize),
+    #[error("no scm-source is recorded for this tag, and none was found in its layers")]
+    ScmSourceUnknown,
+    #[error("X-SCM-Source {0}")]
+    ScmSourceInvalid(String),
 }
 
 impl From<pierone_protocol::Error> for RegistryError {
@@ -197,6 +207,16 @@ impl RegistryError {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
             RegistryError::NoRoute => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            RegistryError::TeamUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            RegistryError::ImageUnknown(_) | RegistryError::ScmSourceUnknown => {
+                (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
+            }
+            RegistryError::ImageAmbiguous(..) => {
+                (StatusCode::PRECONDITION_FAILED, ErrorCode::ManifestUnknown)
+            }
+            RegistryError::ScmSourceInvalid(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
+            }
         }
     }
 

@@ -4,8 +4,10 @@
 //! This is the only crate that knows HTTP. It chooses no backend: whoever embeds it hands
 //! [`Registry::new`] a [`BlobStore`] and a [`TagStore`] and serves it with [`run`].
 
+mod api;
 mod blobs;
 mod error;
+mod layers;
 mod listing;
 mod manifests;
 mod response;
@@ -23,7 +25,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use pierone_auth::{Access, Authorizer};
+use pierone_auth::{Access, Authorizer, Principal};
 use pierone_blobstore::BlobStore;
 use pierone_protocol::{Digest, RepoName, Tag};
 use pierone_tagstore::{ManifestRecord, TagPolicy, TagStore};
@@ -136,8 +138,13 @@ impl Registry {
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or(""));
-        let principal = auth.authenticate(header).await?;
-        auth.authorize(&principal, &access(&route, &m)).await?;
+        let access = access(&route, &m);
+        let principal = if access == Access::Public {
+            Principal::Anonymous
+        } else {
+            auth.authenticate(header).await?
+        };
+        auth.authorize(&principal, &access).await?;
         match route {
             Route::Base => match m {
                 Method::GET | Method::HEAD => Ok(response::json(
@@ -176,6 +183,17 @@ impl Registry {
                 Method::POST => self.start_upload(&repo, &principal, req).await,
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
+            Route::Teams => self.api_get(&m, self.api_teams()).await,
+            Route::Artifacts(t) => self.api_get(&m, self.api_artifacts(&t)).await,
+            Route::ArtifactTags(repo) => self.api_get(&m, self.api_tags(&repo)).await,
+            Route::ArtifactTag(repo, tag) => self.api_get(&m, self.api_tag(&repo, &tag)).await,
+            Route::Latest(repo) => self.api_get(&m, self.api_latest(&repo)).await,
+            Route::ScmSource(repo, tag) => self.api_get(&m, self.api_scm_source(&repo, &tag)).await,
+            Route::Image(prefix) => self.api_get(&m, self.api_image(&prefix)).await,
+            Route::Stats => self.api_get(&m, self.api_stats()).await,
+            Route::TeamStats => self.api_get(&m, self.api_team_stats()).await,
+            Route::Health => self.api_get(&m, async { Ok(self.api_health()) }).await,
+            Route::OpenApi => self.api_get(&m, async { Ok(self.api_openapi()) }).await,
             Route::Upload(repo, id) => match m {
                 Method::GET => self.upload_status(&repo, &id).await,
                 Method::PATCH => self.upload_chunk(&repo, &id, req).await,
@@ -183,6 +201,20 @@ impl Registry {
                 Method::DELETE => self.cancel_upload(&repo, &id).await,
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
+        }
+    }
+}
+
+impl Registry {
+    /// The Pier One API is read-only: GET (and HEAD) only.
+    async fn api_get(
+        &self,
+        method: &Method,
+        handler: impl Future<Output = Result<Resp, RegistryError>>,
+    ) -> Result<Resp, RegistryError> {
+        match *method {
+            Method::GET | Method::HEAD => handler.await,
+            ref other => Err(RegistryError::MethodNotAllowed(other.clone())),
         }
     }
 }
@@ -208,6 +240,20 @@ fn access(route: &Route, method: &Method) -> Access {
             }
         }
         Route::UploadStart(repo) | Route::Upload(repo, _) => Access::Write { team: team(repo) },
+        Route::Teams | Route::Image(_) | Route::Stats | Route::TeamStats => {
+            Access::Read { team: None }
+        }
+        Route::Artifacts(t) => Access::Read {
+            team: Some(t.clone()),
+        },
+        Route::ArtifactTags(repo)
+        | Route::ArtifactTag(repo, _)
+        | Route::Latest(repo)
+        | Route::ScmSource(repo, _) => Access::Read {
+            team: Some(team(repo)),
+        },
+        // Probes and the API description need no credentials.
+        Route::Health | Route::OpenApi => Access::Public,
     }
 }
 

@@ -9,13 +9,39 @@ use pierone_protocol::{
     Digest, Hasher, MAX_MANIFEST_SIZE, ManifestKind, Reference, RepoName, Tag, media_types,
     parse_manifest,
 };
-use pierone_tagstore::{ManifestRecord, Mutability, NewManifest, TagOutcome, TagWrite};
+use pierone_tagstore::{ManifestRecord, Mutability, NewManifest, ScmSource, TagOutcome, TagWrite};
 
 use crate::Registry;
 use crate::blobs::query;
 use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value};
 use pierone_auth::Principal;
+
+/// The `X-SCM-Source` header (URL-encoded JSON), which only trusted pushers may set: it is
+/// what auditors read to learn where an image came from.
+fn scm_source(
+    repo: &RepoName,
+    principal: &Principal,
+    req: &Request<Incoming>,
+) -> Result<Option<ScmSource>, RegistryError> {
+    let Some(value) = req.headers().get("X-SCM-Source") else {
+        return Ok(None);
+    };
+    if !principal.has_scope("application.write_all_trusted") {
+        return Err(RegistryError::Auth(pierone_auth::Error::Denied {
+            team: repo.team().to_owned(),
+            uid: principal.uid().to_owned(),
+            why: "setting X-SCM-Source needs the scope application.write_all_trusted".into(),
+        }));
+    }
+    let raw = value
+        .to_str()
+        .map_err(|_| RegistryError::ScmSourceInvalid("is not ASCII".into()))?;
+    let json = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    serde_json::from_str(&json)
+        .map(Some)
+        .map_err(|e| RegistryError::ScmSourceInvalid(format!("is not the expected JSON: {e}")))
+}
 
 /// Layers that by definition live elsewhere and are never pushed to a registry.
 fn is_foreign(media_type: &str) -> bool {
@@ -99,12 +125,15 @@ impl Registry {
         principal: &Principal,
         req: Request<Incoming>,
     ) -> Result<Resp, RegistryError> {
-        // Refuse a forbidden tag before reading a byte.
+        // Refuse a forbidden tag, or a source the pusher may not declare, before reading a
+        // byte.
+        let scm_source = scm_source(repo, principal, &req)?;
         let tag = match reference {
             Reference::Tag(t) => Some(TagWrite {
                 mutability: self.config.tag_policy.classify(t)?,
                 tag: t.clone(),
                 principal: principal.uid().to_owned(),
+                scm_source,
             }),
             Reference::Digest(_) => None,
         };
@@ -199,7 +228,7 @@ impl Registry {
             references: parsed
                 .blobs()
                 .chain(parsed.manifests.iter())
-                .map(|d| d.digest.clone())
+                .map(|d| (d.digest.clone(), d.size))
                 .collect(),
         };
         let tag_name = tag.as_ref().map(|t| t.tag.clone());

@@ -3,7 +3,7 @@
 //! Repository names may contain `/`, so a path is split at the last marker segment
 //! (`/manifests/`, `/blobs/`, ...) whose tail has no further `/`.
 
-use pierone_protocol::{Digest, Reference, RepoName, UploadId};
+use pierone_protocol::{Digest, Reference, RepoName, Tag, UploadId};
 
 use crate::error::RegistryError;
 
@@ -18,6 +18,18 @@ pub enum Route {
     UploadStart(RepoName),
     Upload(RepoName, UploadId),
     Referrers(RepoName, Digest),
+    // The Pier One API.
+    Teams,
+    Artifacts(String),
+    ArtifactTags(RepoName),
+    ArtifactTag(RepoName, Tag),
+    Latest(RepoName),
+    ScmSource(RepoName, Tag),
+    Image(String),
+    Stats,
+    TeamStats,
+    Health,
+    OpenApi,
 }
 
 fn split_marker<'a>(path: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
@@ -30,10 +42,69 @@ fn repo(name: &str) -> Result<RepoName, RegistryError> {
     name.parse().map_err(RegistryError::Protocol)
 }
 
+/// A team name from the Pier One API must be a valid first name component.
+fn team(name: &str) -> Result<String, RegistryError> {
+    repo(&format!("{name}/x")).map(|r| r.team().to_owned())
+}
+
+/// `/teams/{team}/artifacts/{artifact}/...`: the artifact may be percent-encoded (`%2F`) when
+/// it is nested.
+fn api_repo(team: &str, artifact: &str) -> Result<RepoName, RegistryError> {
+    let artifact = percent_encoding::percent_decode_str(artifact).decode_utf8_lossy();
+    repo(&format!("{team}/{artifact}"))
+}
+
+fn parse_api(path: &str) -> Result<Option<Route>, RegistryError> {
+    match path {
+        "/teams" | "/teams/" => return Ok(Some(Route::Teams)),
+        "/stats" => return Ok(Some(Route::Stats)),
+        "/stats/teams" => return Ok(Some(Route::TeamStats)),
+        "/.well-known/health" => return Ok(Some(Route::Health)),
+        "/openapi.yaml" => return Ok(Some(Route::OpenApi)),
+        _ => {}
+    }
+    if let Some(prefix) = path.strip_prefix("/tags/") {
+        if prefix.is_empty() || prefix.contains('/') {
+            return Ok(None);
+        }
+        return Ok(Some(Route::Image(prefix.to_owned())));
+    }
+    let Some(rest) = path.strip_prefix("/teams/") else {
+        return Ok(None);
+    };
+    let Some((t, rest)) = rest.split_once('/') else {
+        return Ok(None);
+    };
+    if rest == "artifacts" || rest == "artifacts/" {
+        return Ok(Some(Route::Artifacts(team(t)?)));
+    }
+    let Some(rest) = rest.strip_prefix("artifacts/") else {
+        return Ok(None);
+    };
+    if let Some(a) = rest.strip_suffix("/tags") {
+        return Ok(Some(Route::ArtifactTags(api_repo(t, a)?)));
+    }
+    if let Some(a) = rest.strip_suffix("/latest") {
+        return Ok(Some(Route::Latest(api_repo(t, a)?)));
+    }
+    if let Some(r) = rest.strip_suffix("/scm-source")
+        && let Some((a, tag)) = split_marker(r, "/tags/")
+    {
+        return Ok(Some(Route::ScmSource(api_repo(t, a)?, tag.parse()?)));
+    }
+    if let Some((a, tag)) = split_marker(rest, "/tags/") {
+        return Ok(Some(Route::ArtifactTag(api_repo(t, a)?, tag.parse()?)));
+    }
+    Ok(None)
+}
+
 /// Parse a request path; `Ok(None)` when it is not a registry endpoint at all.
 pub fn parse(path: &str) -> Result<Option<Route>, RegistryError> {
     let Some(rest) = path.strip_prefix("/v2/") else {
-        return Ok((path == "/v2").then_some(Route::Base));
+        if path == "/v2" {
+            return Ok(Some(Route::Base));
+        }
+        return parse_api(path);
     };
     if rest.is_empty() {
         return Ok(Some(Route::Base));
@@ -109,6 +180,32 @@ mod tests {
             Some(Route::Referrers(..))
         ));
         assert_eq!(parse("/other").unwrap(), None);
+        assert_eq!(parse("/teams").unwrap(), Some(Route::Teams));
+        assert_eq!(
+            parse("/teams/t/artifacts").unwrap(),
+            Some(Route::Artifacts("t".into()))
+        );
+        assert!(
+            matches!(parse("/teams/t/artifacts/a/tags").unwrap(), Some(Route::ArtifactTags(r)) if r.as_str() == "t/a")
+        );
+        assert!(
+            matches!(parse("/teams/t/artifacts/a%2Fb/tags/1.0").unwrap(), Some(Route::ArtifactTag(r, t)) if r.as_str() == "t/a/b" && t.as_str() == "1.0")
+        );
+        assert!(matches!(
+            parse("/teams/t/artifacts/a/latest").unwrap(),
+            Some(Route::Latest(_))
+        ));
+        assert!(matches!(
+            parse("/teams/t/artifacts/a/tags/1.0/scm-source").unwrap(),
+            Some(Route::ScmSource(_, _))
+        ));
+        assert_eq!(
+            parse("/tags/abc123").unwrap(),
+            Some(Route::Image("abc123".into()))
+        );
+        assert_eq!(parse("/stats/teams").unwrap(), Some(Route::TeamStats));
+        assert_eq!(parse("/.well-known/health").unwrap(), Some(Route::Health));
+        assert!(parse("/teams/T/artifacts").is_err());
         assert_eq!(parse("/v2/t/a/unknown").unwrap(), None);
     }
 

@@ -7,7 +7,9 @@
 use bytes::Bytes;
 use pierone_protocol::{Digest, Hasher, RepoName, Tag, UploadId};
 
-use crate::{Error, Mutability, NewManifest, TagOutcome, TagStore, TagWrite, UploadSession};
+use crate::{
+    Error, Mutability, NewManifest, ScmSource, TagOutcome, TagStore, TagWrite, UploadSession,
+};
 
 /// A unique repository per call, so suites can share one database.
 pub fn repo(prefix: &str) -> RepoName {
@@ -33,7 +35,7 @@ pub fn manifest(seed: &str) -> NewManifest {
         artifact_type: None,
         config_digest: None,
         annotations: None,
-        references: vec![Digest::sha256_of(seed.as_bytes())],
+        references: vec![(Digest::sha256_of(seed.as_bytes()), 1000)],
     }
 }
 
@@ -46,6 +48,7 @@ fn write(t: &str, mutability: Mutability) -> Option<TagWrite> {
         tag: tag(t),
         mutability,
         principal: "alice".into(),
+        scm_source: None,
     })
 }
 
@@ -294,6 +297,141 @@ pub async fn concurrent_tag_race_has_one_winner(store: &dyn TagStore) {
     );
 }
 
+/// What the Pier One API shows: teams, artifacts, tag details, image search, statistics.
+pub async fn pier_one_views(store: &dyn TagStore) {
+    let a = repo("views");
+    let team = a.team().to_owned();
+    let b: RepoName = format!("{team}/second/nested").parse().unwrap();
+    let mut m1 = manifest("view1");
+    m1.config_digest = Some(Digest::sha256_of(b"config of view1"));
+    let m2 = manifest("view2");
+    store
+        .put_manifest(&a, m1.clone(), write("1.0", Mutability::Immutable))
+        .await
+        .unwrap();
+    store
+        .put_manifest(&a, m2.clone(), write("2.0", Mutability::Immutable))
+        .await
+        .unwrap();
+    store
+        .put_manifest(&b, m2.clone(), write("x", Mutability::Immutable))
+        .await
+        .unwrap();
+    let untagged = repo("views-untagged");
+    store
+        .put_manifest(&untagged, manifest("loose"), None)
+        .await
+        .unwrap();
+
+    let teams = store.teams().await.unwrap();
+    assert!(teams.contains(&team));
+    assert!(
+        !teams.contains(&untagged.team().to_owned()),
+        "teams without tags are not listed"
+    );
+    let mut sorted = teams.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(teams, sorted);
+    assert_eq!(
+        store.artifacts(&team).await.unwrap(),
+        [a.artifact().to_owned(), "second/nested".to_owned()]
+    );
+
+    let recs = store.tag_records(&a).await.unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0].name, "1.0");
+    assert_eq!(recs[0].image, m1.config_digest);
+    assert_eq!(recs[0].media_type, m1.media_type);
+    assert_eq!(recs[0].size, m1.body.len() as u64 + 1000);
+
+    // By config digest (with and without algorithm), and by manifest digest.
+    let image = m1.config_digest.clone().unwrap();
+    for prefix in [&image.hex()[..12], &image.as_str()[..20]] {
+        let found = store.find_images(prefix).await.unwrap();
+        assert_eq!(found.len(), 1, "{prefix}");
+        assert_eq!(
+            (found[0].repository.as_str(), found[0].tag.as_str()),
+            (a.as_str(), "1.0")
+        );
+    }
+    let found = store.find_images(&m2.digest.hex()[..16]).await.unwrap();
+    let mut names: Vec<String> = found
+        .iter()
+        .map(|f| format!("{}:{}", f.repository, f.tag))
+        .collect();
+    names.sort();
+    assert_eq!(names, [format!("{a}:2.0"), format!("{b}:x")]);
+    assert!(
+        store
+            .find_images("ffffffffffffffffffff")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.find_images("").await.unwrap().is_empty());
+
+    let stats = store.team_stats().await.unwrap();
+    let mine = stats.iter().find(|s| s.team == team).unwrap();
+    assert_eq!((mine.artifacts, mine.tags), (2, 3));
+    assert!(store.storage_bytes().await.unwrap() >= (m1.body.len() + m2.body.len() + 2000) as u64);
+}
+
+/// `scm-source`: set with the push, kept on identical re-push, filled in later only if absent.
+pub async fn scm_sources_are_recorded(store: &dyn TagStore) {
+    let r = repo("scm");
+    let src = |rev: &str| ScmSource {
+        url: "https://git.example/app".into(),
+        revision: rev.into(),
+        author: "alice".into(),
+        status: String::new(),
+    };
+    let mut w = write("1.0", Mutability::Immutable);
+    if let Some(w) = w.as_mut() {
+        w.scm_source = Some(src("abc"));
+    }
+    store
+        .put_manifest(&r, manifest("scm"), w.clone())
+        .await
+        .unwrap();
+    let t = tag("1.0");
+    assert_eq!(
+        store.scm_source(&r, &t).await.unwrap().unwrap().0,
+        src("abc")
+    );
+    if let Some(w) = w.as_mut() {
+        w.scm_source = Some(src("other"));
+    }
+    store.put_manifest(&r, manifest("scm"), w).await.unwrap();
+    assert_eq!(
+        store.scm_source(&r, &t).await.unwrap().unwrap().0.revision,
+        "abc"
+    );
+    store
+        .record_scm_source(&r, &t, src("from-layers"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.scm_source(&r, &t).await.unwrap().unwrap().0.revision,
+        "abc"
+    );
+
+    let t2 = tag("2.0");
+    store
+        .put_manifest(&r, manifest("scm2"), write("2.0", Mutability::Immutable))
+        .await
+        .unwrap();
+    assert_eq!(store.scm_source(&r, &t2).await.unwrap(), None);
+    store
+        .record_scm_source(&r, &t2, src("from-layers"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.scm_source(&r, &t2).await.unwrap().unwrap().0.revision,
+        "from-layers"
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an async block yielding
 /// `(store, guard)`.
 #[macro_export]
@@ -307,7 +445,9 @@ macro_rules! conformance_tests {
             listing_paginates,
             referrers_follow_subject,
             uploads_advance_by_compare_and_set,
-            concurrent_tag_race_has_one_winner
+            concurrent_tag_race_has_one_winner,
+            pier_one_views,
+            scm_sources_are_recorded
         );
     };
     (@each $make:expr; $($name:ident),*) => {

@@ -39,6 +39,29 @@ pub(crate) fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
+/// The record of a tag named `name` on manifest `m`.
+pub(crate) fn tag_record(
+    m: &NewManifest,
+    name: &str,
+    created_at: Millis,
+    created_by: &str,
+) -> TagRecord {
+    TagRecord {
+        name: name.to_owned(),
+        digest: m.digest.clone(),
+        created_at,
+        created_by: created_by.to_owned(),
+        media_type: m.media_type.clone(),
+        image: m.config_digest.clone(),
+        size: m.body.len() as u64 + m.references.iter().map(|(_, s)| s).sum::<u64>(),
+    }
+}
+
+/// Whether `prefix` (with or without an algorithm) starts `digest`.
+pub(crate) fn digest_has_prefix(digest: &Digest, prefix: &str) -> bool {
+    !prefix.is_empty() && (digest.as_str().starts_with(prefix) || digest.hex().starts_with(prefix))
+}
+
 /// What went wrong in the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,8 +100,8 @@ pub struct NewManifest {
     pub config_digest: Option<Digest>,
     /// The annotations as a JSON object, kept for the referrers API.
     pub annotations: Option<String>,
-    /// Blobs and child manifests it references.
-    pub references: Vec<Digest>,
+    /// Blobs and child manifests it references, with the sizes their descriptors give.
+    pub references: Vec<(Digest, u64)>,
 }
 
 /// A stored manifest.
@@ -106,6 +129,19 @@ pub struct TagWrite {
     pub mutability: Mutability,
     /// Who pushed it, recorded as `created_by`.
     pub principal: String,
+    /// Where the image was built from, when the pusher may say so.
+    pub scm_source: Option<ScmSource>,
+}
+
+/// Where an image was built from (Pier One's `scm-source`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScmSource {
+    pub url: String,
+    pub revision: String,
+    #[serde(default)]
+    pub author: String,
+    #[serde(default)]
+    pub status: String,
 }
 
 /// What a tag write did.
@@ -122,13 +158,36 @@ pub enum TagOutcome {
     },
 }
 
-/// A tag with its provenance.
+/// A tag with its provenance and what it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagRecord {
     pub name: String,
     pub digest: Digest,
     pub created_at: Millis,
     pub created_by: String,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The config digest (Docker's image id), for image manifests.
+    pub image: Option<Digest>,
+    /// The manifest plus everything it references, in bytes.
+    pub size: u64,
+}
+
+/// A tag whose manifest or config digest matched a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageMatch {
+    pub repository: String,
+    pub tag: String,
+    pub digest: Digest,
+    pub image: Option<Digest>,
+}
+
+/// Counts for one team.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamStats {
+    pub team: String,
+    pub artifacts: u64,
+    pub tags: u64,
 }
 
 /// An upload session: how far the client has got, and the hash of what it sent so far.
@@ -190,6 +249,38 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Manifests in `repo` whose subject is `subject`.
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>, Error>;
+
+    /// Teams with at least one tag, sorted.
+    async fn teams(&self) -> Result<Vec<String>, Error>;
+
+    /// Artifacts of `team` with at least one tag, sorted.
+    async fn artifacts(&self, team: &str) -> Result<Vec<String>, Error>;
+
+    /// Tags whose manifest digest or config digest (with or without `sha256:`) starts with
+    /// `prefix`.
+    async fn find_images(&self, prefix: &str) -> Result<Vec<ImageMatch>, Error>;
+
+    /// Per-team counts, sorted by team.
+    async fn team_stats(&self) -> Result<Vec<TeamStats>, Error>;
+
+    /// Bytes of all distinct manifests and the blobs they reference.
+    async fn storage_bytes(&self) -> Result<u64, Error>;
+
+    /// The recorded source of `repo:tag`.
+    async fn scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(ScmSource, Millis)>, Error>;
+
+    /// Record the source of `repo:tag` unless one is recorded already (a source found later in
+    /// the layers never overrides what the pusher declared).
+    async fn record_scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        source: ScmSource,
+    ) -> Result<(), Error>;
 
     /// Start recording a new upload session.
     async fn create_upload(&self, session: UploadSession) -> Result<(), Error>;

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use pierone_protocol::{Digest, RepoName, Tag, UploadId};
 
 use crate::{
-    Error, ManifestRecord, Mutability, NewManifest, Referrer, TagOutcome, TagRecord, TagStore,
-    TagWrite, UploadSession, now_millis,
+    Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest, Referrer, ScmSource,
+    TagOutcome, TagRecord, TagStore, TagWrite, TeamStats, UploadSession, digest_has_prefix,
+    now_millis, tag_record,
 };
 
 #[derive(Debug, Default)]
@@ -22,6 +23,7 @@ struct State {
     seq: u64,
     events: Vec<(String, String, Digest, Option<Digest>, String)>,
     uploads: HashMap<UploadId, UploadSession>,
+    scm: HashMap<(String, String), (ScmSource, Millis)>,
 }
 
 /// Metadata held in process memory. Cloning shares the same store.
@@ -89,14 +91,17 @@ impl TagStore for MemoryTagStore {
                 TagOutcome::Moved { previous } => Some(previous.clone()),
                 _ => None,
             };
+            if let Some(src) = w.scm_source.clone()
+                && (outcome != TagOutcome::Unchanged || !s.scm.contains_key(&key))
+            {
+                s.scm.insert(key.clone(), (src, now));
+            }
             if outcome != TagOutcome::Unchanged {
                 s.seq += 1;
                 let seq = s.seq;
-                let record = TagRecord {
-                    name: w.tag.as_str().to_owned(),
-                    digest: digest.clone(),
-                    created_at: now,
-                    created_by: w.principal.clone(),
+                let record = match s.manifests.get(&digest) {
+                    Some(m) => tag_record(m, w.tag.as_str(), now, &w.principal),
+                    None => return Err(Error::Corrupt("manifest vanished".into())),
                 };
                 s.tags.insert(key.clone(), (record, seq));
                 s.events.push((key.0, key.1, digest, previous, w.principal));
@@ -205,6 +210,112 @@ impl TagStore for MemoryTagStore {
             .collect();
         v.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(v)
+    }
+
+    async fn teams(&self) -> Result<Vec<String>, Error> {
+        let s = self.lock();
+        let mut teams: Vec<String> = s
+            .tags
+            .keys()
+            .filter_map(|(r, _)| r.split_once('/').map(|(t, _)| t.to_owned()))
+            .collect();
+        teams.dedup();
+        teams.sort();
+        teams.dedup();
+        Ok(teams)
+    }
+
+    async fn artifacts(&self, team: &str) -> Result<Vec<String>, Error> {
+        let s = self.lock();
+        let mut arts: Vec<String> = s
+            .tags
+            .keys()
+            .filter_map(|(r, _)| r.split_once('/'))
+            .filter(|(t, _)| *t == team)
+            .map(|(_, a)| a.to_owned())
+            .collect();
+        arts.sort();
+        arts.dedup();
+        Ok(arts)
+    }
+
+    async fn find_images(&self, prefix: &str) -> Result<Vec<ImageMatch>, Error> {
+        let s = self.lock();
+        Ok(s.tags
+            .iter()
+            .filter(|(_, (rec, _))| {
+                digest_has_prefix(&rec.digest, prefix)
+                    || rec
+                        .image
+                        .as_ref()
+                        .is_some_and(|i| digest_has_prefix(i, prefix))
+            })
+            .map(|((repo, tag), (rec, _))| ImageMatch {
+                repository: repo.clone(),
+                tag: tag.clone(),
+                digest: rec.digest.clone(),
+                image: rec.image.clone(),
+            })
+            .collect())
+    }
+
+    async fn team_stats(&self) -> Result<Vec<TeamStats>, Error> {
+        let s = self.lock();
+        let mut by_team: BTreeMap<String, (HashSet<String>, u64)> = BTreeMap::new();
+        for (repo, _) in s.tags.keys() {
+            if let Some((team, artifact)) = repo.split_once('/') {
+                let e = by_team.entry(team.to_owned()).or_default();
+                e.0.insert(artifact.to_owned());
+                e.1 += 1;
+            }
+        }
+        Ok(by_team
+            .into_iter()
+            .map(|(team, (arts, tags))| TeamStats {
+                team,
+                artifacts: arts.len() as u64,
+                tags,
+            })
+            .collect())
+    }
+
+    async fn storage_bytes(&self) -> Result<u64, Error> {
+        let s = self.lock();
+        let mut blobs: HashMap<&Digest, u64> = HashMap::new();
+        let mut total = 0u64;
+        for m in s.manifests.values() {
+            total += m.body.len() as u64;
+            for (d, size) in &m.references {
+                blobs.insert(d, *size);
+            }
+        }
+        // A child manifest is counted as a manifest, not again as a referenced blob.
+        Ok(total
+            + blobs
+                .iter()
+                .filter(|(d, _)| !s.manifests.contains_key(**d))
+                .map(|(_, s)| s)
+                .sum::<u64>())
+    }
+
+    async fn scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(ScmSource, Millis)>, Error> {
+        let key = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        Ok(self.lock().scm.get(&key).cloned())
+    }
+
+    async fn record_scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        source: ScmSource,
+    ) -> Result<(), Error> {
+        let key = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        self.lock().scm.entry(key).or_insert((source, now_millis()));
+        Ok(())
     }
 
     async fn create_upload(&self, session: UploadSession) -> Result<(), Error> {

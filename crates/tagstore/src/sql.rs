@@ -16,8 +16,9 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use pierone_protocol::{Digest, RepoName, Tag, UploadId};
 
 use crate::{
-    Error, ManifestRecord, Mutability, NewManifest, Referrer, TagOutcome, TagRecord, TagStore,
-    TagWrite, UploadSession, now_millis,
+    Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest, Referrer, ScmSource,
+    TagOutcome, TagRecord, TagStore, TagWrite, TeamStats, UploadSession, digest_has_prefix,
+    now_millis,
 };
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -53,6 +54,7 @@ mod schema {
         manifest_references (manifest, reference) {
             manifest -> Text,
             reference -> Text,
+            size -> BigInt,
         }
     }
     diesel::table! {
@@ -86,8 +88,20 @@ mod schema {
             updated_at -> BigInt,
         }
     }
+    diesel::table! {
+        scm_sources (repository, tag) {
+            repository -> Text,
+            tag -> Text,
+            url -> Text,
+            revision -> Text,
+            author -> Text,
+            status -> Text,
+            created_at -> BigInt,
+        }
+    }
     diesel::joinable!(repository_manifests -> manifests (digest));
-    diesel::allow_tables_to_appear_in_same_query!(manifests, repository_manifests);
+    diesel::joinable!(tags -> manifests (digest));
+    diesel::allow_tables_to_appear_in_same_query!(manifests, repository_manifests, tags);
 }
 
 use schema::*;
@@ -248,11 +262,12 @@ fn put_manifest_tx(
         .on_conflict_do_nothing()
         .execute(c)?;
     if inserted > 0 {
-        for r in &m.references {
+        for (r, size) in &m.references {
             diesel::insert_into(manifest_references::table)
                 .values((
                     manifest_references::manifest.eq(digest),
                     manifest_references::reference.eq(r.as_str()),
+                    manifest_references::size.eq(*size as i64),
                 ))
                 .on_conflict_do_nothing()
                 .execute(c)?;
@@ -267,6 +282,35 @@ fn put_manifest_tx(
         .on_conflict_do_nothing()
         .execute(c)?;
     if let Some(w) = tag {
+        if let Some(src) = &w.scm_source {
+            let row = (
+                scm_sources::repository.eq(repo.as_str()),
+                scm_sources::tag.eq(w.tag.as_str()),
+                scm_sources::url.eq(&src.url),
+                scm_sources::revision.eq(&src.revision),
+                scm_sources::author.eq(&src.author),
+                scm_sources::status.eq(&src.status),
+                scm_sources::created_at.eq(now),
+            );
+            // A re-push of the same content keeps the source recorded first; a moved tag
+            // takes the source of its new content.
+            if outcome == TagOutcome::Unchanged {
+                diesel::insert_into(scm_sources::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+            } else {
+                diesel::delete(
+                    scm_sources::table
+                        .filter(scm_sources::repository.eq(repo.as_str()))
+                        .filter(scm_sources::tag.eq(w.tag.as_str())),
+                )
+                .execute(c)?;
+                diesel::insert_into(scm_sources::table)
+                    .values(row)
+                    .execute(c)?;
+            }
+        }
         let previous = match &outcome {
             TagOutcome::Created => {
                 // The unique (repository, name) constraint decides a race with another writer;
@@ -320,6 +364,16 @@ fn put_manifest_tx(
     Ok(outcome)
 }
 
+/// Repositories with at least one tag, sorted.
+fn tagged_repositories(c: &mut Conn) -> Result<Vec<String>, Error> {
+    tags::table
+        .select(tags::repository)
+        .distinct()
+        .order(tags::repository.asc())
+        .load(c)
+        .map_err(db_error)
+}
+
 fn is_retryable(e: &DieselError) -> bool {
     matches!(
         e,
@@ -330,13 +384,50 @@ fn is_retryable(e: &DieselError) -> bool {
     )
 }
 
-fn tag_record(row: (String, String, i64, String)) -> Result<TagRecord, Error> {
-    Ok(TagRecord {
-        name: row.0,
-        digest: parse_digest(&row.1)?,
-        created_at: row.2,
-        created_by: row.3,
-    })
+type TagRow = (String, String, i64, String, String, Option<String>, Vec<u8>);
+
+/// Complete tag rows (joined with their manifests) with the sizes of what they reference.
+fn tag_records(c: &mut Conn, rows: Vec<TagRow>) -> Result<Vec<TagRecord>, Error> {
+    let digests: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let refs: Vec<(String, i64)> = manifest_references::table
+        .filter(manifest_references::manifest.eq_any(&digests))
+        .select((manifest_references::manifest, manifest_references::size))
+        .load(c)
+        .map_err(db_error)?;
+    let mut sizes = std::collections::HashMap::<String, u64>::new();
+    for (m, s) in refs {
+        *sizes.entry(m).or_default() += s as u64;
+    }
+    rows.into_iter()
+        .map(
+            |(name, digest, created_at, created_by, media_type, config, body)| {
+                Ok(TagRecord {
+                    size: body.len() as u64 + sizes.get(&digest).copied().unwrap_or(0),
+                    name,
+                    digest: parse_digest(&digest)?,
+                    created_at,
+                    created_by,
+                    media_type,
+                    image: config.as_deref().map(parse_digest).transpose()?,
+                })
+            },
+        )
+        .collect()
+}
+
+/// The columns of a [`TagRow`].
+macro_rules! tag_columns {
+    () => {
+        (
+            tags::name,
+            tags::digest,
+            tags::created_at,
+            tags::created_by,
+            manifests::media_type,
+            manifests::config_digest,
+            manifests::body,
+        )
+    };
 }
 
 #[async_trait]
@@ -409,14 +500,15 @@ impl TagStore for SqlTagStore {
     async fn latest_tag(&self, repo: &RepoName) -> Result<Option<TagRecord>, Error> {
         let repo = repo.clone();
         self.run(move |c| {
-            let row = tags::table
+            let row: Option<TagRow> = tags::table
+                .inner_join(manifests::table)
                 .filter(tags::repository.eq(repo.as_str()))
                 .order((tags::created_at.desc(), tags::id.desc()))
-                .select((tags::name, tags::digest, tags::created_at, tags::created_by))
+                .select(tag_columns!())
                 .first(c)
                 .optional()
                 .map_err(db_error)?;
-            row.map(tag_record).transpose()
+            Ok(tag_records(c, row.into_iter().collect())?.pop())
         })
         .await
     }
@@ -456,13 +548,14 @@ impl TagStore for SqlTagStore {
     async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>, Error> {
         let repo = repo.clone();
         self.run(move |c| {
-            let rows: Vec<(String, String, i64, String)> = tags::table
+            let rows: Vec<TagRow> = tags::table
+                .inner_join(manifests::table)
                 .filter(tags::repository.eq(repo.as_str()))
                 .order((tags::created_at.asc(), tags::id.asc()))
-                .select((tags::name, tags::digest, tags::created_at, tags::created_by))
+                .select(tag_columns!())
                 .load(c)
                 .map_err(db_error)?;
-            rows.into_iter().map(tag_record).collect()
+            tag_records(c, rows)
         })
         .await
     }
@@ -516,6 +609,199 @@ impl TagStore for SqlTagStore {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn teams(&self) -> Result<Vec<String>, Error> {
+        self.run(|c| {
+            let repos = tagged_repositories(c)?;
+            let mut teams: Vec<String> = repos
+                .iter()
+                .filter_map(|r| r.split_once('/').map(|(t, _)| t.to_owned()))
+                .collect();
+            teams.dedup();
+            Ok(teams)
+        })
+        .await
+    }
+
+    async fn artifacts(&self, team: &str) -> Result<Vec<String>, Error> {
+        let team = team.to_owned();
+        self.run(move |c| {
+            let prefix = format!("{team}/");
+            Ok(tagged_repositories(c)?
+                .into_iter()
+                .filter_map(|r| r.strip_prefix(&prefix).map(str::to_owned))
+                .collect())
+        })
+        .await
+    }
+
+    async fn find_images(&self, prefix: &str) -> Result<Vec<ImageMatch>, Error> {
+        let prefix = prefix.to_owned();
+        self.run(move |c| {
+            // Digests are hex, so a prefix is matched in SQL on both spellings and then
+            // checked exactly.
+            let full = if prefix.contains(':') {
+                prefix.clone()
+            } else {
+                format!("sha256:{prefix}")
+            };
+            let like = format!("{}%", full.replace(['%', '_'], ""));
+            let rows: Vec<(String, String, String, Option<String>)> = tags::table
+                .inner_join(manifests::table)
+                .filter(
+                    tags::digest
+                        .like(&like)
+                        .or(manifests::config_digest.like(&like)),
+                )
+                .select((
+                    tags::repository,
+                    tags::name,
+                    tags::digest,
+                    manifests::config_digest,
+                ))
+                .order((tags::repository.asc(), tags::name.asc()))
+                .load(c)
+                .map_err(db_error)?;
+            let mut out = Vec::new();
+            for (repository, tag, digest, image) in rows {
+                let digest = parse_digest(&digest)?;
+                let image = image.as_deref().map(parse_digest).transpose()?;
+                if digest_has_prefix(&digest, &prefix)
+                    || image
+                        .as_ref()
+                        .is_some_and(|i| digest_has_prefix(i, &prefix))
+                {
+                    out.push(ImageMatch {
+                        repository,
+                        tag,
+                        digest,
+                        image,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn team_stats(&self) -> Result<Vec<TeamStats>, Error> {
+        self.run(|c| {
+            let repos: Vec<String> = tags::table
+                .select(tags::repository)
+                .order(tags::repository.asc())
+                .load(c)
+                .map_err(db_error)?;
+            let mut out: Vec<TeamStats> = Vec::new();
+            let mut last_repo: Option<String> = None;
+            for repo in repos {
+                let Some((team, _)) = repo.split_once('/') else {
+                    continue;
+                };
+                if out.last().is_none_or(|t| t.team != team) {
+                    out.push(TeamStats {
+                        team: team.to_owned(),
+                        artifacts: 0,
+                        tags: 0,
+                    });
+                }
+                if let Some(t) = out.last_mut() {
+                    t.tags += 1;
+                    if last_repo.as_deref() != Some(repo.as_str()) {
+                        t.artifacts += 1;
+                    }
+                }
+                last_repo = Some(repo);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn storage_bytes(&self) -> Result<u64, Error> {
+        self.run(|c| {
+            let manifests: Vec<(String, Vec<u8>)> = manifests::table
+                .select((manifests::digest, manifests::body))
+                .load(c)
+                .map_err(db_error)?;
+            let refs: Vec<(String, i64)> = manifest_references::table
+                .select((manifest_references::reference, manifest_references::size))
+                .distinct()
+                .load(c)
+                .map_err(db_error)?;
+            let known: std::collections::HashSet<&str> =
+                manifests.iter().map(|(d, _)| d.as_str()).collect();
+            let mut blobs = std::collections::HashMap::<&str, i64>::new();
+            for (d, s) in &refs {
+                if !known.contains(d.as_str()) {
+                    blobs.insert(d.as_str(), *s);
+                }
+            }
+            Ok(manifests.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+                + blobs.values().map(|s| *s as u64).sum::<u64>())
+        })
+        .await
+    }
+
+    async fn scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(ScmSource, Millis)>, Error> {
+        let (repo, tag) = (repo.clone(), tag.clone());
+        self.run(move |c| {
+            let row: Option<(String, String, String, String, i64)> = scm_sources::table
+                .filter(scm_sources::repository.eq(repo.as_str()))
+                .filter(scm_sources::tag.eq(tag.as_str()))
+                .select((
+                    scm_sources::url,
+                    scm_sources::revision,
+                    scm_sources::author,
+                    scm_sources::status,
+                    scm_sources::created_at,
+                ))
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            Ok(row.map(|(url, revision, author, status, at)| {
+                (
+                    ScmSource {
+                        url,
+                        revision,
+                        author,
+                        status,
+                    },
+                    at,
+                )
+            }))
+        })
+        .await
+    }
+
+    async fn record_scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        source: ScmSource,
+    ) -> Result<(), Error> {
+        let (repo, tag) = (repo.clone(), tag.clone());
+        self.run(move |c| {
+            diesel::insert_into(scm_sources::table)
+                .values((
+                    scm_sources::repository.eq(repo.as_str()),
+                    scm_sources::tag.eq(tag.as_str()),
+                    scm_sources::url.eq(&source.url),
+                    scm_sources::revision.eq(&source.revision),
+                    scm_sources::author.eq(&source.author),
+                    scm_sources::status.eq(&source.status),
+                    scm_sources::created_at.eq(now_millis()),
+                ))
+                .on_conflict_do_nothing()
+                .execute(c)
+                .map(drop)
+                .map_err(db_error)
         })
         .await
     }
