@@ -1,11 +1,13 @@
 //! The OCI distribution protocol as plain values: repository names, references, digests,
 //! manifests and error codes.
 //!
-//! This crate does no I/O and knows nothing of HTTP, async runtimes or storage. Everything in it
-//! is a pure function of its input, so it can be unit-tested exhaustively and embedded anywhere.
+//! This crate does no I/O of its own and knows nothing of HTTP, async runtimes or storage.
+//! Everything in it is a pure function of its input (at most a `Read` the caller supplies), so
+//! it can be unit-tested exhaustively and embedded anywhere.
 
 mod digest;
 mod error;
+mod layer;
 mod manifest;
 mod name;
 mod reference;
@@ -13,6 +15,7 @@ mod upload;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorCode, ErrorInfo, error_body};
+pub use layer::walk_layer;
 pub use manifest::{
     Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestKind, media_types, parse_manifest,
 };

@@ -4,9 +4,10 @@
 //! blocking thread; nothing is buffered whole, whatever the layer size.
 
 use std::io::Read;
+use std::ops::ControlFlow;
 
 use futures_util::TryStreamExt;
-use pierone_protocol::{Digest, ManifestKind, RepoName, parse_manifest};
+use pierone_protocol::{Digest, ManifestKind, RepoName, parse_manifest, walk_layer};
 use pierone_tagstore::ScmSource;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -24,31 +25,19 @@ fn is_root_scm_source(path: &std::path::Path) -> bool {
 
 /// Scan one layer (plain or gzipped tar) for `/scm-source.json`.
 fn scan_layer(reader: impl Read) -> Option<ScmSource> {
-    let mut reader = std::io::BufReader::new(reader);
-    let gz = {
-        use std::io::BufRead;
-        let head = reader.fill_buf().ok()?;
-        head.starts_with(&[0x1f, 0x8b])
-    };
-    let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::read::GzDecoder::new(reader))
-    } else {
-        Box::new(reader)
-    };
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().ok()? {
-        let entry = entry.ok()?;
-        let is_it = entry
-            .path()
-            .map(|p| is_root_scm_source(&p))
-            .unwrap_or(false);
-        if is_it && entry.header().entry_type().is_file() {
-            let mut text = String::new();
-            entry.take(MAX_SCM_SOURCE).read_to_string(&mut text).ok()?;
-            return serde_json::from_str(&text).ok();
+    walk_layer(reader, |path, entry| {
+        if !is_root_scm_source(path) {
+            return ControlFlow::Continue(());
         }
-    }
-    None
+        let mut text = String::new();
+        match entry.take(MAX_SCM_SOURCE).read_to_string(&mut text) {
+            Ok(_) => ControlFlow::Break(serde_json::from_str::<ScmSource>(&text).ok()),
+            Err(_) => ControlFlow::Break(None),
+        }
+    })
+    .ok()
+    .flatten()
+    .flatten()
 }
 
 /// The `scm-source.json` of the image `digest` in `repo`, searching the top layer first (it
