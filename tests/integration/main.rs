@@ -7,6 +7,7 @@
 mod api;
 mod auth;
 mod blobs;
+mod cli;
 mod clients;
 mod manifests;
 mod robustness;

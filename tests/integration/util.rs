@@ -283,9 +283,82 @@ pub async fn oci_error(r: reqwest::Response, status: StatusCode, code: &str) -> 
     err
 }
 
-/// A token-info endpoint on 127.0.0.1:0 answering from a fixed table: `GET
-/// /tokeninfo?access_token=<token>` gives the token's JSON, or 400 for unknown tokens.
-/// Special tokens: `slow` answers after 3 s, `garbage` answers HTML, `boom` answers 503.
+/// What a fake HTTP service sees of a request: path with query, the Authorization header,
+/// and the body.
+pub struct Seen {
+    pub path: String,
+    pub authorization: String,
+    pub body: String,
+}
+
+/// The answer of a fake service: status, body, and a delay before answering.
+pub type Answer = (u16, String, Duration);
+
+/// A small HTTP service on 127.0.0.1:0 answering with `handler`; returns its base URL and a
+/// request counter.
+pub async fn fake_service(
+    handler: Arc<dyn Fn(&Seen) -> Answer + Send + Sync>,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        async move {
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let authorization = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                path,
+                                authorization,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                            };
+                            let (status, body, delay) = handler(&seen);
+                            tokio::time::sleep(delay).await;
+                            let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (url, calls)
+}
+
+/// A token-info endpoint answering from a fixed table: `GET /tokeninfo?access_token=<token>`
+/// gives the token's JSON, or 400 for unknown tokens. Special tokens: `slow` answers after
+/// 3 s, `garbage` answers HTML, `boom` answers 503.
 pub struct FakeTokenInfo {
     pub url: String,
     pub calls: Arc<std::sync::atomic::AtomicUsize>,
@@ -293,60 +366,34 @@ pub struct FakeTokenInfo {
 
 impl FakeTokenInfo {
     pub async fn start(tokens: Vec<(&str, Value)>) -> FakeTokenInfo {
-        use http_body_util::{BodyExt, Full};
-        let table: Arc<std::collections::HashMap<String, Value>> =
-            Arc::new(tokens.into_iter().map(|(t, v)| (t.to_owned(), v)).collect());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/tokeninfo", listener.local_addr().unwrap());
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = calls.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let table = table.clone();
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let table = table.clone();
-                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            async move {
-                                let token = req
-                                    .uri()
-                                    .query()
-                                    .and_then(|q| q.strip_prefix("access_token="))
-                                    .unwrap_or("")
-                                    .to_owned();
-                                let _ = req.into_body().collect().await;
-                                let (status, body) = match token.as_str() {
-                                    "slow" => {
-                                        tokio::time::sleep(Duration::from_secs(3)).await;
-                                        (200, json!({"uid": "slow"}).to_string())
-                                    }
-                                    "garbage" => (200, "<html>not json</html>".to_owned()),
-                                    "boom" => (503, "down".to_owned()),
-                                    t => match table.get(t) {
-                                        Some(v) => (200, v.to_string()),
-                                        None => {
-                                            (400, json!({"error": "invalid_token"}).to_string())
-                                        }
-                                    },
-                                };
-                                let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
-                                *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                                Ok::<_, std::convert::Infallible>(r)
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
+        let table: std::collections::HashMap<String, Value> =
+            tokens.into_iter().map(|(t, v)| (t.to_owned(), v)).collect();
+        let (base, calls) = fake_service(Arc::new(move |seen: &Seen| {
+            let token = seen
+                .path
+                .split_once("access_token=")
+                .map(|(_, t)| t)
+                .unwrap_or("");
+            let now = Duration::ZERO;
+            match token {
+                "slow" => (
+                    200,
+                    json!({"uid": "slow"}).to_string(),
+                    Duration::from_secs(3),
+                ),
+                "garbage" => (200, "<html>not json</html>".to_owned(), now),
+                "boom" => (503, "down".to_owned(), now),
+                t => match table.get(t) {
+                    Some(v) => (200, v.to_string(), now),
+                    None => (400, json!({"error": "invalid_token"}).to_string(), now),
+                },
             }
-        });
-        FakeTokenInfo { url, calls }
+        }))
+        .await;
+        FakeTokenInfo {
+            url: format!("{base}/tokeninfo"),
+            calls,
+        }
     }
 }
 

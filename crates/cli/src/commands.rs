@@ -1,0 +1,379 @@
+//! The `pierone` commands.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+
+use clap::{Parser, Subcommand};
+use futures_util::TryStreamExt;
+use serde_json::Value;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::client::{Api, MANIFEST_ACCEPT};
+use crate::output::{Cell, Format, print};
+use crate::{Error, config, docker, obtain_token};
+
+/// Pier One: list teams, artifacts and tags of a pierone registry, and log Docker in.
+#[derive(Debug, Parser)]
+#[command(name = "pierone", version, about)]
+pub struct Cli {
+    /// Registry URL (without a scheme, https is assumed). Defaults to the one saved by
+    /// `pierone login` in ~/.config/pierone/pierone.yaml.
+    #[arg(long, env = "PIERONE_URL", global = true)]
+    url: Option<String>,
+
+    /// OAuth 2.0 access token. Otherwise OAUTH2_ACCESS_TOKENS, $CREDENTIALS_DIR, or the
+    /// password grant with OAUTH2_ACCESS_TOKEN_URL are tried.
+    #[arg(long, env = "PIERONE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+
+    /// Output format of listings.
+    #[arg(short = 'o', long, value_enum, default_value = "text", global = true)]
+    output: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Save the registry URL, check the token, and configure Docker to use
+    /// docker-credential-pierone for the registry.
+    Login,
+    /// List teams that have artifacts.
+    Teams,
+    /// List a team's artifacts.
+    Artifacts { team: String },
+    /// List tags (the newest N per artifact, shown oldest first).
+    Tags {
+        team: String,
+        artifacts: Vec<String>,
+        /// Tags per artifact: default 3 without ARTIFACT, 20 with; 0 shows all.
+        #[arg(short = 'l', long)]
+        limit: Option<usize>,
+    },
+    /// Print the most recently created tag of an artifact.
+    Latest { team: String, artifact: String },
+    /// Show where tags were built from.
+    ScmSource {
+        team: String,
+        artifact: String,
+        tags: Vec<String>,
+    },
+    /// Find the tags carrying an image, by a prefix of its config or manifest digest.
+    Image { prefix: String },
+    /// List the files in an image's layers.
+    InspectContents {
+        team: String,
+        artifact: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+}
+
+fn text(s: impl Into<String>) -> Cell {
+    Cell::Text(s.into())
+}
+
+fn str_of(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_owned()
+}
+
+fn enc(s: &str) -> String {
+    // Nested artifacts are one path segment in the API.
+    s.replace('/', "%2F")
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Usage(format!("cannot write output: {e}"))
+}
+
+/// Run a parsed command line, writing results to `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    let url = config::resolve_url(cli.url.as_deref())?;
+    let token = match (&cli.command, obtain_token(cli.token.as_deref()).await) {
+        (_, Ok((t, _))) => Some(t),
+        // Login needs a token; listings try without one (the registry may allow public
+        // reads) and report a 401 clearly if not.
+        (Command::Login, Err(e)) => return Err(e),
+        (_, Err(Error::NoToken(_))) => None,
+        (_, Err(e)) => return Err(e),
+    };
+    let api = Api::new(&url, token)?;
+    let fmt = cli.output;
+    match cli.command {
+        Command::Login => {
+            api.get("/v2/", None, "the registry").await?;
+            if cli.url.is_some() {
+                config::save_url(&url)?;
+            }
+            let host = url.split("://").nth(1).unwrap_or(&url).to_owned();
+            let path = docker::docker_config_path()
+                .ok_or_else(|| Error::Usage("cannot find the home directory".into()))?;
+            docker::register_helper(&path, &host)?;
+            writeln!(
+                out,
+                "Logged in to {url}. Docker uses docker-credential-pierone for {host} ({}).",
+                path.display()
+            )
+            .map_err(io)
+        }
+        Command::Teams => {
+            let teams = api.json("/teams", "teams").await?;
+            let rows: Vec<Vec<Cell>> = teams
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| vec![text(t.as_str().unwrap_or_default())])
+                .collect();
+            print(out, fmt, &["name"], &rows).map_err(io)
+        }
+        Command::Artifacts { team } => {
+            let arts = api
+                .json(&format!("/teams/{team}/artifacts"), &format!("team {team}"))
+                .await?;
+            let rows: Vec<Vec<Cell>> = arts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| vec![text(&team), text(a.as_str().unwrap_or_default())])
+                .collect();
+            print(out, fmt, &["team", "artifact"], &rows).map_err(io)
+        }
+        Command::Tags {
+            team,
+            artifacts,
+            limit,
+        } => {
+            let limit = limit.unwrap_or(if artifacts.is_empty() { 3 } else { 20 });
+            let artifacts = if artifacts.is_empty() {
+                let all = api
+                    .json(&format!("/teams/{team}/artifacts"), &format!("team {team}"))
+                    .await?;
+                all.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect()
+            } else {
+                artifacts
+            };
+            let mut rows = Vec::new();
+            for artifact in artifacts {
+                let tags = api
+                    .json(
+                        &format!("/teams/{team}/artifacts/{}/tags", enc(&artifact)),
+                        &format!("artifact {team}/{artifact}"),
+                    )
+                    .await?;
+                let tags: Vec<&Value> = tags.as_array().into_iter().flatten().collect();
+                let skip = if limit == 0 {
+                    0
+                } else {
+                    tags.len().saturating_sub(limit)
+                };
+                for t in &tags[skip..] {
+                    rows.push(vec![
+                        text(&team),
+                        text(&artifact),
+                        text(str_of(t, "name")),
+                        Cell::Time(str_of(t, "created")),
+                        text(str_of(t, "created_by")),
+                        text(str_of(t, "digest")),
+                    ]);
+                }
+            }
+            print(
+                out,
+                fmt,
+                &["team", "artifact", "tag", "created", "by", "digest"],
+                &rows,
+            )
+            .map_err(io)
+        }
+        Command::Latest { team, artifact } => {
+            let t = api
+                .json(
+                    &format!("/teams/{team}/artifacts/{}/latest", enc(&artifact)),
+                    &format!("artifact {team}/{artifact}"),
+                )
+                .await?;
+            writeln!(out, "{}", str_of(&t, "name")).map_err(io)
+        }
+        Command::ScmSource {
+            team,
+            artifact,
+            tags,
+        } => {
+            let tags = if tags.is_empty() {
+                let all = api
+                    .json(
+                        &format!("/teams/{team}/artifacts/{}/tags", enc(&artifact)),
+                        &format!("artifact {team}/{artifact}"),
+                    )
+                    .await?;
+                all.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| str_of(t, "name"))
+                    .collect()
+            } else {
+                tags
+            };
+            let mut rows = Vec::new();
+            for tag in tags {
+                let path = format!(
+                    "/teams/{team}/artifacts/{}/tags/{tag}/scm-source",
+                    enc(&artifact)
+                );
+                match api
+                    .json(&path, &format!("scm-source of {team}/{artifact}:{tag}"))
+                    .await
+                {
+                    Ok(s) => rows.push(vec![
+                        text(&team),
+                        text(&artifact),
+                        text(&tag),
+                        text(str_of(&s, "url")),
+                        text(str_of(&s, "revision")),
+                        text(str_of(&s, "author")),
+                        text(str_of(&s, "status")),
+                    ]),
+                    Err(Error::NotFound(_)) => rows.push(vec![
+                        text(&team),
+                        text(&artifact),
+                        text(&tag),
+                        text(""),
+                        text(""),
+                        text(""),
+                        text("unknown"),
+                    ]),
+                    Err(e) => return Err(e),
+                }
+            }
+            print(
+                out,
+                fmt,
+                &[
+                    "team", "artifact", "tag", "url", "revision", "author", "status",
+                ],
+                &rows,
+            )
+            .map_err(io)
+        }
+        Command::Image { prefix } => {
+            let found = match api
+                .json(&format!("/tags/{prefix}"), &format!("image {prefix}"))
+                .await
+            {
+                Err(Error::Ambiguous(_)) => {
+                    return Err(Error::Ambiguous(format!(
+                        "{prefix} matches more than one image"
+                    )));
+                }
+                other => other?,
+            };
+            let rows: Vec<Vec<Cell>> = found
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    vec![
+                        text(str_of(m, "team")),
+                        text(str_of(m, "artifact")),
+                        text(str_of(m, "name")),
+                    ]
+                })
+                .collect();
+            print(out, fmt, &["team", "artifact", "tag"], &rows).map_err(io)
+        }
+        Command::InspectContents {
+            team,
+            artifact,
+            tags,
+        } => {
+            let mut rows = Vec::new();
+            for tag in tags {
+                for (layer, path) in layer_files(&api, &team, &artifact, &tag).await? {
+                    rows.push(vec![text(&tag), text(layer), text(path)]);
+                }
+            }
+            print(out, fmt, &["tag", "layer", "path"], &rows).map_err(io)
+        }
+    }
+}
+
+/// Every file path in the layers of `team/artifact:tag` (the linux/amd64 image of an index),
+/// streamed: layers are never held in memory.
+async fn layer_files(
+    api: &Api,
+    team: &str,
+    artifact: &str,
+    tag: &str,
+) -> Result<Vec<(String, String)>, Error> {
+    let repo = format!("{team}/{artifact}");
+    let what = format!("{repo}:{tag}");
+    let mut manifest: Value = api
+        .get(
+            &format!("/v2/{repo}/manifests/{tag}"),
+            Some(MANIFEST_ACCEPT),
+            &what,
+        )
+        .await?
+        .json()
+        .await
+        .map_err(|e| Error::Unexpected {
+            status: 200,
+            body: e.to_string(),
+        })?;
+    if let Some(children) = manifest["manifests"].as_array() {
+        let pick = children
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .or(children.first())
+            .ok_or_else(|| Error::NotFound(format!("an image in {what}")))?;
+        let digest = str_of(pick, "digest");
+        manifest = api
+            .get(
+                &format!("/v2/{repo}/manifests/{digest}"),
+                Some(MANIFEST_ACCEPT),
+                &what,
+            )
+            .await?
+            .json()
+            .await
+            .map_err(|e| Error::Unexpected {
+                status: 200,
+                body: e.to_string(),
+            })?;
+    }
+    let mut files = Vec::new();
+    for layer in manifest["layers"].as_array().into_iter().flatten() {
+        let digest = str_of(layer, "digest");
+        let resp = api
+            .get(
+                &format!("/v2/{repo}/blobs/{digest}"),
+                None,
+                &format!("layer {digest}"),
+            )
+            .await?;
+        let reader = SyncIoBridge::new(StreamReader::new(
+            resp.bytes_stream().map_err(std::io::Error::other),
+        ));
+        let paths = tokio::task::spawn_blocking(move || {
+            let mut paths = Vec::new();
+            let r = pierone_protocol::walk_layer(reader, |p, _| {
+                paths.push(p.display().to_string());
+                ControlFlow::<()>::Continue(())
+            });
+            r.map(|_| paths)
+        })
+        .await
+        .map_err(|e| Error::Usage(e.to_string()))?
+        .map_err(|e| Error::Unexpected {
+            status: 200,
+            body: format!("layer {digest} is not a tar archive: {e}"),
+        })?;
+        files.extend(paths.into_iter().map(|p| (digest.clone(), p)));
+    }
+    Ok(files)
+}

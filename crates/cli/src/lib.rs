@@ -1,0 +1,45 @@
+//! The `pierone` command-line client and the `docker-credential-pierone` helper.
+//!
+//! Employees and CI service users drive the Pier One API with it: list teams, artifacts and
+//! tags, find images, read scm-source, and log Docker in through a credential helper that
+//! hands out fresh OAuth 2.0 tokens. The binaries in `bins/` only call [`run`] and
+//! [`credential_helper`].
+
+mod client;
+mod commands;
+mod config;
+mod docker;
+mod helper;
+mod output;
+mod token;
+
+pub use commands::{Cli, run};
+pub use docker::register_helper;
+pub use helper::credential_helper;
+pub use output::relative_time;
+pub use token::{TokenSource, obtain_token};
+
+/// Everything that can go wrong, each worded for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no registry URL: pass --url, set PIERONE_URL, or run `pierone login --url URL`")]
+    NoUrl,
+    #[error("cannot reach {url}: {why}")]
+    Unreachable { url: String, why: String },
+    #[error("{url} refused the credentials (401): run `pierone login`, or set PIERONE_TOKEN")]
+    Unauthorized { url: String },
+    #[error("access denied (403): {0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("the registry answered {status}: {body}")]
+    Unexpected { status: u16, body: String },
+    #[error("no OAuth 2.0 token: {0}")]
+    NoToken(String),
+    #[error("{path}: {why}")]
+    File { path: String, why: String },
+    #[error("{0}")]
+    Usage(String),
+}

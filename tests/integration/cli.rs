@@ -1,0 +1,541 @@
+//! The `pierone` CLI and `docker-credential-pierone`, run as built binaries against a real
+//! server, a real token-info endpoint and a real OAuth 2.0 token endpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pierone_auth::{AuthConfig, Authorizer, MemoryTeams, TokenInfoValidator};
+use pierone_protocol::Digest;
+use pierone_registry::Config;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::util::{FakeTokenInfo, OCI_MANIFEST, Seen, TestServer, fake_service, token_json};
+
+fn bin(name: &str) -> PathBuf {
+    // The CLI binaries sit next to the server binary Cargo built for these tests.
+    Path::new(env!("CARGO_BIN_EXE_pierone-server")).with_file_name(name)
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `pierone args...` in an isolated home, with `env`.
+async fn pierone(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
+    run(bin("pierone"), home, env, args, None).await
+}
+
+async fn run(
+    program: PathBuf,
+    home: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Run {
+    let home = home.to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(&program);
+        cmd.args(&args)
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A registry with token-info auth where `alice` and the service `ci-bot` push to `myteam`,
+/// seeded with myteam/app:1.0 and 2.0 (a layer holding hello.txt).
+async fn seeded() -> (TestServer, FakeTokenInfo) {
+    let ti = FakeTokenInfo::start(vec![
+        ("alice", token_json("alice", "/employees", &["uid"], 3600)),
+        (
+            "ci-bot-token",
+            token_json(
+                "stups_ci-bot",
+                "/services",
+                &["uid", "application.write"],
+                3600,
+            ),
+        ),
+    ])
+    .await;
+    let s = TestServer::start_with(Config {
+        auth: Authorizer::new(
+            Arc::new(TokenInfoValidator::new(&ti.url, Duration::from_secs(2)).unwrap()),
+            Arc::new(MemoryTeams::new([(
+                "myteam",
+                &["alice"][..],
+                &["ci-bot"][..],
+            )])),
+            AuthConfig::default(),
+        ),
+        ..Config::default()
+    })
+    .await;
+    let c = s.client();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "hello.txt", &b"hi"[..]).unwrap();
+    let layer = tar.into_inner().unwrap();
+    for tag in ["1.0", "2.0"] {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","t":"{tag}"}}"#);
+        for blob in [config.as_bytes(), &layer[..]] {
+            let d = Digest::sha256_of(blob);
+            c.req(
+                Method::POST,
+                &format!("/v2/myteam/app/blobs/uploads/?digest={d}"),
+            )
+            .header("Authorization", "Bearer alice")
+            .body(blob.to_vec())
+            .send()
+            .await
+            .unwrap();
+        }
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::sha256_of(config.as_bytes()).as_str(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::sha256_of(&layer).as_str(), "size": layer.len()}],
+        }))
+        .unwrap();
+        let r = c
+            .req(Method::PUT, &format!("/v2/myteam/app/manifests/{tag}"))
+            .header("Authorization", "Bearer alice")
+            .header("Content-Type", OCI_MANIFEST)
+            .body(m)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (s, ti)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_in_every_format() {
+    let (s, _ti) = seeded().await;
+    let home = tempfile::tempdir().unwrap();
+    let env = [("PIERONE_URL", s.url.as_str()), ("PIERONE_TOKEN", "alice")];
+
+    let r = pierone(home.path(), &env, &["teams"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout, "NAME\nmyteam\n");
+    let r = pierone(home.path(), &env, &["artifacts", "myteam", "-o", "tsv"]).await;
+    assert_eq!(r.stdout, "team\tartifact\nmyteam\tapp\n");
+
+    let r = pierone(home.path(), &env, &["tags", "myteam", "app"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("TEAM") && lines[0].contains("CREATED") && lines[0].contains("BY"),
+        "{}",
+        r.stdout
+    );
+    // Relative times in text output ("just now" here; "5d ago" later), never raw timestamps.
+    let relative = lines[1].contains("just now") || lines[1].contains(" ago");
+    assert!(
+        lines[1].contains("1.0") && relative && lines[1].contains("alice"),
+        "{}",
+        r.stdout
+    );
+    assert!(lines[2].contains("2.0"));
+    let r = pierone(
+        home.path(),
+        &env,
+        &["tags", "myteam", "-o", "json", "--limit", "1"],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "the newest one");
+    assert_eq!(v[0]["tag"], "2.0");
+    assert!(v[0]["created"].as_str().unwrap().ends_with('Z'));
+
+    let r = pierone(home.path(), &env, &["latest", "myteam", "app"]).await;
+    assert_eq!(r.stdout, "2.0\n");
+
+    let digest: String = {
+        let r = pierone(home.path(), &env, &["tags", "myteam", "app", "-o", "json"]).await;
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        v[0]["digest"].as_str().unwrap().to_owned()
+    };
+    let r = pierone(home.path(), &env, &["image", &digest[7..19], "-o", "tsv"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout, "team\tartifact\ttag\nmyteam\tapp\t1.0\n");
+    let r = pierone(home.path(), &env, &["image", "ffffffffffff"]).await;
+    assert!(
+        !r.ok && r.stderr.trim() == "pierone: image ffffffffffff not found",
+        "{}",
+        r.stderr
+    );
+
+    let r = pierone(
+        home.path(),
+        &env,
+        &["scm-source", "myteam", "app", "1.0", "-o", "json"],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["status"], "unknown");
+
+    let r = pierone(
+        home.path(),
+        &env,
+        &["inspect-contents", "myteam", "app", "1.0", "-o", "tsv"],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("1.0\tsha256:") && l.ends_with("\thello.txt")),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_clear_line() {
+    let (s, _ti) = seeded().await;
+    let home = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Env, &[&str], &str); 5] = [
+        (
+            &[("PIERONE_URL", dead.as_str()), ("PIERONE_TOKEN", "alice")],
+            &["teams"],
+            "cannot reach",
+        ),
+        (
+            &[("PIERONE_URL", s.url.as_str()), ("PIERONE_TOKEN", "wrong")],
+            &["teams"],
+            "pierone login",
+        ),
+        (&[("PIERONE_URL", s.url.as_str())], &["teams"], "(401)"),
+        (
+            &[("PIERONE_URL", s.url.as_str()), ("PIERONE_TOKEN", "alice")],
+            &["artifacts", "nobody"],
+            "team nobody not found",
+        ),
+        (&[("PIERONE_TOKEN", "alice")], &["teams"], "no registry URL"),
+    ];
+    for (env, args, want) in cases {
+        let r = pierone(home.path(), env, args).await;
+        assert!(!r.ok, "{args:?} should fail");
+        assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with("pierone: ") && r.stderr.contains(want),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_keeps_the_docker_config_and_saves_the_url() {
+    let (s, _ti) = seeded().await;
+    let home = tempfile::tempdir().unwrap();
+    let docker = home.path().join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let before = json!({
+        "auths": {"other.example": {"auth": "dXNlcjpwYXNz"}},
+        "credsStore": "secretservice",
+        "credHelpers": {"gcr.io": "gcloud"},
+        "HttpHeaders": {"User-Agent": "x"},
+    });
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::to_vec_pretty(&before).unwrap(),
+    )
+    .unwrap();
+
+    let r = pierone(
+        home.path(),
+        &[("PIERONE_TOKEN", "alice")],
+        &["login", "--url", &s.url],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    let after: Value =
+        serde_json::from_slice(&std::fs::read(docker.join("config.json")).unwrap()).unwrap();
+    for key in ["auths", "credsStore", "HttpHeaders"] {
+        assert_eq!(after[key], before[key], "{key} kept");
+    }
+    assert_eq!(after["credHelpers"]["gcr.io"], "gcloud");
+    assert_eq!(after["credHelpers"][s.host()], "pierone");
+    // The URL is remembered for later commands.
+    let saved = std::fs::read_to_string(home.path().join(".config/pierone/pierone.yaml")).unwrap();
+    assert!(saved.contains(&s.url), "{saved}");
+    let r = pierone(
+        home.path(),
+        &[("PIERONE_TOKEN", "alice")],
+        &["teams", "-o", "tsv"],
+    )
+    .await;
+    assert_eq!(r.stdout, "name\nmyteam\n", "{}", r.stderr);
+    // A bad token does not log in, and leaves the file alone.
+    let r = pierone(home.path(), &[("PIERONE_TOKEN", "wrong")], &["login"]).await;
+    assert!(!r.ok);
+    let again: Value =
+        serde_json::from_slice(&std::fs::read(docker.join("config.json")).unwrap()).unwrap();
+    assert_eq!(again, after);
+}
+
+/// An OAuth 2.0 token endpoint that grants `ci-bot-token` for the service user's password.
+async fn token_endpoint() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let (base, calls) = fake_service(Arc::new(|seen: &Seen| {
+        // Basic base64("client-id:client-secret")
+        let client_ok = seen.authorization == "Basic Y2xpZW50LWlkOmNsaWVudC1zZWNyZXQ=";
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(seen.body.as_bytes())
+                .into_owned()
+                .collect();
+        let user_ok = form.get("grant_type").map(String::as_str) == Some("password")
+            && form.get("username").map(String::as_str) == Some("stups_ci-bot")
+            && form.get("password").map(String::as_str) == Some("hunter2");
+        if seen.path == "/oauth2/token" && client_ok && user_ok {
+            (
+                200,
+                json!({"access_token": "ci-bot-token", "token_type": "Bearer", "expires_in": 3600})
+                    .to_string(),
+                Duration::ZERO,
+            )
+        } else {
+            (
+                400,
+                json!({"error": "invalid_grant"}).to_string(),
+                Duration::ZERO,
+            )
+        }
+    }))
+    .await;
+    (format!("{base}/oauth2/token"), calls)
+}
+
+fn credentials_dir(dir: &Path, password: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("user.json"),
+        json!({"application_username": "stups_ci-bot", "application_password": password})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client.json"),
+        json!({"client_id": "client-id", "client_secret": "client-secret"}).to_string(),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_helper_token_sources() {
+    let home = tempfile::tempdir().unwrap();
+    let helper = || bin("docker-credential-pierone");
+    let r = run(
+        helper(),
+        home.path(),
+        &[("OAUTH2_ACCESS_TOKENS", "other=x,pierone=from-list")],
+        &["get"],
+        Some("registry.example\n"),
+    )
+    .await;
+    assert!(r.ok, "{}", r.stdout);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["Username"].clone(), v["Secret"].clone()),
+        (json!("oauth2"), json!("from-list"))
+    );
+
+    let creds = home.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("pierone-token-secret"), "from-file\n").unwrap();
+    let cd = creds.to_str().unwrap();
+    let r = run(
+        helper(),
+        home.path(),
+        &[("CREDENTIALS_DIR", cd)],
+        &["get"],
+        Some("registry.example"),
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.stdout).unwrap()["Secret"],
+        "from-file"
+    );
+
+    // The password grant, cached until shortly before expiry.
+    let (url, calls) = token_endpoint().await;
+    let grant = home.path().join("service-user");
+    credentials_dir(&grant, "hunter2");
+    let gd = grant.to_str().unwrap();
+    let env = [
+        ("CREDENTIALS_DIR", gd),
+        ("OAUTH2_ACCESS_TOKEN_URL", url.as_str()),
+    ];
+    for _ in 0..3 {
+        let r = run(
+            helper(),
+            home.path(),
+            &env,
+            &["get"],
+            Some("registry.example"),
+        )
+        .await;
+        assert!(r.ok, "{}", r.stdout);
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.stdout).unwrap()["Secret"],
+            "ci-bot-token"
+        );
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "cached after the first grant"
+    );
+    let cache = home.path().join(".cache/pierone/token.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // A wrong password is one clear failure, not a token.
+    let bad = home.path().join("bad-user");
+    credentials_dir(&bad, "wrong");
+    let bd = bad.to_str().unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let r = run(
+        helper(),
+        fresh.path(),
+        &[
+            ("CREDENTIALS_DIR", bd),
+            ("OAUTH2_ACCESS_TOKEN_URL", url.as_str()),
+        ],
+        &["get"],
+        Some("r"),
+    )
+    .await;
+    assert!(!r.ok);
+    assert!(r.stdout.contains("invalid_grant"), "{}", r.stdout);
+    let r = run(helper(), fresh.path(), &[], &["get"], Some("r")).await;
+    assert!(
+        !r.ok && r.stdout.contains("no OAuth 2.0 token"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// What a CI job does: a service user logs in, podman pushes through the credential helper,
+/// and the CLI shows the push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_service_user_pushes_with_podman_through_the_helper() {
+    let (s, _ti) = seeded().await;
+    let (token_url, _) = token_endpoint().await;
+    let home = tempfile::tempdir().unwrap();
+    let creds = home.path().join("credentials");
+    credentials_dir(&creds, "hunter2");
+    let bin_dir = bin("pierone").parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let runtime = home.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let env = [
+        ("CREDENTIALS_DIR", creds.to_str().unwrap()),
+        ("OAUTH2_ACCESS_TOKEN_URL", token_url.as_str()),
+        ("PATH", path.as_str()),
+        ("XDG_RUNTIME_DIR", runtime.to_str().unwrap()),
+    ];
+    let r = pierone(home.path(), &env, &["login", "--url", &s.url]).await;
+    assert!(r.ok, "{}", r.stderr);
+
+    let host = s.host().to_owned();
+    let podman = |args: Vec<String>| {
+        let env = env.map(|(k, v)| (k, v.to_owned()));
+        let home = home.path().to_owned();
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(PathBuf::from("podman"), &home, &env, &args, None).await
+        }
+    };
+    let seed = format!("{host}/myteam/app:1.0");
+    let pushed = format!("{host}/myteam/ci-built:7");
+    let r = podman(vec![
+        "pull".into(),
+        "--tls-verify=false".into(),
+        seed.clone(),
+    ])
+    .await;
+    assert!(r.ok, "pull through the helper: {}", r.stderr);
+    let r = podman(vec!["tag".into(), seed.clone(), pushed.clone()]).await;
+    assert!(r.ok, "{}", r.stderr);
+    let r = podman(vec![
+        "push".into(),
+        "--tls-verify=false".into(),
+        pushed.clone(),
+    ])
+    .await;
+    assert!(r.ok, "push through the helper: {}", r.stderr);
+
+    let r = pierone(
+        home.path(),
+        &env,
+        &["tags", "myteam", "ci-built", "-o", "json"],
+    )
+    .await;
+    let v: Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|_| panic!("{} {}", r.stdout, r.stderr));
+    assert_eq!(v[0]["tag"], "7");
+    assert_eq!(v[0]["by"], "stups_ci-bot", "recorded as the service user");
+    let r = pierone(home.path(), &env, &["latest", "myteam", "ci-built"]).await;
+    assert_eq!(r.stdout, "7\n");
+    for image in [seed, pushed] {
+        let _ = podman(vec!["rmi".into(), "-f".into(), image]).await;
+    }
+}
