@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every check pierone has: formatting, lints, licences and advisories, unit tests,
 # the storage conformance suites, and the integration tests with real clients.
-# Installs what a fresh Debian machine lacks (skopeo, podman, the oras Python SDK, cargo-deny).
+# Installs what a fresh Debian machine lacks (skopeo, podman, PostgreSQL, the oras Python SDK,
+# cargo-deny) and starts a throwaway PostgreSQL cluster for the tests that need one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ step() { printf '\n==> %s\n' "$*"; }
 missing=()
 have skopeo || missing+=(skopeo)
 have podman || missing+=(podman uidmap fuse-overlayfs)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     step "installing ${missing[*]} from Debian"
     as_root apt-get update -qq
@@ -37,5 +39,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # licences, bans and sources are checked offline.
 step "cargo deny check bans licenses sources"
 cargo deny --log-level error check bans licenses sources
+step "starting a throwaway PostgreSQL"
+eval "$(tests/postgres.sh start)"
+trap 'tests/postgres.sh stop "$PIERONE_TEST_PGDATA"' EXIT
+
 step "cargo test"
 cargo test --workspace --locked

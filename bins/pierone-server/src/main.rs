@@ -25,9 +25,15 @@ struct Args {
     #[arg(long, env = "PIERONE_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
 
-    /// Directory for blobs (blobs/, uploads/) and the SQLite metadata database (pierone.db).
+    /// Directory for blobs (blobs/, uploads/) and, unless --database-url says otherwise, the
+    /// SQLite metadata database (pierone.db).
     #[arg(long, env = "PIERONE_DATA_DIR", default_value = "./pierone-data")]
     data_dir: PathBuf,
+
+    /// Metadata database: `postgres://user@host/db` for PostgreSQL (several replicas can
+    /// share it), or `sqlite://PATH`. Default: SQLite in the data directory.
+    #[arg(long, env = "PIERONE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 
     /// Tags matching this glob may be moved once set (`*` any run, `?` one character).
     /// Repeatable; comma-separated in the environment variable.
@@ -213,10 +219,15 @@ async fn serve(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("blob store at {}: {e}", args.data_dir.display()))?
         .with_fsync(!args.no_fsync);
-    let db = args.data_dir.join("pierone.db");
-    let tags = SqlTagStore::open(&db.to_string_lossy())
-        .await
-        .map_err(|e| format!("metadata database {}: {e}", db.display()))?;
+    let db = match &args.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", args.data_dir.join("pierone.db").display()),
+    };
+    let tags = SqlTagStore::open(&db).await.map_err(|e| {
+        // Never print a password that may be in the URL.
+        let shown = db.split_once('@').map_or(db.as_str(), |(_, host)| host);
+        format!("metadata database {shown}: {e}")
+    })?;
     let config = Config {
         tag_policy: TagPolicy::new(&args.mutable_tag_patterns, args.allow_latest_push),
         max_blob_size: args.max_blob_size,

@@ -27,7 +27,7 @@ use pierone_protocol::{Digest, RepoName, Tag, UploadId};
 
 pub use memory::MemoryTagStore;
 pub use policy::{Mutability, TagPolicy};
-pub use sql::SqlTagStore;
+pub use sql::{SqlTagStore, create_test_database};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;

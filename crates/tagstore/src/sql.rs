@@ -1,4 +1,4 @@
-//! The diesel implementation of [`TagStore`](crate::TagStore), on SQLite.
+//! The diesel implementation of [`TagStore`](crate::TagStore), on SQLite or PostgreSQL.
 //!
 //! Diesel is blocking, so every call runs on tokio's blocking pool with a pooled connection;
 //! the async workers never wait on the database.
@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -22,6 +23,7 @@ use crate::{
 };
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 mod schema {
     diesel::table! {
@@ -106,13 +108,11 @@ mod schema {
 
 use schema::*;
 
-type Conn = SqliteConnection;
-
 #[derive(Debug)]
 struct SqlitePragmas;
 
-impl CustomizeConnection<Conn, diesel::r2d2::Error> for SqlitePragmas {
-    fn on_acquire(&self, conn: &mut Conn) -> Result<(), diesel::r2d2::Error> {
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // WAL lets readers run beside the one writer; busy_timeout makes writers queue instead
         // of failing; synchronous=FULL because an acknowledged tag is an audit record.
         conn.batch_execute(
@@ -123,18 +123,70 @@ impl CustomizeConnection<Conn, diesel::r2d2::Error> for SqlitePragmas {
     }
 }
 
-/// The metadata store on a SQL database through diesel.
+/// One connection pool, for whichever backend the URL chose.
+#[derive(Clone)]
+enum Pools {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+}
+
+/// The metadata store on a SQL database through diesel: SQLite (the embedded default) or
+/// PostgreSQL (for several replicas), with the same queries for both.
 #[derive(Clone)]
 pub struct SqlTagStore {
-    pool: Pool<ConnectionManager<Conn>>,
+    pools: Pools,
 }
 
 impl std::fmt::Debug for SqlTagStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (backend, state) = match &self.pools {
+            Pools::Sqlite(p) => ("sqlite", p.state()),
+            Pools::Postgres(p) => ("postgres", p.state()),
+        };
         f.debug_struct("SqlTagStore")
-            .field("connections", &self.pool.state().connections)
+            .field("backend", &backend)
+            .field("connections", &state.connections)
             .finish()
     }
+}
+
+/// Run diesel's blocking work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unavailable(format!("blocking task failed: {e}")))?
+}
+
+/// Run `$body` with `$c` bound to a pooled connection of the store's backend, off the async
+/// workers. The body is compiled once per backend, with `ops` naming that backend's module of
+/// shared queries.
+macro_rules! run {
+    ($self:ident, |$c:ident| $body:block) => {
+        match $self.pools.clone() {
+            Pools::Sqlite(pool) => {
+                blocking(move || {
+                    #[allow(unused_imports)]
+                    use sqlite_ops as ops;
+                    let mut conn = pool.get().map_err(|e| Error::Unavailable(e.to_string()))?;
+                    let $c: &mut SqliteConnection = &mut conn;
+                    $body
+                })
+                .await
+            }
+            Pools::Postgres(pool) => {
+                blocking(move || {
+                    #[allow(unused_imports)]
+                    use pg_ops as ops;
+                    let mut conn = pool.get().map_err(|e| Error::Unavailable(e.to_string()))?;
+                    let $c: &mut PgConnection = &mut conn;
+                    $body
+                })
+                .await
+            }
+        }
+    };
 }
 
 /// Inside a transaction: either the database failed or a store rule refused the write.
@@ -164,215 +216,280 @@ fn parse_digest(s: &str) -> Result<Digest, Error> {
 }
 
 impl SqlTagStore {
-    /// Open the database at `url` (`sqlite://PATH`, or a bare path), creating it and applying
-    /// migrations as needed.
+    /// Open the database at `url`, creating it (SQLite) and applying migrations as needed:
+    /// `postgres://...` or `postgresql://...` for PostgreSQL, `sqlite://PATH` or a bare path
+    /// for SQLite. The backend is chosen from the scheme so that a connection failure reports
+    /// the real error.
     pub async fn open(url: &str) -> Result<SqlTagStore, Error> {
-        let path = url.strip_prefix("sqlite://").unwrap_or(url).to_owned();
-        tokio::task::spawn_blocking(move || {
-            let manager = ConnectionManager::<Conn>::new(path);
+        let url = url.to_owned();
+        blocking(move || {
+            let unavailable = |e: diesel::r2d2::PoolError| Error::Unavailable(e.to_string());
+            let migrate = |e: Box<dyn std::error::Error + Send + Sync>| {
+                Error::Query(format!("migrations failed: {e}"))
+            };
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                let pool = Pool::builder()
+                    .max_size(16)
+                    .connection_timeout(Duration::from_secs(5))
+                    .build(ConnectionManager::<PgConnection>::new(url))
+                    .map_err(unavailable)?;
+                pool.get()
+                    .map_err(unavailable)?
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map_err(migrate)?;
+                return Ok(SqlTagStore {
+                    pools: Pools::Postgres(pool),
+                });
+            }
+            let path = url.strip_prefix("sqlite://").unwrap_or(&url).to_owned();
             let pool = Pool::builder()
                 .max_size(8)
                 .connection_timeout(Duration::from_secs(10))
                 .connection_customizer(Box::new(SqlitePragmas))
-                .build(manager)
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
-            let mut conn = pool.get().map_err(|e| Error::Unavailable(e.to_string()))?;
-            conn.run_pending_migrations(SQLITE_MIGRATIONS)
-                .map_err(|e| Error::Query(format!("migrations failed: {e}")))?;
-            Ok(SqlTagStore { pool })
+                .build(ConnectionManager::<SqliteConnection>::new(path))
+                .map_err(unavailable)?;
+            pool.get()
+                .map_err(unavailable)?
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map_err(migrate)?;
+            Ok(SqlTagStore {
+                pools: Pools::Sqlite(pool),
+            })
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("blocking task failed: {e}")))?
-    }
-
-    async fn run<T, F>(&self, f: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut PooledConnection<ConnectionManager<Conn>>) -> Result<T, Error>
-            + Send
-            + 'static,
-    {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|e| Error::Unavailable(e.to_string()))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| Error::Unavailable(format!("blocking task failed: {e}")))?
     }
 }
 
-fn put_manifest_tx(
-    c: &mut Conn,
-    repo: &RepoName,
-    m: &NewManifest,
-    tag: Option<&TagWrite>,
-) -> Result<TagOutcome, TxError> {
-    let now = now_millis();
-    let digest = m.digest.as_str();
-    // Decide the tag first: a refusal must leave nothing behind (the transaction rolls back
-    // anyway, but this also spares the writes).
-    let outcome = match tag {
-        None => TagOutcome::Untagged,
-        Some(w) => {
-            let existing: Option<(i64, String)> = tags::table
-                .filter(tags::repository.eq(repo.as_str()))
-                .filter(tags::name.eq(w.tag.as_str()))
-                .select((tags::id, tags::digest))
-                .first(c)
-                .optional()?;
-            match existing {
-                None => TagOutcome::Created,
-                Some((_, d)) if d == digest => TagOutcome::Unchanged,
-                Some((_, d)) => {
-                    let previous = parse_digest(&d).map_err(TxError::Store)?;
-                    match w.mutability {
-                        Mutability::Mutable => TagOutcome::Moved { previous },
-                        Mutability::Immutable => {
-                            return Err(TxError::Store(Error::TagImmutable {
-                                repo: repo.clone(),
-                                tag: w.tag.clone(),
-                                existing: previous,
-                            }));
+/// The queries, written once and compiled for each backend: `$conn` is the connection type,
+/// `$tx` the transaction that serialises writers (SQLite needs `BEGIN IMMEDIATE`, or two
+/// readers upgrading to writers deadlock; PostgreSQL's default READ COMMITTED suffices because
+/// the unique constraint decides).
+macro_rules! backend_ops {
+    ($module:ident, $conn:ty, $tx:ident) => {
+        mod $module {
+            use super::*;
+
+            pub(super) type Conn = $conn;
+
+            /// Run [`put_manifest_tx`] in a transaction.
+            pub(super) fn put_manifest_in_tx(
+                c: &mut Conn,
+                repo: &RepoName,
+                m: &NewManifest,
+                tag: Option<&TagWrite>,
+            ) -> Result<TagOutcome, TxError> {
+                c.$tx(|c| put_manifest_tx(c, repo, m, tag))
+            }
+
+            pub(super) fn put_manifest_tx(
+                c: &mut Conn,
+                repo: &RepoName,
+                m: &NewManifest,
+                tag: Option<&TagWrite>,
+            ) -> Result<TagOutcome, TxError> {
+                let now = now_millis();
+                let digest = m.digest.as_str();
+                // Decide the tag first: a refusal must leave nothing behind (the transaction rolls back
+                // anyway, but this also spares the writes).
+                let outcome = match tag {
+                    None => TagOutcome::Untagged,
+                    Some(w) => {
+                        let existing: Option<(i64, String)> = tags::table
+                            .filter(tags::repository.eq(repo.as_str()))
+                            .filter(tags::name.eq(w.tag.as_str()))
+                            .select((tags::id, tags::digest))
+                            .first(c)
+                            .optional()?;
+                        match existing {
+                            None => TagOutcome::Created,
+                            Some((_, d)) if d == digest => TagOutcome::Unchanged,
+                            Some((_, d)) => {
+                                let previous = parse_digest(&d).map_err(TxError::Store)?;
+                                match w.mutability {
+                                    Mutability::Mutable => TagOutcome::Moved { previous },
+                                    Mutability::Immutable => {
+                                        return Err(TxError::Store(Error::TagImmutable {
+                                            repo: repo.clone(),
+                                            tag: w.tag.clone(),
+                                            existing: previous,
+                                        }));
+                                    }
+                                }
+                            }
                         }
                     }
+                };
+                diesel::insert_into(repositories::table)
+                    .values((
+                        repositories::name.eq(repo.as_str()),
+                        repositories::team.eq(repo.team()),
+                        repositories::created_at.eq(now),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+                let inserted = diesel::insert_into(manifests::table)
+                    .values((
+                        manifests::digest.eq(digest),
+                        manifests::media_type.eq(&m.media_type),
+                        manifests::body.eq(m.body.as_ref()),
+                        manifests::subject.eq(m.subject.as_ref().map(|d| d.as_str())),
+                        manifests::artifact_type.eq(m.artifact_type.as_deref()),
+                        manifests::config_digest.eq(m.config_digest.as_ref().map(|d| d.as_str())),
+                        manifests::annotations.eq(m.annotations.as_deref()),
+                        manifests::created_at.eq(now),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+                if inserted > 0 {
+                    for (r, size) in &m.references {
+                        diesel::insert_into(manifest_references::table)
+                            .values((
+                                manifest_references::manifest.eq(digest),
+                                manifest_references::reference.eq(r.as_str()),
+                                manifest_references::size.eq(*size as i64),
+                            ))
+                            .on_conflict_do_nothing()
+                            .execute(c)?;
+                    }
                 }
+                diesel::insert_into(repository_manifests::table)
+                    .values((
+                        repository_manifests::repository.eq(repo.as_str()),
+                        repository_manifests::digest.eq(digest),
+                        repository_manifests::created_at.eq(now),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+                if let Some(w) = tag {
+                    if let Some(src) = &w.scm_source {
+                        let row = (
+                            scm_sources::repository.eq(repo.as_str()),
+                            scm_sources::tag.eq(w.tag.as_str()),
+                            scm_sources::url.eq(&src.url),
+                            scm_sources::revision.eq(&src.revision),
+                            scm_sources::author.eq(&src.author),
+                            scm_sources::status.eq(&src.status),
+                            scm_sources::created_at.eq(now),
+                        );
+                        // A re-push of the same content keeps the source recorded first; a moved tag
+                        // takes the source of its new content.
+                        if outcome == TagOutcome::Unchanged {
+                            diesel::insert_into(scm_sources::table)
+                                .values(row)
+                                .on_conflict_do_nothing()
+                                .execute(c)?;
+                        } else {
+                            diesel::delete(
+                                scm_sources::table
+                                    .filter(scm_sources::repository.eq(repo.as_str()))
+                                    .filter(scm_sources::tag.eq(w.tag.as_str())),
+                            )
+                            .execute(c)?;
+                            diesel::insert_into(scm_sources::table)
+                                .values(row)
+                                .execute(c)?;
+                        }
+                    }
+                    let previous = match &outcome {
+                        TagOutcome::Created => {
+                            // The unique (repository, name) constraint decides a race with another writer;
+                            // its violation surfaces as a DatabaseError and the caller retries.
+                            diesel::insert_into(tags::table)
+                                .values((
+                                    tags::repository.eq(repo.as_str()),
+                                    tags::name.eq(w.tag.as_str()),
+                                    tags::digest.eq(digest),
+                                    tags::created_at.eq(now),
+                                    tags::created_by.eq(&w.principal),
+                                ))
+                                .execute(c)?;
+                            None
+                        }
+                        TagOutcome::Moved { previous } => {
+                            let n = diesel::update(
+                                tags::table
+                                    .filter(tags::repository.eq(repo.as_str()))
+                                    .filter(tags::name.eq(w.tag.as_str()))
+                                    .filter(tags::digest.eq(previous.as_str())),
+                            )
+                            .set((
+                                tags::digest.eq(digest),
+                                tags::created_at.eq(now),
+                                tags::created_by.eq(&w.principal),
+                            ))
+                            .execute(c)?;
+                            if n != 1 {
+                                // Someone moved it in between; roll back and let the caller retry.
+                                return Err(TxError::Db(DieselError::DatabaseError(
+                                    DatabaseErrorKind::SerializationFailure,
+                                    Box::new("mutable tag moved concurrently".to_owned()),
+                                )));
+                            }
+                            Some(previous.as_str())
+                        }
+                        TagOutcome::Unchanged | TagOutcome::Untagged => return Ok(outcome),
+                    };
+                    diesel::insert_into(tag_events::table)
+                        .values((
+                            tag_events::repository.eq(repo.as_str()),
+                            tag_events::tag.eq(w.tag.as_str()),
+                            tag_events::digest.eq(digest),
+                            tag_events::previous_digest.eq(previous),
+                            tag_events::principal.eq(&w.principal),
+                            tag_events::at.eq(now),
+                        ))
+                        .execute(c)?;
+                }
+                Ok(outcome)
+            }
+
+            /// Repositories with at least one tag, sorted.
+            pub(super) fn tagged_repositories(c: &mut Conn) -> Result<Vec<String>, Error> {
+                tags::table
+                    .select(tags::repository)
+                    .distinct()
+                    .order(tags::repository.asc())
+                    .load(c)
+                    .map_err(db_error)
+            }
+
+            /// Complete tag rows (joined with their manifests) with the sizes of what they reference.
+            pub(super) fn tag_records(
+                c: &mut Conn,
+                rows: Vec<TagRow>,
+            ) -> Result<Vec<TagRecord>, Error> {
+                let digests: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+                let refs: Vec<(String, i64)> = manifest_references::table
+                    .filter(manifest_references::manifest.eq_any(&digests))
+                    .select((manifest_references::manifest, manifest_references::size))
+                    .load(c)
+                    .map_err(db_error)?;
+                let mut sizes = std::collections::HashMap::<String, u64>::new();
+                for (m, s) in refs {
+                    *sizes.entry(m).or_default() += s as u64;
+                }
+                rows.into_iter()
+                    .map(
+                        |(name, digest, created_at, created_by, media_type, config, body)| {
+                            Ok(TagRecord {
+                                size: body.len() as u64 + sizes.get(&digest).copied().unwrap_or(0),
+                                name,
+                                digest: parse_digest(&digest)?,
+                                created_at,
+                                created_by,
+                                media_type,
+                                image: config.as_deref().map(parse_digest).transpose()?,
+                            })
+                        },
+                    )
+                    .collect()
             }
         }
     };
-    diesel::insert_into(repositories::table)
-        .values((
-            repositories::name.eq(repo.as_str()),
-            repositories::team.eq(repo.team()),
-            repositories::created_at.eq(now),
-        ))
-        .on_conflict_do_nothing()
-        .execute(c)?;
-    let inserted = diesel::insert_into(manifests::table)
-        .values((
-            manifests::digest.eq(digest),
-            manifests::media_type.eq(&m.media_type),
-            manifests::body.eq(m.body.as_ref()),
-            manifests::subject.eq(m.subject.as_ref().map(|d| d.as_str())),
-            manifests::artifact_type.eq(m.artifact_type.as_deref()),
-            manifests::config_digest.eq(m.config_digest.as_ref().map(|d| d.as_str())),
-            manifests::annotations.eq(m.annotations.as_deref()),
-            manifests::created_at.eq(now),
-        ))
-        .on_conflict_do_nothing()
-        .execute(c)?;
-    if inserted > 0 {
-        for (r, size) in &m.references {
-            diesel::insert_into(manifest_references::table)
-                .values((
-                    manifest_references::manifest.eq(digest),
-                    manifest_references::reference.eq(r.as_str()),
-                    manifest_references::size.eq(*size as i64),
-                ))
-                .on_conflict_do_nothing()
-                .execute(c)?;
-        }
-    }
-    diesel::insert_into(repository_manifests::table)
-        .values((
-            repository_manifests::repository.eq(repo.as_str()),
-            repository_manifests::digest.eq(digest),
-            repository_manifests::created_at.eq(now),
-        ))
-        .on_conflict_do_nothing()
-        .execute(c)?;
-    if let Some(w) = tag {
-        if let Some(src) = &w.scm_source {
-            let row = (
-                scm_sources::repository.eq(repo.as_str()),
-                scm_sources::tag.eq(w.tag.as_str()),
-                scm_sources::url.eq(&src.url),
-                scm_sources::revision.eq(&src.revision),
-                scm_sources::author.eq(&src.author),
-                scm_sources::status.eq(&src.status),
-                scm_sources::created_at.eq(now),
-            );
-            // A re-push of the same content keeps the source recorded first; a moved tag
-            // takes the source of its new content.
-            if outcome == TagOutcome::Unchanged {
-                diesel::insert_into(scm_sources::table)
-                    .values(row)
-                    .on_conflict_do_nothing()
-                    .execute(c)?;
-            } else {
-                diesel::delete(
-                    scm_sources::table
-                        .filter(scm_sources::repository.eq(repo.as_str()))
-                        .filter(scm_sources::tag.eq(w.tag.as_str())),
-                )
-                .execute(c)?;
-                diesel::insert_into(scm_sources::table)
-                    .values(row)
-                    .execute(c)?;
-            }
-        }
-        let previous = match &outcome {
-            TagOutcome::Created => {
-                // The unique (repository, name) constraint decides a race with another writer;
-                // its violation surfaces as a DatabaseError and the caller retries.
-                diesel::insert_into(tags::table)
-                    .values((
-                        tags::repository.eq(repo.as_str()),
-                        tags::name.eq(w.tag.as_str()),
-                        tags::digest.eq(digest),
-                        tags::created_at.eq(now),
-                        tags::created_by.eq(&w.principal),
-                    ))
-                    .execute(c)?;
-                None
-            }
-            TagOutcome::Moved { previous } => {
-                let n = diesel::update(
-                    tags::table
-                        .filter(tags::repository.eq(repo.as_str()))
-                        .filter(tags::name.eq(w.tag.as_str()))
-                        .filter(tags::digest.eq(previous.as_str())),
-                )
-                .set((
-                    tags::digest.eq(digest),
-                    tags::created_at.eq(now),
-                    tags::created_by.eq(&w.principal),
-                ))
-                .execute(c)?;
-                if n != 1 {
-                    // Someone moved it in between; roll back and let the caller retry.
-                    return Err(TxError::Db(DieselError::DatabaseError(
-                        DatabaseErrorKind::SerializationFailure,
-                        Box::new("mutable tag moved concurrently".to_owned()),
-                    )));
-                }
-                Some(previous.as_str())
-            }
-            TagOutcome::Unchanged | TagOutcome::Untagged => return Ok(outcome),
-        };
-        diesel::insert_into(tag_events::table)
-            .values((
-                tag_events::repository.eq(repo.as_str()),
-                tag_events::tag.eq(w.tag.as_str()),
-                tag_events::digest.eq(digest),
-                tag_events::previous_digest.eq(previous),
-                tag_events::principal.eq(&w.principal),
-                tag_events::at.eq(now),
-            ))
-            .execute(c)?;
-    }
-    Ok(outcome)
 }
 
-/// Repositories with at least one tag, sorted.
-fn tagged_repositories(c: &mut Conn) -> Result<Vec<String>, Error> {
-    tags::table
-        .select(tags::repository)
-        .distinct()
-        .order(tags::repository.asc())
-        .load(c)
-        .map_err(db_error)
-}
+backend_ops!(sqlite_ops, SqliteConnection, immediate_transaction);
+backend_ops!(pg_ops, PgConnection, transaction);
 
 fn is_retryable(e: &DieselError) -> bool {
     matches!(
@@ -385,35 +502,6 @@ fn is_retryable(e: &DieselError) -> bool {
 }
 
 type TagRow = (String, String, i64, String, String, Option<String>, Vec<u8>);
-
-/// Complete tag rows (joined with their manifests) with the sizes of what they reference.
-fn tag_records(c: &mut Conn, rows: Vec<TagRow>) -> Result<Vec<TagRecord>, Error> {
-    let digests: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-    let refs: Vec<(String, i64)> = manifest_references::table
-        .filter(manifest_references::manifest.eq_any(&digests))
-        .select((manifest_references::manifest, manifest_references::size))
-        .load(c)
-        .map_err(db_error)?;
-    let mut sizes = std::collections::HashMap::<String, u64>::new();
-    for (m, s) in refs {
-        *sizes.entry(m).or_default() += s as u64;
-    }
-    rows.into_iter()
-        .map(
-            |(name, digest, created_at, created_by, media_type, config, body)| {
-                Ok(TagRecord {
-                    size: body.len() as u64 + sizes.get(&digest).copied().unwrap_or(0),
-                    name,
-                    digest: parse_digest(&digest)?,
-                    created_at,
-                    created_by,
-                    media_type,
-                    image: config.as_deref().map(parse_digest).transpose()?,
-                })
-            },
-        )
-        .collect()
-}
 
 /// The columns of a [`TagRow`].
 macro_rules! tag_columns {
@@ -439,14 +527,13 @@ impl TagStore for SqlTagStore {
         tag: Option<TagWrite>,
     ) -> Result<TagOutcome, Error> {
         let repo = repo.clone();
-        self.run(move |c| {
+        run!(self, |c| {
             // A lost race is retried: the second attempt sees the winner's row and answers
             // Unchanged or TagImmutable.
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let r =
-                    c.immediate_transaction(|c| put_manifest_tx(c, &repo, &manifest, tag.as_ref()));
+                let r = ops::put_manifest_in_tx(c, &repo, &manifest, tag.as_ref());
                 match r {
                     Ok(o) => return Ok(o),
                     Err(TxError::Store(e)) => return Err(e),
@@ -455,7 +542,6 @@ impl TagStore for SqlTagStore {
                 }
             }
         })
-        .await
     }
 
     async fn get_manifest(
@@ -464,7 +550,7 @@ impl TagStore for SqlTagStore {
         digest: &Digest,
     ) -> Result<Option<ManifestRecord>, Error> {
         let (repo, digest) = (repo.clone(), digest.clone());
-        self.run(move |c| {
+        run!(self, |c| {
             let row: Option<(String, Vec<u8>)> = manifests::table
                 .inner_join(repository_manifests::table)
                 .filter(repository_manifests::repository.eq(repo.as_str()))
@@ -479,12 +565,11 @@ impl TagStore for SqlTagStore {
                 body: Bytes::from(body),
             }))
         })
-        .await
     }
 
     async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, Error> {
         let (repo, tag) = (repo.clone(), tag.clone());
-        self.run(move |c| {
+        run!(self, |c| {
             let d: Option<String> = tags::table
                 .filter(tags::repository.eq(repo.as_str()))
                 .filter(tags::name.eq(tag.as_str()))
@@ -494,12 +579,11 @@ impl TagStore for SqlTagStore {
                 .map_err(db_error)?;
             d.as_deref().map(parse_digest).transpose()
         })
-        .await
     }
 
     async fn latest_tag(&self, repo: &RepoName) -> Result<Option<TagRecord>, Error> {
         let repo = repo.clone();
-        self.run(move |c| {
+        run!(self, |c| {
             let row: Option<TagRow> = tags::table
                 .inner_join(manifests::table)
                 .filter(tags::repository.eq(repo.as_str()))
@@ -508,9 +592,8 @@ impl TagStore for SqlTagStore {
                 .first(c)
                 .optional()
                 .map_err(db_error)?;
-            Ok(tag_records(c, row.into_iter().collect())?.pop())
+            Ok(ops::tag_records(c, row.into_iter().collect())?.pop())
         })
-        .await
     }
 
     async fn list_tags(
@@ -521,7 +604,7 @@ impl TagStore for SqlTagStore {
     ) -> Result<Option<Vec<String>>, Error> {
         let repo = repo.clone();
         let last = last.map(str::to_owned);
-        self.run(move |c| {
+        run!(self, |c| {
             let exists: Option<String> = repositories::table
                 .filter(repositories::name.eq(repo.as_str()))
                 .select(repositories::name)
@@ -542,12 +625,11 @@ impl TagStore for SqlTagStore {
             }
             q.load(c).map(Some).map_err(db_error)
         })
-        .await
     }
 
     async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>, Error> {
         let repo = repo.clone();
-        self.run(move |c| {
+        run!(self, |c| {
             let rows: Vec<TagRow> = tags::table
                 .inner_join(manifests::table)
                 .filter(tags::repository.eq(repo.as_str()))
@@ -555,9 +637,8 @@ impl TagStore for SqlTagStore {
                 .select(tag_columns!())
                 .load(c)
                 .map_err(db_error)?;
-            tag_records(c, rows)
+            ops::tag_records(c, rows)
         })
-        .await
     }
 
     async fn list_repositories(
@@ -566,7 +647,7 @@ impl TagStore for SqlTagStore {
         limit: usize,
     ) -> Result<Vec<String>, Error> {
         let last = last.map(str::to_owned);
-        self.run(move |c| {
+        run!(self, |c| {
             let mut q = repositories::table
                 .select(repositories::name)
                 .order(repositories::name.asc())
@@ -577,12 +658,11 @@ impl TagStore for SqlTagStore {
             }
             q.load(c).map_err(db_error)
         })
-        .await
     }
 
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>, Error> {
         let (repo, subject) = (repo.clone(), subject.clone());
-        self.run(move |c| {
+        run!(self, |c| {
             type Row = (String, String, Vec<u8>, Option<String>, Option<String>);
             let rows: Vec<Row> = manifests::table
                 .inner_join(repository_manifests::table)
@@ -610,12 +690,11 @@ impl TagStore for SqlTagStore {
                 })
                 .collect()
         })
-        .await
     }
 
     async fn teams(&self) -> Result<Vec<String>, Error> {
-        self.run(|c| {
-            let repos = tagged_repositories(c)?;
+        run!(self, |c| {
+            let repos = ops::tagged_repositories(c)?;
             let mut teams: Vec<String> = repos
                 .iter()
                 .filter_map(|r| r.split_once('/').map(|(t, _)| t.to_owned()))
@@ -623,24 +702,22 @@ impl TagStore for SqlTagStore {
             teams.dedup();
             Ok(teams)
         })
-        .await
     }
 
     async fn artifacts(&self, team: &str) -> Result<Vec<String>, Error> {
         let team = team.to_owned();
-        self.run(move |c| {
+        run!(self, |c| {
             let prefix = format!("{team}/");
-            Ok(tagged_repositories(c)?
+            Ok(ops::tagged_repositories(c)?
                 .into_iter()
                 .filter_map(|r| r.strip_prefix(&prefix).map(str::to_owned))
                 .collect())
         })
-        .await
     }
 
     async fn find_images(&self, prefix: &str) -> Result<Vec<ImageMatch>, Error> {
         let prefix = prefix.to_owned();
-        self.run(move |c| {
+        run!(self, |c| {
             // Digests are hex, so a prefix is matched in SQL on both spellings and then
             // checked exactly.
             let full = if prefix.contains(':') {
@@ -684,11 +761,10 @@ impl TagStore for SqlTagStore {
             }
             Ok(out)
         })
-        .await
     }
 
     async fn team_stats(&self) -> Result<Vec<TeamStats>, Error> {
-        self.run(|c| {
+        run!(self, |c| {
             let repos: Vec<String> = tags::table
                 .select(tags::repository)
                 .order(tags::repository.asc())
@@ -717,11 +793,10 @@ impl TagStore for SqlTagStore {
             }
             Ok(out)
         })
-        .await
     }
 
     async fn storage_bytes(&self) -> Result<u64, Error> {
-        self.run(|c| {
+        run!(self, |c| {
             let manifests: Vec<(String, Vec<u8>)> = manifests::table
                 .select((manifests::digest, manifests::body))
                 .load(c)
@@ -742,7 +817,6 @@ impl TagStore for SqlTagStore {
             Ok(manifests.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
                 + blobs.values().map(|s| *s as u64).sum::<u64>())
         })
-        .await
     }
 
     async fn scm_source(
@@ -751,7 +825,7 @@ impl TagStore for SqlTagStore {
         tag: &Tag,
     ) -> Result<Option<(ScmSource, Millis)>, Error> {
         let (repo, tag) = (repo.clone(), tag.clone());
-        self.run(move |c| {
+        run!(self, |c| {
             let row: Option<(String, String, String, String, i64)> = scm_sources::table
                 .filter(scm_sources::repository.eq(repo.as_str()))
                 .filter(scm_sources::tag.eq(tag.as_str()))
@@ -777,7 +851,6 @@ impl TagStore for SqlTagStore {
                 )
             }))
         })
-        .await
     }
 
     async fn record_scm_source(
@@ -787,7 +860,7 @@ impl TagStore for SqlTagStore {
         source: ScmSource,
     ) -> Result<(), Error> {
         let (repo, tag) = (repo.clone(), tag.clone());
-        self.run(move |c| {
+        run!(self, |c| {
             diesel::insert_into(scm_sources::table)
                 .values((
                     scm_sources::repository.eq(repo.as_str()),
@@ -803,11 +876,10 @@ impl TagStore for SqlTagStore {
                 .map(drop)
                 .map_err(db_error)
         })
-        .await
     }
 
     async fn create_upload(&self, s: UploadSession) -> Result<(), Error> {
-        self.run(move |c| {
+        run!(self, |c| {
             diesel::insert_into(uploads::table)
                 .values((
                     uploads::id.eq(s.id.as_str()),
@@ -821,12 +893,11 @@ impl TagStore for SqlTagStore {
                 .map(drop)
                 .map_err(db_error)
         })
-        .await
     }
 
     async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadSession>, Error> {
         let id = id.clone();
-        self.run(move |c| {
+        run!(self, |c| {
             type Row = (String, i64, Vec<u8>, i64, i64);
             let row: Option<Row> = uploads::table
                 .find(id.as_str())
@@ -854,7 +925,6 @@ impl TagStore for SqlTagStore {
             })
             .transpose()
         })
-        .await
     }
 
     async fn advance_upload(
@@ -865,7 +935,7 @@ impl TagStore for SqlTagStore {
         hash_state: Vec<u8>,
     ) -> Result<(), Error> {
         let id = id.clone();
-        self.run(move |c| {
+        run!(self, |c| {
             let n = diesel::update(
                 uploads::table
                     .filter(uploads::id.eq(id.as_str()))
@@ -896,28 +966,65 @@ impl TagStore for SqlTagStore {
                 },
             })
         })
-        .await
     }
 
     async fn delete_upload(&self, id: &UploadId) -> Result<bool, Error> {
         let id = id.clone();
-        self.run(move |c| {
+        run!(self, |c| {
             diesel::delete(uploads::table.find(id.as_str()))
                 .execute(c)
                 .map(|n| n > 0)
                 .map_err(db_error)
         })
-        .await
     }
+}
+
+/// A fresh, empty database on the PostgreSQL server at `base_url` (whose path names an
+/// existing database to connect to), for tests: every test gets its own.
+pub async fn create_test_database(base_url: &str) -> Result<String, Error> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!("pierone_test_{}_{nanos}_{n}", std::process::id());
+    let base = base_url.to_owned();
+    blocking(move || {
+        let mut conn = PgConnection::establish(&base)
+            .map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .map_err(db_error)?;
+        let server = base.rsplit_once('/').map_or(base.as_str(), |(s, _)| s);
+        Ok(format!("{server}/{name}"))
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    crate::conformance_tests!(async {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
-        (SqlTagStore::open(&url).await.unwrap(), dir)
-    });
+    mod sqlite {
+        use super::*;
+
+        crate::conformance_tests!(async {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+            (SqlTagStore::open(&url).await.unwrap(), dir)
+        });
+    }
+
+    mod postgres {
+        use super::*;
+
+        crate::conformance_tests!(async {
+            let base = std::env::var("PIERONE_TEST_POSTGRES_URL").expect(
+                "PIERONE_TEST_POSTGRES_URL must name a PostgreSQL server; tests/run.sh starts one",
+            );
+            let url = create_test_database(&base).await.unwrap();
+            (SqlTagStore::open(&url).await.unwrap(), ())
+        });
+    }
 }

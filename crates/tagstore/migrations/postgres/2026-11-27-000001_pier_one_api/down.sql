@@ -1,0 +1,2 @@
+DROP TABLE scm_sources;
+ALTER TABLE manifest_references DROP COLUMN size;
