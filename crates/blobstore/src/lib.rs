@@ -74,6 +74,10 @@ pub enum Error {
     RangeNotSatisfiable { start: u64, end: u64, size: u64 },
     #[error("blob store backend failed: {0}")]
     Backend(String),
+    #[error("blob store is throttling requests: {0}")]
+    Throttled(String),
+    #[error("blob store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -112,4 +116,11 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
 
     /// Forget an upload's data. Succeeds when there is none.
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error>;
+
+    /// A URL from which a client may download the blob directly, bypassing the registry, when
+    /// the store offers one (a presigned S3 URL). `None` means: stream it through the registry.
+    async fn redirect_url(&self, digest: &Digest) -> Result<Option<String>, Error> {
+        let _ = digest;
+        Ok(None)
+    }
 }

@@ -126,6 +126,9 @@ impl RegistryError {
                 B::Io { .. } | B::Backend(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
                 }
+                B::Throttled(_) | B::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
+                }
                 B::Body(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
                 B::UploadUnknown(_) | B::UploadTruncated { .. } => {
                     (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown)
