@@ -26,8 +26,21 @@ start)
         || { cat "$dir/initdb.log" >&2; exit 1; }
     as_postgres "$bin/pg_ctl -D $dir/data -l $dir/log -w -o '-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300' start" >/dev/null \
         || { cat "$dir/log" >&2; exit 1; }
+    echo "$port" >"$dir/port"
     echo "export PIERONE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$port/postgres"
     echo "export PIERONE_TEST_PGDATA=$dir"
+    ;;
+pause)
+    # Stop the server but keep its data, to test what happens while the database is down.
+    dir=${2:?usage: postgres.sh pause DIR}
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    as_postgres "$bin/pg_ctl -D $dir/data -m immediate -w stop" >/dev/null
+    ;;
+resume)
+    dir=${2:?usage: postgres.sh resume DIR}
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    port=$(cat "$dir/port")
+    as_postgres "$bin/pg_ctl -D $dir/data -l $dir/log -w -o '-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300' start" >/dev/null
     ;;
 stop)
     dir=${2:?usage: postgres.sh stop DIR}
@@ -36,7 +49,7 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: postgres.sh start | stop DIR" >&2
+    echo "usage: postgres.sh start | stop DIR | pause DIR | resume DIR" >&2
     exit 2
     ;;
 esac

@@ -10,5 +10,6 @@ mod blobs;
 mod cli;
 mod clients;
 mod manifests;
+mod replicas;
 mod robustness;
 mod util;

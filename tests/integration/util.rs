@@ -86,7 +86,16 @@ pub struct Process {
 
 impl Process {
     pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Process {
+        Process::start_with_env(data_dir, extra, &[])
+    }
+
+    pub fn start_with_env(
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pierone-server"))
+            .envs(env.iter().copied())
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

@@ -10,8 +10,9 @@ use pierone_auth::{
     AuthConfig, Authorizer, CachingValidator, FileTeams, HttpTeams, IntrospectionValidator,
     MemoryTeams, TeamDirectory, TokenInfoValidator, TokenValidator,
 };
-use pierone_blobstore::FsBlobStore;
+use pierone_blobstore::{BlobStore, FsBlobStore};
 use pierone_registry::{Config, Registry};
+use pierone_s3::{S3BlobStore, S3Config};
 use pierone_tagstore::{SqlTagStore, TagPolicy};
 
 /// Pier One: a Docker/OCI registry with immutable tags.
@@ -49,6 +50,30 @@ struct Args {
     /// `latest` resolves to the most recently created tag.
     #[arg(long, env = "PIERONE_ALLOW_LATEST_PUSH")]
     allow_latest_push: bool,
+
+    /// Where blobs live: `fs` (the data directory) or `s3`.
+    #[arg(long, env = "PIERONE_BLOB_STORE", value_enum, default_value = "fs")]
+    blob_store: BlobBackend,
+
+    /// S3 bucket for blobs (with --blob-store s3).
+    #[arg(long, env = "PIERONE_S3_BUCKET", required_if_eq("blob_store", "s3"))]
+    s3_bucket: Option<String>,
+
+    /// Prefix for every key in the bucket, e.g. `pierone/`.
+    #[arg(long, env = "PIERONE_S3_PREFIX", default_value = "")]
+    s3_prefix: String,
+
+    /// Endpoint of an S3-compatible server (then path-style addressing is used). Default: AWS.
+    #[arg(long, env = "PIERONE_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+
+    /// AWS region of the bucket. Default: from the AWS configuration, else us-east-1.
+    #[arg(long, env = "PIERONE_S3_REGION")]
+    s3_region: Option<String>,
+
+    /// Answer blob GETs with a 307 to a presigned S3 URL, so pull traffic bypasses the server.
+    #[arg(long, env = "PIERONE_S3_REDIRECT")]
+    s3_redirect: bool,
 
     /// Largest blob accepted, in bytes.
     #[arg(long, env = "PIERONE_MAX_BLOB_SIZE", default_value_t = 64 << 30)]
@@ -112,6 +137,62 @@ struct Args {
     /// Serve without any token validation on a non-loopback address. Everyone may push.
     #[arg(long, env = "PIERONE_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BlobBackend {
+    Fs,
+    S3,
+}
+
+/// The blob store the flags describe. Credentials for S3 come from the standard AWS chain
+/// (environment, profile, instance role).
+async fn blob_store(args: &Args) -> Result<Arc<dyn BlobStore>, String> {
+    match args.blob_store {
+        BlobBackend::Fs => Ok(Arc::new(
+            FsBlobStore::open(&args.data_dir)
+                .await
+                .map_err(|e| format!("blob store at {}: {e}", args.data_dir.display()))?
+                .with_fsync(!args.no_fsync),
+        )),
+        BlobBackend::S3 => {
+            let bucket = args
+                .s3_bucket
+                .clone()
+                .ok_or("--s3-bucket is required with --blob-store s3")?;
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            if let Some(region) = &args.s3_region {
+                loader = loader.region(aws_config::Region::new(region.clone()));
+            }
+            let sdk = loader.load().await;
+            let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .response_checksum_validation(
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+                );
+            if sdk.region().is_none() {
+                conf = conf.region(aws_sdk_s3::config::Region::new("us-east-1"));
+            }
+            if let Some(endpoint) = &args.s3_endpoint {
+                conf = conf.endpoint_url(endpoint).force_path_style(true);
+            }
+            let client = aws_sdk_s3::Client::from_conf(conf.build());
+            let mut config = S3Config::new(bucket);
+            config.prefix = args.s3_prefix.clone();
+            if args.s3_redirect {
+                config.redirect_ttl = Some(std::time::Duration::from_secs(15 * 60));
+            }
+            let store = S3BlobStore::new(client, config);
+            // Fail at start-up, not at the first push, when the bucket is unreachable.
+            store
+                .stat(&pierone_protocol::Digest::sha256_of(b""))
+                .await
+                .map_err(|e| format!("S3 bucket {}: {e}", store.bucket()))?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// How long identity services get to answer before a request fails with 503.
@@ -197,6 +278,9 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    // The AWS SDK and the token-info client bring different rustls crypto providers; choose
+    // one for the process, or building a TLS client panics.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -215,10 +299,7 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> Result<(), String> {
     let auth = authorizer(&args)?;
-    let blobs = FsBlobStore::open(&args.data_dir)
-        .await
-        .map_err(|e| format!("blob store at {}: {e}", args.data_dir.display()))?
-        .with_fsync(!args.no_fsync);
+    let blobs = blob_store(&args).await?;
     let db = match &args.database_url {
         Some(url) => url.clone(),
         None => format!("sqlite://{}", args.data_dir.join("pierone.db").display()),
@@ -234,7 +315,7 @@ async fn serve(args: Args) -> Result<(), String> {
         auth,
         ..Config::default()
     };
-    let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(tags), config));
+    let registry = Arc::new(Registry::new(blobs, Arc::new(tags), config));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -117,6 +117,16 @@ impl Registry {
             .stat(digest)
             .await?
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+        if with_body && let Some(url) = self.blobs.redirect_url(digest).await? {
+            // The store serves the bytes itself (a presigned S3 URL): pull traffic bypasses
+            // the registry, which still decided who may read.
+            let mut r = Response::new(response::empty());
+            *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            r.headers_mut().insert(LOCATION, header_value(&url));
+            r.headers_mut()
+                .insert("Docker-Content-Digest", header_value(digest.as_str()));
+            return Ok(r);
+        }
         let range = match req.headers().get(RANGE).and_then(|v| v.to_str().ok()) {
             Some(v) => parse_range(v, size)?,
             None => None,
