@@ -545,39 +545,113 @@ async fn skopeo_and_podman_on_s3_and_postgres() {
     let s3 = TestS3::start("pierone").await;
     let postgres = std::env::var("PIERONE_TEST_POSTGRES_URL")
         .expect("PIERONE_TEST_POSTGRES_URL must name a PostgreSQL server; tests/run.sh starts one");
-    let database = pierone_tagstore::create_test_database(&postgres).await.unwrap();
+    let database = pierone_tagstore::create_test_database(&postgres)
+        .await
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
     let p = crate::util::Process::start_with_env(
         &work.path().join("data"),
-        &["--blob-store", "s3", "--s3-bucket", &s3.bucket, "--s3-endpoint", &s3.endpoint, "--database-url", &database],
-        &[("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY), ("AWS_REGION", "us-east-1")],
+        &[
+            "--blob-store",
+            "s3",
+            "--s3-bucket",
+            &s3.bucket,
+            "--s3-endpoint",
+            &s3.endpoint,
+            "--database-url",
+            &database,
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+        ],
     );
     let host = p.url.trim_start_matches("http://").to_owned();
     let lay = work.path().join("layout");
     layout(&lay, &format!("s3-{}", std::process::id()));
     let [a, b] = no_tls();
     let src = |name: &str| format!("oci:{}:{name}", lay.display());
-    ok("skopeo", &["copy", a, b, &src("one"), &format!("docker://{host}/team/app:1.0")]).await;
-    ok("skopeo", &["copy", a, b, "--all", &src("multi"), &format!("docker://{host}/team/multi:1.0")]).await;
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            a,
+            b,
+            &src("one"),
+            &format!("docker://{host}/team/app:1.0"),
+        ],
+    )
+    .await;
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            a,
+            b,
+            "--all",
+            &src("multi"),
+            &format!("docker://{host}/team/multi:1.0"),
+        ],
+    )
+    .await;
     let (success, _, stderr) = run(
         "skopeo",
-        ["copy", a, b, &src("two"), &format!("docker://{host}/team/app:1.0")].iter().map(|s| s.to_string()).collect(),
+        [
+            "copy",
+            a,
+            b,
+            &src("two"),
+            &format!("docker://{host}/team/app:1.0"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
     )
     .await;
     assert!(!success && stderr.contains("already names"), "{stderr}");
 
     let image = format!("{host}/team/app:1.0");
     ok("podman", &["pull", "--tls-verify=false", &image]).await;
-    ok("podman", &["tag", &image, &format!("{host}/team/from-podman:1.0")]).await;
-    ok("podman", &["push", "--tls-verify=false", &format!("{host}/team/from-podman:1.0")]).await;
+    ok(
+        "podman",
+        &["tag", &image, &format!("{host}/team/from-podman:1.0")],
+    )
+    .await;
+    ok(
+        "podman",
+        &[
+            "push",
+            "--tls-verify=false",
+            &format!("{host}/team/from-podman:1.0"),
+        ],
+    )
+    .await;
     let out = work.path().join("out");
-    ok("skopeo", &["copy", a, b, &format!("docker://{host}/team/from-podman:1.0"), &format!("oci:{}:x", out.display())]).await;
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            a,
+            b,
+            &format!("docker://{host}/team/from-podman:1.0"),
+            &format!("oci:{}:x", out.display()),
+        ],
+    )
+    .await;
     for entry in std::fs::read_dir(out.join("blobs/sha256")).unwrap() {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
-        assert_eq!(Digest::sha256_of(&data).hex(), path.file_name().unwrap().to_str().unwrap());
+        assert_eq!(
+            Digest::sha256_of(&data).hex(),
+            path.file_name().unwrap().to_str().unwrap()
+        );
     }
     for r in ["team/app:1.0", "team/from-podman:1.0"] {
-        let _ = run("podman", vec!["rmi".into(), "-f".into(), format!("{host}/{r}")]).await;
+        let _ = run(
+            "podman",
+            vec!["rmi".into(), "-f".into(), format!("{host}/{r}")],
+        )
+        .await;
     }
 }

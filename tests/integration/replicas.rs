@@ -363,3 +363,31 @@ async fn presigned_redirects_serve_pulls_from_the_bucket() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "HEAD is answered directly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_outage_is_503_never_success() {
+    let cluster = Cluster::new().await;
+    let a = cluster.replica("a");
+    let c = Client::new(&a.url);
+    let d = c.push_blob("team/app", b"stored before the outage").await;
+    cluster.s3.stop();
+    let r = c
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let r = c.get(&format!("/v2/team/app/blobs/{d}")).await;
+    oci_error(r, StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS").await;
+    let fresh = Digest::sha256_of(b"pushed during the outage");
+    let r = c
+        .req(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?digest={fresh}"),
+        )
+        .body("pushed during the outage")
+        .send()
+        .await
+        .unwrap();
+    oci_error(r, StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS").await;
+}

@@ -248,6 +248,8 @@ impl S3BlobStore {
                     .bucket(&self.config.bucket)
                     .key(key)
                     .body(S3Body::from(buf.freeze()))
+                    .customize()
+                    .disable_payload_signing()
                     .send()
                     .await
                     .map_err(|e| classify("put upload segment", e))?;
@@ -316,12 +318,54 @@ impl Multipart {
             .part_number(number)
             .body(S3Body::from(data));
         self.in_flight = Some(tokio::spawn(async move {
-            let resp = req.send().await.map_err(|e| classify("upload part", e))?;
+            // The registry hashes every byte it receives and verifies the digest before a blob
+            // is published; signing the payload too would hash it a second time (TLS protects
+            // it on the way to S3).
+            let resp = req
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(|e| classify("upload part", e))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(resp.e_tag().map(str::to_owned))
                 .build())
         }));
+        Ok(())
+    }
+
+    /// Copy `range` of the object `source` in as the next part, server-side.
+    async fn copy_part(
+        &mut self,
+        store: &S3BlobStore,
+        source: &str,
+        range: Range<u64>,
+    ) -> Result<(), Error> {
+        self.settle().await?;
+        let number = (self.parts.len() + 1) as i32;
+        let resp = store
+            .client
+            .upload_part_copy()
+            .bucket(&store.config.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .copy_source(format!("{}/{}", store.config.bucket, source))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| classify("copy part", e))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(
+                    resp.copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .map(str::to_owned),
+                )
+                .build(),
+        );
         Ok(())
     }
 
@@ -480,7 +524,11 @@ impl BlobStore for S3BlobStore {
                 .filter(|s| s.start < size && s.len > 0)
                 .collect();
             let single = whole.len() == 1 && whole[0].start == 0 && whole[0].len == size;
-            if single && size <= 5 << 30 {
+            if whole.is_empty() {
+                // The empty blob: nothing to copy.
+                self.put_stream(&target, Box::pin(futures_util::stream::empty()))
+                    .await?;
+            } else if single && size <= 5 << 30 {
                 // One request carried the whole blob (monolithic pushes, docker's single PATCH):
                 // a server-side copy publishes it atomically.
                 self.client
@@ -491,9 +539,36 @@ impl BlobStore for S3BlobStore {
                     .send()
                     .await
                     .map_err(|e| classify("publish blob", e))?;
+            } else if whole
+                .iter()
+                .take(whole.len().saturating_sub(1))
+                .all(|s| s.len >= MIN_PART as u64)
+            {
+                // Several segments, each big enough to be a part: S3 assembles them
+                // server-side, and the blob appears when the multipart upload completes.
+                let mut m = Multipart::start(self, &target).await?;
+                let copied: Result<(), Error> = async {
+                    for s in &whole {
+                        let len = (s.start + s.len).min(size) - s.start;
+                        // A part copy is limited to 5 GiB: split bigger segments evenly.
+                        let pieces = len.div_ceil(4 << 30).max(1);
+                        let piece = len.div_ceil(pieces);
+                        for k in 0..pieces {
+                            let range = k * piece..((k + 1) * piece).min(len);
+                            m.copy_part(self, &s.key, range).await?;
+                        }
+                    }
+                    m.complete(self).await
+                }
+                .await;
+                if let Err(e) = copied {
+                    m.abort(self).await;
+                    return Err(e);
+                }
             } else {
-                // Several segments: stream them, in order and trimmed to `size`, into one
-                // object that appears when complete.
+                // Segments too small to be parts (clients sending chunks under 5 MiB): stream
+                // them, in order and trimmed to `size`, into one object that appears when
+                // complete.
                 let store = self.clone();
                 let segs: Vec<Segment> = whole.into_iter().cloned().collect();
                 let stream = futures_util::stream::iter(segs)

@@ -12,7 +12,8 @@ pub const ACCESS_KEY: &str = "pierone-test-access";
 /// The secret key the test server accepts.
 pub const SECRET_KEY: &str = "pierone-test-secret-key";
 
-/// A running test server; it stops when dropped.
+/// A running test server; it stops (with every open connection) when dropped or
+/// [`TestS3::stop`]ped.
 #[derive(Debug)]
 pub struct TestS3 {
     pub endpoint: String,
@@ -47,6 +48,11 @@ pub fn client(endpoint: &str, access_key: &str, secret_key: &str) -> Client {
 }
 
 impl TestS3 {
+    /// Stop serving, as if S3 went away.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// Start a server and create `bucket` in it.
     pub async fn start(bucket: &str) -> TestS3 {
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -59,12 +65,16 @@ impl TestS3 {
             .expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let task = tokio::spawn(async move {
+            // Connections live in this set, so stopping the server also cuts the ones that
+            // clients keep alive: tests of an S3 outage see a real outage.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                while connections.try_join_next().is_some() {}
                 let service = service.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
