@@ -149,6 +149,10 @@ impl S3BlobStore {
                 .list_objects_v2()
                 .bucket(&self.config.bucket)
                 .prefix(prefix)
+                // Segments sit directly under their upload's prefix. The delimiter keeps the
+                // listing to that one level, which S3-compatible servers on a filesystem
+                // answer without walking the whole bucket.
+                .delimiter("/")
                 .set_continuation_token(token)
                 .send()
                 .await
