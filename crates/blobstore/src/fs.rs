@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
 
-use crate::{BlobRead, BlobStore, ByteStream, Error};
+use crate::{BlobRead, BlobStore, ByteStream, Error, checked_range};
 
 /// Size of the chunks a read is streamed in: large enough to keep syscalls off the profile,
 /// small enough that many concurrent pulls stay cheap in memory.
@@ -207,14 +207,7 @@ impl BlobStore for FsBlobStore {
             }
         };
         let total_size = file.metadata().await.map_err(Error::io("stat blob"))?.len();
-        let range = range.unwrap_or(0..total_size);
-        if range.start > range.end || range.end > total_size {
-            return Err(Error::RangeNotSatisfiable {
-                start: range.start,
-                end: range.end,
-                size: total_size,
-            });
-        }
+        let range = checked_range(range, total_size)?;
         let file = file.into_std().await;
         let body = spawn_reader(file, range.start, range.end - range.start);
         Ok(Some(BlobRead { total_size, body }))

@@ -86,6 +86,20 @@ impl Error {
     }
 }
 
+/// The byte range to read of a blob of `size` bytes: all of it, or `range` when it lies
+/// within the blob. Shared by every implementation so they refuse the same ranges.
+pub fn checked_range(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>, Error> {
+    let range = range.unwrap_or(0..size);
+    if range.start > range.end || range.end > size {
+        return Err(Error::RangeNotSatisfiable {
+            start: range.start,
+            end: range.end,
+            size,
+        });
+    }
+    Ok(range)
+}
+
 /// Storage for blobs addressed by digest, and for the data of uploads in progress.
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + Debug + 'static {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
 
-use crate::{BlobRead, BlobStore, ByteStream, Error};
+use crate::{BlobRead, BlobStore, ByteStream, Error, checked_range};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -56,14 +56,7 @@ impl BlobStore for MemoryBlobStore {
             return Ok(None);
         };
         let total_size = blob.len() as u64;
-        let range = range.unwrap_or(0..total_size);
-        if range.start > range.end || range.end > total_size {
-            return Err(Error::RangeNotSatisfiable {
-                start: range.start,
-                end: range.end,
-                size: total_size,
-            });
-        }
+        let range = checked_range(range, total_size)?;
         let part = blob.slice(range.start as usize..range.end as usize);
         Ok(Some(BlobRead {
             total_size,

@@ -39,7 +39,7 @@ use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
-use pierone_blobstore::{BlobRead, BlobStore, ByteStream, Error};
+use pierone_blobstore::{BlobRead, BlobStore, ByteStream, Error, checked_range};
 use pierone_protocol::{Digest, UploadId};
 
 /// Settings of an [`S3BlobStore`].
@@ -442,14 +442,7 @@ impl BlobStore for S3BlobStore {
         let Some(total_size) = self.stat(digest).await? else {
             return Ok(None);
         };
-        let range = range.unwrap_or(0..total_size);
-        if range.start > range.end || range.end > total_size {
-            return Err(Error::RangeNotSatisfiable {
-                start: range.start,
-                end: range.end,
-                size: total_size,
-            });
-        }
+        let range = checked_range(range, total_size)?;
         if range.start == range.end {
             return Ok(Some(BlobRead {
                 total_size,
