@@ -330,7 +330,7 @@ async fn memory_stays_bounded_while_pushing_and_pulling_a_large_blob() {
 #[tokio::test]
 async fn idle_upload_sessions_expire() {
     let s = TestServer::start_with(pierone_registry::Config {
-        upload_ttl: Duration::from_millis(300),
+        upload_ttl: Duration::from_secs(2),
         ..Default::default()
     })
     .await;
@@ -343,10 +343,10 @@ async fn idle_upload_sessions_expire() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let r = c.req(Method::GET, &loc).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     let r = c
         .req(Method::PATCH, &loc)
         .body("too late")
