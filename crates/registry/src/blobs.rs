@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use hyper::{Request, Response, StatusCode};
 use pierone_protocol::{Algorithm, Digest, Hasher, RepoName, UploadId};
-use pierone_tagstore::UploadSession;
+use pierone_tagstore::{UploadSession, now_millis};
 
 use crate::Registry;
 use crate::error::RegistryError;
@@ -28,7 +28,7 @@ pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+pub(crate) fn content_length(req: &Request<Incoming>) -> Option<u64> {
     req.headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -457,13 +457,6 @@ fn accepted(status: StatusCode, repo: &RepoName, id: &UploadId, received: u64) -
     h.insert("Docker-Upload-UUID", header_value(id.as_str()));
     h.insert(CONTENT_LENGTH, 0.into());
     r
-}
-
-pub(crate) fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

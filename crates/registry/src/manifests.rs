@@ -12,7 +12,7 @@ use pierone_protocol::{
 use pierone_tagstore::{ManifestRecord, Mutability, NewManifest, ScmSource, TagOutcome, TagWrite};
 
 use crate::Registry;
-use crate::blobs::query;
+use crate::blobs::{content_length, query};
 use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value};
 use pierone_auth::Principal;
@@ -143,11 +143,7 @@ impl Registry {
                 limit: MAX_MANIFEST_SIZE,
             })
         };
-        if let Some(len) = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
+        if let Some(len) = content_length(&req)
             && len > MAX_MANIFEST_SIZE
         {
             return Err(too_large(len));

@@ -32,7 +32,8 @@ pub use sql::{SqlTagStore, create_test_database};
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-pub(crate) fn now_millis() -> Millis {
+/// The current time as stored in the metadata (upload sessions, tags).
+pub fn now_millis() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
