@@ -128,14 +128,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             print(out, fmt, &["name"], &rows).map_err(io)
         }
         Command::Artifacts { team } => {
-            let arts = api
-                .json(&format!("/teams/{team}/artifacts"), &format!("team {team}"))
-                .await?;
-            let rows: Vec<Vec<Cell>> = arts
-                .as_array()
+            let rows: Vec<Vec<Cell>> = team_artifacts(&api, &team)
+                .await?
                 .into_iter()
-                .flatten()
-                .map(|a| vec![text(&team), text(a.as_str().unwrap_or_default())])
+                .map(|a| vec![text(&team), text(a)])
                 .collect();
             print(out, fmt, &["team", "artifact"], &rows).map_err(io)
         }
@@ -146,26 +142,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         } => {
             let limit = limit.unwrap_or(if artifacts.is_empty() { 3 } else { 20 });
             let artifacts = if artifacts.is_empty() {
-                let all = api
-                    .json(&format!("/teams/{team}/artifacts"), &format!("team {team}"))
-                    .await?;
-                all.as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.as_str().map(str::to_owned))
-                    .collect()
+                team_artifacts(&api, &team).await?
             } else {
                 artifacts
             };
             let mut rows = Vec::new();
             for artifact in artifacts {
-                let tags = api
-                    .json(
-                        &format!("/teams/{team}/artifacts/{}/tags", enc(&artifact)),
-                        &format!("artifact {team}/{artifact}"),
-                    )
-                    .await?;
-                let tags: Vec<&Value> = tags.as_array().into_iter().flatten().collect();
+                let tags = artifact_tags(&api, &team, &artifact).await?;
                 let skip = if limit == 0 {
                     0
                 } else {
@@ -205,15 +188,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             tags,
         } => {
             let tags = if tags.is_empty() {
-                let all = api
-                    .json(
-                        &format!("/teams/{team}/artifacts/{}/tags", enc(&artifact)),
-                        &format!("artifact {team}/{artifact}"),
-                    )
-                    .await?;
-                all.as_array()
-                    .into_iter()
-                    .flatten()
+                artifact_tags(&api, &team, &artifact)
+                    .await?
+                    .iter()
                     .map(|t| str_of(t, "name"))
                     .collect()
             } else {
@@ -302,6 +279,30 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     }
 }
 
+/// The artifacts of `team`.
+async fn team_artifacts(api: &Api, team: &str) -> Result<Vec<String>, Error> {
+    let all = api
+        .json(&format!("/teams/{team}/artifacts"), &format!("team {team}"))
+        .await?;
+    Ok(all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The tags of `team/artifact`, oldest first.
+async fn artifact_tags(api: &Api, team: &str, artifact: &str) -> Result<Vec<Value>, Error> {
+    let all = api
+        .json(
+            &format!("/teams/{team}/artifacts/{}/tags", enc(artifact)),
+            &format!("artifact {team}/{artifact}"),
+        )
+        .await?;
+    Ok(all.as_array().cloned().unwrap_or_default())
+}
+
 /// Every file path in the layers of `team/artifact:tag` (the linux/amd64 image of an index),
 /// streamed: layers are never held in memory.
 async fn layer_files(
@@ -312,42 +313,34 @@ async fn layer_files(
 ) -> Result<Vec<(String, String)>, Error> {
     let repo = format!("{team}/{artifact}");
     let what = format!("{repo}:{tag}");
-    let mut manifest: Value = api
-        .get(
-            &format!("/v2/{repo}/manifests/{tag}"),
-            Some(MANIFEST_ACCEPT),
-            &what,
-        )
-        .await?
-        .json()
-        .await
-        .map_err(|e| Error::Unexpected {
-            status: 200,
-            body: e.to_string(),
-        })?;
-    if let Some(children) = manifest["manifests"].as_array() {
+    let manifest = |reference: String| {
+        let (repo, what) = (&repo, &what);
+        async move {
+            api.get(
+                &format!("/v2/{repo}/manifests/{reference}"),
+                Some(MANIFEST_ACCEPT),
+                what,
+            )
+            .await?
+            .json::<Value>()
+            .await
+            .map_err(|e| Error::Unexpected {
+                status: 200,
+                body: e.to_string(),
+            })
+        }
+    };
+    let mut image = manifest(tag.to_owned()).await?;
+    if let Some(children) = image["manifests"].as_array() {
         let pick = children
             .iter()
             .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
             .or(children.first())
             .ok_or_else(|| Error::NotFound(format!("an image in {what}")))?;
-        let digest = str_of(pick, "digest");
-        manifest = api
-            .get(
-                &format!("/v2/{repo}/manifests/{digest}"),
-                Some(MANIFEST_ACCEPT),
-                &what,
-            )
-            .await?
-            .json()
-            .await
-            .map_err(|e| Error::Unexpected {
-                status: 200,
-                body: e.to_string(),
-            })?;
+        image = manifest(str_of(pick, "digest")).await?;
     }
     let mut files = Vec::new();
-    for layer in manifest["layers"].as_array().into_iter().flatten() {
+    for layer in image["layers"].as_array().into_iter().flatten() {
         let digest = str_of(layer, "digest");
         let resp = api
             .get(
