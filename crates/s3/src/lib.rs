@@ -439,32 +439,53 @@ impl BlobStore for S3BlobStore {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Option<BlobRead>, Error> {
-        let Some(total_size) = self.stat(digest).await? else {
-            return Ok(None);
-        };
-        let range = checked_range(range, total_size)?;
-        if range.start == range.end {
-            return Ok(Some(BlobRead {
-                total_size,
-                body: Box::pin(futures_util::stream::empty()),
-            }));
-        }
+        // One GET tells both the bytes and the blob's size (Content-Range or Content-Length);
+        // a HEAD first would cost every pull another round trip. Only what a GET cannot
+        // express (an empty or inverted range) or refuses (416) asks for the size separately.
         let mut req = self
             .client
             .get_object()
             .bucket(&self.config.bucket)
             .key(self.blob_key(digest));
-        if range != (0..total_size) {
-            req = req.range(format!("bytes={}-{}", range.start, range.end - 1));
+        match &range {
+            Some(r) if r.start >= r.end => {
+                let Some(total_size) = self.stat(digest).await? else {
+                    return Ok(None);
+                };
+                checked_range(range, total_size)?;
+                return Ok(Some(BlobRead {
+                    total_size,
+                    body: Box::pin(futures_util::stream::empty()),
+                }));
+            }
+            Some(r) => req = req.range(format!("bytes={}-{}", r.start, r.end - 1)),
+            None => {}
         }
-        match req.send().await {
-            Ok(o) => Ok(Some(BlobRead {
-                total_size,
-                body: body_stream(o.body),
-            })),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(classify("get blob", e)),
-        }
+        let o = match req.send().await {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+                let Some(total_size) = self.stat(digest).await? else {
+                    return Ok(None);
+                };
+                return checked_range(range, total_size).map(|_| None);
+            }
+            Err(e) => return Err(classify("get blob", e)),
+        };
+        let total_size = match &range {
+            None => o.content_length().unwrap_or(0).max(0) as u64,
+            Some(_) => o
+                .content_range()
+                .and_then(|cr| cr.rsplit('/').next())
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| Error::Backend("ranged GET without Content-Range".into()))?,
+        };
+        // S3 trims a range that runs past the end; the registry's contract refuses it.
+        checked_range(range, total_size)?;
+        Ok(Some(BlobRead {
+            total_size,
+            body: body_stream(o.body),
+        }))
     }
 
     async fn write_upload(
