@@ -43,6 +43,12 @@ fn scm_source(
         .map_err(|e| RegistryError::ScmSourceInvalid(format!("is not the expected JSON: {e}")))
 }
 
+/// The first failure in manifest order, whatever order the concurrent checks finished in, so
+/// a client always hears about the same missing reference.
+fn first_error(results: Vec<Result<(), RegistryError>>) -> Result<(), RegistryError> {
+    results.into_iter().collect()
+}
+
 /// Layers that by definition live elsewhere and are never pushed to a registry.
 fn is_foreign(media_type: &str) -> bool {
     media_type.contains("nondistributable") || media_type.contains(".foreign.")
@@ -199,7 +205,7 @@ impl Registry {
                         Err(e) => Err(e.into()),
                     }
                 });
-        futures_util::future::try_join_all(blob_checks).await?;
+        first_error(futures_util::future::join_all(blob_checks).await)?;
         if parsed.kind == ManifestKind::Index {
             let child_checks = parsed.manifests.iter().map(|d| async move {
                 match self.manifest(repo, &d.digest).await? {
@@ -207,7 +213,7 @@ impl Registry {
                     None => Err(RegistryError::ManifestChildUnknown(d.digest.clone())),
                 }
             });
-            futures_util::future::try_join_all(child_checks).await?;
+            first_error(futures_util::future::join_all(child_checks).await)?;
         }
 
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
