@@ -35,6 +35,14 @@ impl Principal {
             Principal::Token(t) => &t.uid,
         }
     }
+
+    /// The realm recorded in the audit log; empty without a token.
+    pub fn realm(&self) -> &str {
+        match self {
+            Principal::Anonymous | Principal::Unchecked => "",
+            Principal::Token(t) => &t.realm,
+        }
+    }
 }
 
 /// What a request needs.

@@ -21,6 +21,12 @@ pub enum Error {
     ManifestInvalid(String),
     #[error("manifest of {size} bytes exceeds the limit of {limit} bytes")]
     ManifestTooLarge { size: u64, limit: u64 },
+    #[error("audit log entry {seq}: {why}")]
+    AuditChainBroken { seq: u64, why: String },
+    #[error("audit checkpoint does not verify: {0}")]
+    AuditCheckpointInvalid(String),
+    #[error("audit signing key: {0}")]
+    AuditKeyInvalid(String),
 }
 
 /// The fourteen error codes of the OCI distribution-spec.

@@ -121,6 +121,11 @@ impl RegistryError {
                 P::ManifestTooLarge { .. } => {
                     (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid)
                 }
+                P::AuditChainBroken { .. }
+                | P::AuditCheckpointInvalid(_)
+                | P::AuditKeyInvalid(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+                }
             },
             RegistryError::Blobs(e) => match e {
                 B::Io { .. } | B::Backend(_) => {
@@ -146,6 +151,7 @@ impl RegistryError {
                     (StatusCode::CONFLICT, ErrorCode::Denied)
                 }
                 T::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+                T::BlobCollected(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
                 T::UploadOffsetConflict { .. } => (
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     ErrorCode::BlobUploadInvalid,
@@ -242,7 +248,9 @@ impl RegistryError {
                 "expected": expected.as_str(),
                 "actual": actual.as_str(),
             })),
-            RegistryError::ManifestBlobUnknown(d) | RegistryError::ManifestChildUnknown(d) => {
+            RegistryError::ManifestBlobUnknown(d)
+            | RegistryError::ManifestChildUnknown(d)
+            | RegistryError::Tags(pierone_tagstore::Error::BlobCollected(d)) => {
                 Some(serde_json::json!({ "digest": d.as_str() }))
             }
             _ => None,

@@ -47,6 +47,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Who may do what; by default nothing is checked.
     pub auth: Authorizer,
+    /// Webhook URLs told about every new or moved tag (CloudEvents, at least once).
+    pub webhooks: Vec<String>,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             upload_ttl: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(30),
             auth: Authorizer::unchecked(),
+            webhooks: Vec::new(),
         }
     }
 }

@@ -139,7 +139,9 @@ impl Registry {
                 mutability: self.config.tag_policy.classify(t)?,
                 tag: t.clone(),
                 principal: principal.uid().to_owned(),
+                realm: principal.realm().to_owned(),
                 scm_source,
+                notify: self.config.webhooks.clone(),
             }),
             Reference::Digest(_) => None,
         };

@@ -48,7 +48,9 @@ fn write(t: &str, mutability: Mutability) -> Option<TagWrite> {
         tag: tag(t),
         mutability,
         principal: "alice".into(),
+        realm: "/employees".into(),
         scm_source: None,
+        notify: Vec::new(),
     })
 }
 
@@ -432,6 +434,246 @@ pub async fn scm_sources_are_recorded(store: &dyn TagStore) {
     );
 }
 
+/// Check the whole audit log with the verifier clients use; returns its entries.
+async fn verified_log(store: &dyn TagStore) -> Vec<crate::AuditEntry> {
+    let entries = store.audit_entries(0, usize::MAX, None).await.unwrap();
+    let mut v = pierone_protocol::audit::ChainVerifier::new();
+    for e in &entries {
+        v.push(e).unwrap();
+    }
+    let (size, head) = store.audit_head().await.unwrap();
+    assert_eq!(v.head(), (size, head.as_str()));
+    entries
+}
+
+pub async fn audit_log_chains_every_tag_write(store: &dyn TagStore) {
+    let r = repo("audit");
+    let (m1, m2) = (manifest("audit-1"), manifest("audit-2"));
+    assert!(verified_log(store).await.is_empty());
+    store
+        .put_manifest(&r, m1.clone(), write("1.0", Mutability::Immutable))
+        .await
+        .unwrap();
+    // Neither an identical re-push, a refused move nor an untagged push is an assignment.
+    store
+        .put_manifest(&r, m1.clone(), write("1.0", Mutability::Immutable))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .put_manifest(&r, m2.clone(), write("1.0", Mutability::Immutable))
+            .await
+            .is_err()
+    );
+    store.put_manifest(&r, m2.clone(), None).await.unwrap();
+    store
+        .put_manifest(&r, m1.clone(), write("dev-SNAPSHOT", Mutability::Mutable))
+        .await
+        .unwrap();
+    store
+        .put_manifest(&r, m2.clone(), write("dev-SNAPSHOT", Mutability::Mutable))
+        .await
+        .unwrap();
+    let log = verified_log(store).await;
+    assert_eq!(log.len(), 3);
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        (
+            log[0].tag.as_str(),
+            log[0].digest.as_str(),
+            log[0].previous_digest.as_deref()
+        ),
+        ("1.0", m1.digest.as_str(), None)
+    );
+    assert_eq!(
+        (log[2].tag.as_str(), log[2].previous_digest.as_deref()),
+        ("dev-SNAPSHOT", Some(m1.digest.as_str()))
+    );
+    assert_eq!(
+        (log[2].principal.as_str(), log[2].realm.as_str()),
+        ("alice", "/employees")
+    );
+    assert_eq!(log[0].repository, r.as_str());
+    let snapshot = tag("dev-SNAPSHOT");
+    let history = store
+        .audit_entries(0, 10, Some((&r, &snapshot)))
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert_eq!(store.audit_entries(1, 1, None).await.unwrap()[0].seq, 2);
+
+    // Checkpoints: the largest size wins, a repeated size keeps the first.
+    assert_eq!(store.latest_checkpoint().await.unwrap(), None);
+    let cp = |size: u64, sig: &str| crate::Checkpoint {
+        size,
+        head: log[size as usize - 1].hash.clone(),
+        at: 1,
+        public_key: "k".into(),
+        signature: sig.into(),
+    };
+    store.put_checkpoint(cp(2, "a")).await.unwrap();
+    store.put_checkpoint(cp(3, "b")).await.unwrap();
+    store.put_checkpoint(cp(3, "c")).await.unwrap();
+    assert_eq!(store.latest_checkpoint().await.unwrap(), Some(cp(3, "b")));
+}
+
+pub async fn audit_appends_race_into_one_chain(store: &dyn TagStore) {
+    let r = repo("auditrace");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (r, m) = (r.clone(), manifest(&format!("auditrace-{i}")));
+            async move {
+                store
+                    .put_manifest(&r, m, write(&format!("1.{i}"), Mutability::Immutable))
+                    .await
+            }
+        })
+        .collect();
+    for out in futures_util::future::join_all(tasks).await {
+        assert_eq!(out.unwrap(), TagOutcome::Created);
+    }
+    let log = verified_log(store).await;
+    assert_eq!(log.len(), 16);
+}
+
+pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
+    let r = repo("outbox");
+    let mut w = write("1.0", Mutability::Immutable).unwrap();
+    w.notify = vec![
+        "http://a.example/hook".into(),
+        "http://b.example/hook".into(),
+    ];
+    store
+        .put_manifest(&r, manifest("outbox"), Some(w.clone()))
+        .await
+        .unwrap();
+    // An identical re-push queues nothing more.
+    store
+        .put_manifest(&r, manifest("outbox"), Some(w))
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_pending().await.unwrap(), 2);
+    let now = crate::now_millis();
+    let first = store.claim_outbox(now, 10, 60_000).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].entry.tag, "1.0");
+    assert_eq!(first[0].entry.seq, 1);
+    assert_eq!(first[0].attempts, 0);
+    let mut targets: Vec<_> = first.iter().map(|i| i.target.as_str()).collect();
+    targets.sort();
+    assert_eq!(targets, ["http://a.example/hook", "http://b.example/hook"]);
+    // Leased: a second deliverer gets nothing until the lease ends.
+    assert!(
+        store
+            .claim_outbox(now, 10, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let after_lease = store.claim_outbox(now + 60_001, 10, 1000).await.unwrap();
+    assert_eq!(after_lease.len(), 2);
+
+    store.outbox_delivered(first[0].id).await.unwrap();
+    store
+        .outbox_retry(first[1].id, now + 5000, "HTTP 500")
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_pending().await.unwrap(), 1);
+    assert!(
+        store
+            .claim_outbox(now + 4000, 10, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retried = store.claim_outbox(now + 5000, 10, 1000).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].id, first[1].id);
+    assert_eq!(retried[0].attempts, 1);
+    store.outbox_delivered(retried[0].id).await.unwrap();
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+    assert!(
+        store
+            .claim_outbox(now + 99_999_999, 10, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn gc_never_takes_what_a_manifest_references(store: &dyn TagStore) {
+    let r = repo("gc");
+    let m = manifest("gc-kept");
+    let kept = m.references[0].0.clone();
+    store.put_manifest(&r, m.clone(), None).await.unwrap();
+    assert_eq!(store.gc_mark(&kept, 100).await.unwrap(), None);
+    assert_eq!(store.gc_mark(&m.digest, 100).await.unwrap(), None);
+    assert!(!store.gc_claim(&kept, 1000).await.unwrap());
+
+    // An unreferenced blob: marked once (the first time counts), claimable only after.
+    let orphan = Digest::sha256_of(b"gc-orphan");
+    assert_eq!(store.gc_mark(&orphan, 100).await.unwrap(), Some(100));
+    assert_eq!(store.gc_mark(&orphan, 200).await.unwrap(), Some(100));
+    assert!(!store.gc_claim(&orphan, 99).await.unwrap());
+    assert!(store.gc_claim(&orphan, 100).await.unwrap());
+    assert!(
+        !store.gc_claim(&orphan, 100).await.unwrap(),
+        "claimed twice"
+    );
+    // A manifest arriving now must not reference it.
+    let mut late = manifest("gc-late");
+    late.references = vec![(orphan.clone(), 9)];
+    match store.put_manifest(&r, late.clone(), None).await {
+        Err(Error::BlobCollected(d)) => assert_eq!(d, orphan),
+        other => panic!("expected BlobCollected, got {other:?}"),
+    }
+    assert_eq!(store.get_manifest(&r, &late.digest).await.unwrap(), None);
+    store.gc_forget(&orphan).await.unwrap();
+
+    // A marked blob that a manifest then references is rescued.
+    let rescued = Digest::sha256_of(b"gc-rescued");
+    assert!(store.gc_mark(&rescued, 100).await.unwrap().is_some());
+    let mut wants = manifest("gc-wants");
+    wants.references = vec![(rescued.clone(), 9)];
+    store.put_manifest(&r, wants, None).await.unwrap();
+    assert!(!store.gc_claim(&rescued, i64::MAX).await.unwrap());
+    assert_eq!(store.gc_mark(&rescued, 300).await.unwrap(), None);
+
+    // A fresh upload of a marked blob unmarks it; a later mark starts the clock again.
+    let uploaded = Digest::sha256_of(b"gc-uploaded");
+    assert_eq!(store.gc_mark(&uploaded, 100).await.unwrap(), Some(100));
+    store.gc_unmark(&uploaded).await.unwrap();
+    assert!(!store.gc_claim(&uploaded, 150).await.unwrap());
+    assert_eq!(store.gc_mark(&uploaded, 200).await.unwrap(), Some(200));
+}
+
+pub async fn expired_uploads_are_listed_oldest_first(store: &dyn TagStore) {
+    let r = repo("expire");
+    let now = crate::now_millis();
+    for (i, age) in [(0, 10_000), (1, 5_000), (2, 0)] {
+        let id: UploadId = format!("expire-{i}-{now}").parse().unwrap();
+        store
+            .create_upload(UploadSession {
+                id,
+                repo: r.clone(),
+                received: 0,
+                hash_state: Hasher::new(pierone_protocol::Algorithm::Sha256).save(),
+                created_at: now - age,
+                updated_at: now - age,
+            })
+            .await
+            .unwrap();
+    }
+    let old = store.expired_uploads(now - 1000, 10).await.unwrap();
+    let ids: Vec<_> = old.iter().map(|u| u.id.as_str().to_owned()).collect();
+    assert_eq!(ids, [format!("expire-0-{now}"), format!("expire-1-{now}")]);
+    assert_eq!(store.expired_uploads(now - 1000, 1).await.unwrap().len(), 1);
+    store.ping().await.unwrap();
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an async block yielding
 /// `(store, guard)`.
 #[macro_export]
@@ -447,7 +689,12 @@ macro_rules! conformance_tests {
             uploads_advance_by_compare_and_set,
             concurrent_tag_race_has_one_winner,
             pier_one_views,
-            scm_sources_are_recorded
+            scm_sources_are_recorded,
+            audit_log_chains_every_tag_write,
+            audit_appends_race_into_one_chain,
+            outbox_hands_each_event_to_one_deliverer,
+            gc_never_takes_what_a_manifest_references,
+            expired_uploads_are_listed_oldest_first
         );
     };
     (@each $make:expr; $($name:ident),*) => {

@@ -11,7 +11,16 @@
 //!   replicas sharing a database.
 //! - **A tag never points at a missing manifest.** The manifest row, its link to the repository
 //!   and the tag are written in one transaction.
-//! - **Every tag creation and move is recorded** as an event, in the same transaction.
+//! - **Every tag creation and move is recorded** in the audit log, in the same transaction: a
+//!   hash chain ([`AuditEntry`]) whose entries are numbered without gaps and never change.
+//!   Appends queue on one head row, so replicas sharing a database extend one chain.
+//! - **Events are never lost.** A tag write also queues one outbox row per webhook in its
+//!   transaction; [`TagStore::claim_outbox`] hands each to one deliverer at a time (a lease),
+//!   and only [`TagStore::outbox_delivered`] removes it from the queue.
+//! - **Garbage collection cannot race a push.** A blob is deleted only after it was marked
+//!   unreferenced ([`TagStore::gc_mark`]) and then claimed ([`TagStore::gc_claim`]) while still
+//!   unreferenced; a manifest write that references a marked blob removes the mark in its
+//!   transaction, and one that finds it claimed is refused with [`Error::BlobCollected`].
 //! - **Upload progress is compare-and-set.** [`TagStore::advance_upload`] succeeds only from the
 //!   offset the caller read, so two requests racing on one upload cannot both advance it.
 //!
@@ -24,6 +33,8 @@ mod sql;
 
 use bytes::Bytes;
 use pierone_protocol::{Digest, RepoName, Tag, UploadId};
+
+pub use pierone_protocol::audit::{AuditEntry, Checkpoint};
 
 pub use memory::MemoryTagStore;
 pub use policy::{Mutability, TagPolicy};
@@ -82,6 +93,8 @@ pub enum Error {
         expected: u64,
         actual: u64,
     },
+    #[error("blob {0} is being garbage-collected; push it again")]
+    BlobCollected(Digest),
     #[error("the metadata database is unavailable: {0}")]
     Unavailable(String),
     #[error("metadata database query failed: {0}")]
@@ -130,8 +143,22 @@ pub struct TagWrite {
     pub mutability: Mutability,
     /// Who pushed it, recorded as `created_by`.
     pub principal: String,
+    /// The principal's realm (`/employees`, `/services`), for the audit log.
+    pub realm: String,
     /// Where the image was built from, when the pusher may say so.
     pub scm_source: Option<ScmSource>,
+    /// Webhook URLs to tell about a new or moved tag, through the outbox.
+    pub notify: Vec<String>,
+}
+
+/// An event waiting in the outbox, claimed by one deliverer until its lease ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub target: String,
+    /// Failed deliveries so far.
+    pub attempts: u32,
+    pub entry: AuditEntry,
 }
 
 /// Where an image was built from (Pier One's `scm-source`).
@@ -299,4 +326,70 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Forget an upload session; `false` when there was none.
     async fn delete_upload(&self, id: &UploadId) -> Result<bool, Error>;
+
+    /// Sessions untouched since before `idle_before`, oldest first.
+    async fn expired_uploads(
+        &self,
+        idle_before: Millis,
+        limit: usize,
+    ) -> Result<Vec<UploadSession>, Error>;
+
+    /// Whether the database answers (readiness).
+    async fn ping(&self) -> Result<(), Error>;
+
+    /// Audit entries after `since`, in order, at most `limit`; only those of one tag when
+    /// `tag` is given.
+    async fn audit_entries(
+        &self,
+        since: u64,
+        limit: usize,
+        tag: Option<(&RepoName, &Tag)>,
+    ) -> Result<Vec<AuditEntry>, Error>;
+
+    /// The number of audit entries and the hash of the last.
+    async fn audit_head(&self) -> Result<(u64, String), Error>;
+
+    /// Keep a signed checkpoint (a second one for the same size is ignored).
+    async fn put_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error>;
+
+    /// The checkpoint of the largest size.
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, Error>;
+
+    /// Take up to `limit` undelivered events that are due at `now` and not leased, leasing
+    /// them for `lease_ms`.
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<OutboxItem>, Error>;
+
+    /// The event was delivered; it leaves the queue.
+    async fn outbox_delivered(&self, id: i64) -> Result<(), Error>;
+
+    /// Delivery failed; try again at `next_attempt_at`.
+    async fn outbox_retry(
+        &self,
+        id: i64,
+        next_attempt_at: Millis,
+        error: &str,
+    ) -> Result<(), Error>;
+
+    /// Events not yet delivered.
+    async fn outbox_pending(&self) -> Result<u64, Error>;
+
+    /// Mark `digest` as a garbage candidate unless a manifest references it (or is it). Returns
+    /// when it was first marked, `None` when it is referenced (and then unmarked).
+    async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error>;
+
+    /// Claim a candidate marked no later than `marked_before` for deletion, if it is still
+    /// unreferenced. After `true` the caller deletes the blob and then calls
+    /// [`TagStore::gc_forget`].
+    async fn gc_claim(&self, digest: &Digest, marked_before: Millis) -> Result<bool, Error>;
+
+    /// The blob is gone (or was kept): drop its candidate row.
+    async fn gc_forget(&self, digest: &Digest) -> Result<(), Error>;
+
+    /// A blob was just uploaded or mounted: it is wanted, unmark it unless already claimed.
+    async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error>;
 }

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use pierone_protocol::{Digest, RepoName, Tag, UploadId};
 
 use crate::{
-    Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest, Referrer, ScmSource,
-    TagOutcome, TagRecord, TagStore, TagWrite, TeamStats, UploadSession, digest_has_prefix,
-    now_millis, tag_record,
+    AuditEntry, Checkpoint, Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest,
+    OutboxItem, Referrer, ScmSource, TagOutcome, TagRecord, TagStore, TagWrite, TeamStats,
+    UploadSession, digest_has_prefix, now_millis, tag_record,
 };
 
 #[derive(Debug, Default)]
@@ -21,9 +21,33 @@ struct State {
     /// (repository, tag) -> (record, creation sequence for "latest" ordering)
     tags: BTreeMap<(String, String), (TagRecord, u64)>,
     seq: u64,
-    events: Vec<(String, String, Digest, Option<Digest>, String)>,
+    audit: Vec<AuditEntry>,
+    checkpoints: BTreeMap<u64, Checkpoint>,
+    outbox: Vec<OutboxRow>,
+    /// digest -> (marked at, claimed for deletion)
+    gc: HashMap<Digest, (Millis, bool)>,
     uploads: HashMap<UploadId, UploadSession>,
     scm: HashMap<(String, String), (ScmSource, Millis)>,
+}
+
+#[derive(Debug)]
+struct OutboxRow {
+    target: String,
+    seq: u64,
+    attempts: u32,
+    next_attempt_at: Millis,
+    locked_until: Millis,
+    delivered: bool,
+}
+
+impl State {
+    fn is_referenced(&self, digest: &Digest) -> bool {
+        self.manifests.contains_key(digest)
+            || self
+                .manifests
+                .values()
+                .any(|m| m.references.iter().any(|(r, _)| r == digest))
+    }
 }
 
 /// Metadata held in process memory. Cloning shares the same store.
@@ -39,15 +63,6 @@ impl MemoryTagStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The number of recorded tag events for `repo:tag`, for tests of the audit trail.
-    pub fn event_count(&self, repo: &RepoName, tag: &Tag) -> usize {
-        self.lock()
-            .events
-            .iter()
-            .filter(|e| e.0 == repo.as_str() && e.1 == tag.as_str())
-            .count()
     }
 }
 
@@ -82,6 +97,16 @@ impl TagStore for MemoryTagStore {
                 }
             },
         };
+        if !s.manifests.contains_key(&manifest.digest) {
+            for (r, _) in &manifest.references {
+                if s.gc.get(r).is_some_and(|(_, claimed)| *claimed) {
+                    return Err(Error::BlobCollected(r.clone()));
+                }
+            }
+            for (r, _) in &manifest.references {
+                s.gc.remove(r);
+            }
+        }
         s.repositories.entry(repo.as_str().to_owned()).or_insert(());
         let digest = manifest.digest.clone();
         s.manifests.entry(digest.clone()).or_insert(manifest);
@@ -104,7 +129,33 @@ impl TagStore for MemoryTagStore {
                     None => return Err(Error::Corrupt("manifest vanished".into())),
                 };
                 s.tags.insert(key.clone(), (record, seq));
-                s.events.push((key.0, key.1, digest, previous, w.principal));
+                let e = pierone_protocol::audit::next_entry(
+                    Some(
+                        s.audit
+                            .last()
+                            .map_or((0, pierone_protocol::audit::GENESIS), |e| {
+                                (e.seq, e.hash.as_str())
+                            }),
+                    ),
+                    now,
+                    &w.principal,
+                    &w.realm,
+                    &key.0,
+                    &key.1,
+                    digest.as_str(),
+                    previous.as_ref().map(|d| d.as_str()),
+                );
+                for target in &w.notify {
+                    s.outbox.push(OutboxRow {
+                        target: target.clone(),
+                        seq: e.seq,
+                        attempts: 0,
+                        next_attempt_at: now,
+                        locked_until: 0,
+                        delivered: false,
+                    });
+                }
+                s.audit.push(e);
             }
         }
         Ok(outcome)
@@ -354,6 +405,161 @@ impl TagStore for MemoryTagStore {
 
     async fn delete_upload(&self, id: &UploadId) -> Result<bool, Error> {
         Ok(self.lock().uploads.remove(id).is_some())
+    }
+
+    async fn expired_uploads(
+        &self,
+        idle_before: Millis,
+        limit: usize,
+    ) -> Result<Vec<UploadSession>, Error> {
+        let mut out: Vec<UploadSession> = self
+            .lock()
+            .uploads
+            .values()
+            .filter(|u| u.updated_at < idle_before)
+            .cloned()
+            .collect();
+        out.sort_by_key(|u| u.updated_at);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn audit_entries(
+        &self,
+        since: u64,
+        limit: usize,
+        tag: Option<(&RepoName, &Tag)>,
+    ) -> Result<Vec<AuditEntry>, Error> {
+        Ok(self
+            .lock()
+            .audit
+            .iter()
+            .filter(|e| e.seq > since)
+            .filter(|e| tag.is_none_or(|(r, t)| e.repository == r.as_str() && e.tag == t.as_str()))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn audit_head(&self) -> Result<(u64, String), Error> {
+        Ok(self.lock().audit.last().map_or_else(
+            || (0, pierone_protocol::audit::GENESIS.to_owned()),
+            |e| (e.seq, e.hash.clone()),
+        ))
+    }
+
+    async fn put_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error> {
+        self.lock()
+            .checkpoints
+            .entry(checkpoint.size)
+            .or_insert(checkpoint);
+        Ok(())
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, Error> {
+        Ok(self.lock().checkpoints.values().next_back().cloned())
+    }
+
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<OutboxItem>, Error> {
+        let mut s = self.lock();
+        let mut claimed = Vec::new();
+        for (i, row) in s.outbox.iter_mut().enumerate() {
+            if claimed.len() == limit {
+                break;
+            }
+            if !row.delivered && row.next_attempt_at <= now && row.locked_until <= now {
+                row.locked_until = now + lease_ms;
+                claimed.push((i, row.target.clone(), row.attempts, row.seq));
+            }
+        }
+        claimed
+            .into_iter()
+            .map(|(i, target, attempts, seq)| {
+                let entry = s
+                    .audit
+                    .get(seq as usize - 1)
+                    .cloned()
+                    .ok_or_else(|| Error::Corrupt(format!("outbox names audit entry {seq}")))?;
+                Ok(OutboxItem {
+                    id: i as i64,
+                    target,
+                    attempts,
+                    entry,
+                })
+            })
+            .collect()
+    }
+
+    async fn outbox_delivered(&self, id: i64) -> Result<(), Error> {
+        if let Some(row) = self.lock().outbox.get_mut(id as usize) {
+            row.delivered = true;
+        }
+        Ok(())
+    }
+
+    async fn outbox_retry(
+        &self,
+        id: i64,
+        next_attempt_at: Millis,
+        _error: &str,
+    ) -> Result<(), Error> {
+        if let Some(row) = self.lock().outbox.get_mut(id as usize) {
+            row.attempts += 1;
+            row.next_attempt_at = next_attempt_at;
+            row.locked_until = 0;
+        }
+        Ok(())
+    }
+
+    async fn outbox_pending(&self) -> Result<u64, Error> {
+        Ok(self.lock().outbox.iter().filter(|r| !r.delivered).count() as u64)
+    }
+
+    async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error> {
+        let mut s = self.lock();
+        if s.is_referenced(digest) {
+            if s.gc.get(digest).is_some_and(|(_, claimed)| !claimed) {
+                s.gc.remove(digest);
+            }
+            return Ok(None);
+        }
+        Ok(Some(s.gc.entry(digest.clone()).or_insert((now, false)).0))
+    }
+
+    async fn gc_claim(&self, digest: &Digest, marked_before: Millis) -> Result<bool, Error> {
+        let mut s = self.lock();
+        if s.is_referenced(digest) {
+            return Ok(false);
+        }
+        match s.gc.get_mut(digest) {
+            Some((at, claimed)) if !*claimed && *at <= marked_before => {
+                *claimed = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn gc_forget(&self, digest: &Digest) -> Result<(), Error> {
+        self.lock().gc.remove(digest);
+        Ok(())
+    }
+
+    async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error> {
+        let mut s = self.lock();
+        if s.gc.get(digest).is_some_and(|(_, claimed)| !claimed) {
+            s.gc.remove(digest);
+        }
+        Ok(())
     }
 }
 

@@ -17,9 +17,9 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use pierone_protocol::{Digest, RepoName, Tag, UploadId};
 
 use crate::{
-    Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest, Referrer, ScmSource,
-    TagOutcome, TagRecord, TagStore, TagWrite, TeamStats, UploadSession, digest_has_prefix,
-    now_millis,
+    AuditEntry, Checkpoint, Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest,
+    OutboxItem, Referrer, ScmSource, TagOutcome, TagRecord, TagStore, TagWrite, TeamStats,
+    UploadSession, digest_has_prefix, now_millis,
 };
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -70,14 +70,53 @@ mod schema {
         }
     }
     diesel::table! {
-        tag_events (id) {
-            id -> BigInt,
+        audit_log (seq) {
+            seq -> BigInt,
+            at -> BigInt,
+            principal -> Text,
+            realm -> Text,
             repository -> Text,
             tag -> Text,
             digest -> Text,
             previous_digest -> Nullable<Text>,
-            principal -> Text,
+            prev_hash -> Text,
+            hash -> Text,
+        }
+    }
+    diesel::table! {
+        audit_head (id) {
+            id -> Integer,
+            seq -> BigInt,
+            hash -> Text,
+        }
+    }
+    diesel::table! {
+        audit_checkpoints (size) {
+            size -> BigInt,
+            head -> Text,
             at -> BigInt,
+            public_key -> Text,
+            signature -> Text,
+        }
+    }
+    diesel::table! {
+        outbox (id) {
+            id -> BigInt,
+            target -> Text,
+            seq -> BigInt,
+            created_at -> BigInt,
+            attempts -> Integer,
+            next_attempt_at -> BigInt,
+            locked_until -> BigInt,
+            delivered_at -> Nullable<BigInt>,
+            last_error -> Nullable<Text>,
+        }
+    }
+    diesel::table! {
+        gc_candidates (digest) {
+            digest -> Text,
+            marked_at -> BigInt,
+            state -> Text,
         }
     }
     diesel::table! {
@@ -103,7 +142,10 @@ mod schema {
     }
     diesel::joinable!(repository_manifests -> manifests (digest));
     diesel::joinable!(tags -> manifests (digest));
+    diesel::joinable!(outbox -> audit_log (seq));
     diesel::allow_tables_to_appear_in_same_query!(manifests, repository_manifests, tags);
+    diesel::allow_tables_to_appear_in_same_query!(outbox, audit_log);
+    diesel::allow_tables_to_appear_in_same_query!(gc_candidates, manifest_references, manifests);
 }
 
 use schema::*;
@@ -341,6 +383,9 @@ macro_rules! backend_ops {
                     .on_conflict_do_nothing()
                     .execute(c)?;
                 if inserted > 0 {
+                    for (r, _) in &m.references {
+                        rescue_from_gc(c, r)?;
+                    }
                     for (r, size) in &m.references {
                         diesel::insert_into(manifest_references::table)
                             .values((
@@ -429,18 +474,166 @@ macro_rules! backend_ops {
                         }
                         TagOutcome::Unchanged | TagOutcome::Untagged => return Ok(outcome),
                     };
-                    diesel::insert_into(tag_events::table)
+                    append_audit(c, repo, w, digest, previous, now)?;
+                }
+                Ok(outcome)
+            }
+
+            /// Extend the chain by one entry and queue its events. The no-op update takes the
+            /// head row's lock first, so concurrent appends wait for this transaction.
+            fn append_audit(
+                c: &mut Conn,
+                repo: &RepoName,
+                w: &TagWrite,
+                digest: &str,
+                previous: Option<&str>,
+                now: Millis,
+            ) -> Result<(), TxError> {
+                diesel::update(audit_head::table.find(1))
+                    .set(audit_head::seq.eq(audit_head::seq))
+                    .execute(c)?;
+                let (seq, hash): (i64, String) = audit_head::table
+                    .find(1)
+                    .select((audit_head::seq, audit_head::hash))
+                    .first(c)?;
+                let e = pierone_protocol::audit::next_entry(
+                    Some((seq as u64, &hash)),
+                    now,
+                    &w.principal,
+                    &w.realm,
+                    repo.as_str(),
+                    w.tag.as_str(),
+                    digest,
+                    previous,
+                );
+                diesel::insert_into(audit_log::table)
+                    .values((
+                        audit_log::seq.eq(e.seq as i64),
+                        audit_log::at.eq(e.at),
+                        audit_log::principal.eq(&e.principal),
+                        audit_log::realm.eq(&e.realm),
+                        audit_log::repository.eq(&e.repository),
+                        audit_log::tag.eq(&e.tag),
+                        audit_log::digest.eq(&e.digest),
+                        audit_log::previous_digest.eq(e.previous_digest.as_deref()),
+                        audit_log::prev_hash.eq(&e.prev_hash),
+                        audit_log::hash.eq(&e.hash),
+                    ))
+                    .execute(c)?;
+                diesel::update(audit_head::table.find(1))
+                    .set((
+                        audit_head::seq.eq(e.seq as i64),
+                        audit_head::hash.eq(&e.hash),
+                    ))
+                    .execute(c)?;
+                for target in &w.notify {
+                    diesel::insert_into(outbox::table)
                         .values((
-                            tag_events::repository.eq(repo.as_str()),
-                            tag_events::tag.eq(w.tag.as_str()),
-                            tag_events::digest.eq(digest),
-                            tag_events::previous_digest.eq(previous),
-                            tag_events::principal.eq(&w.principal),
-                            tag_events::at.eq(now),
+                            outbox::target.eq(target),
+                            outbox::seq.eq(e.seq as i64),
+                            outbox::created_at.eq(now),
+                            outbox::next_attempt_at.eq(now),
                         ))
                         .execute(c)?;
                 }
-                Ok(outcome)
+                Ok(())
+            }
+
+            /// A new manifest references `digest`: take it off the garbage candidates, or
+            /// refuse if collection already claimed it. The delete runs before the check so
+            /// that, on PostgreSQL, it waits for a concurrent claim's commit and sees its result.
+            fn rescue_from_gc(c: &mut Conn, digest: &Digest) -> Result<(), TxError> {
+                diesel::delete(
+                    gc_candidates::table
+                        .filter(gc_candidates::digest.eq(digest.as_str()))
+                        .filter(gc_candidates::state.eq("marked")),
+                )
+                .execute(c)?;
+                let claimed: Option<String> = gc_candidates::table
+                    .find(digest.as_str())
+                    .select(gc_candidates::state)
+                    .first(c)
+                    .optional()?;
+                if claimed.is_some() {
+                    return Err(TxError::Store(Error::BlobCollected(digest.clone())));
+                }
+                Ok(())
+            }
+
+            /// Whether a manifest is `digest` or references it.
+            pub(super) fn is_referenced(c: &mut Conn, digest: &str) -> Result<bool, DieselError> {
+                let by_ref: Option<String> = manifest_references::table
+                    .filter(manifest_references::reference.eq(digest))
+                    .select(manifest_references::manifest)
+                    .first(c)
+                    .optional()?;
+                if by_ref.is_some() {
+                    return Ok(true);
+                }
+                let manifest: Option<String> = manifests::table
+                    .find(digest)
+                    .select(manifests::digest)
+                    .first(c)
+                    .optional()?;
+                Ok(manifest.is_some())
+            }
+
+            pub(super) fn gc_mark_tx(
+                c: &mut Conn,
+                digest: &str,
+                now: Millis,
+            ) -> Result<Option<Millis>, TxError> {
+                c.$tx(|c| {
+                    if is_referenced(c, digest)? {
+                        diesel::delete(
+                            gc_candidates::table
+                                .filter(gc_candidates::digest.eq(digest))
+                                .filter(gc_candidates::state.eq("marked")),
+                        )
+                        .execute(c)?;
+                        return Ok(None);
+                    }
+                    diesel::insert_into(gc_candidates::table)
+                        .values((
+                            gc_candidates::digest.eq(digest),
+                            gc_candidates::marked_at.eq(now),
+                            gc_candidates::state.eq("marked"),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(c)?;
+                    let at: Millis = gc_candidates::table
+                        .find(digest)
+                        .select(gc_candidates::marked_at)
+                        .first(c)?;
+                    Ok(Some(at))
+                })
+            }
+
+            /// The claim is one UPDATE whose condition includes "still unreferenced", so it
+            /// is decided atomically against manifest writes (which delete the row first).
+            pub(super) fn gc_claim_tx(
+                c: &mut Conn,
+                digest: &str,
+                marked_before: Millis,
+            ) -> Result<bool, TxError> {
+                c.$tx(|c| {
+                    if is_referenced(c, digest)? {
+                        return Ok(false);
+                    }
+                    let n = diesel::update(
+                        gc_candidates::table
+                            .filter(gc_candidates::digest.eq(digest))
+                            .filter(gc_candidates::state.eq("marked"))
+                            .filter(gc_candidates::marked_at.le(marked_before)),
+                    )
+                    .set(gc_candidates::state.eq("deleting"))
+                    .execute(c)?;
+                    if n == 1 && is_referenced(c, digest)? {
+                        // A manifest committed between the check and the claim.
+                        return Err(TxError::Db(DieselError::RollbackTransaction));
+                    }
+                    Ok(n == 1)
+                })
             }
 
             /// Repositories with at least one tag, sorted.
@@ -516,6 +709,59 @@ macro_rules! tag_columns {
             manifests::body,
         )
     };
+}
+
+fn tx_result<T>(r: Result<T, TxError>) -> Result<T, Error> {
+    r.map_err(|e| match e {
+        TxError::Db(e) => db_error(e),
+        TxError::Store(e) => e,
+    })
+}
+
+type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+);
+
+macro_rules! audit_columns {
+    () => {
+        (
+            audit_log::seq,
+            audit_log::at,
+            audit_log::principal,
+            audit_log::realm,
+            audit_log::repository,
+            audit_log::tag,
+            audit_log::digest,
+            audit_log::previous_digest,
+            audit_log::prev_hash,
+            audit_log::hash,
+        )
+    };
+}
+
+fn audit_entry(r: AuditRow) -> AuditEntry {
+    let (seq, at, principal, realm, repository, tag, digest, previous_digest, prev_hash, hash) = r;
+    AuditEntry {
+        seq: seq as u64,
+        at,
+        principal,
+        realm,
+        repository,
+        tag,
+        digest,
+        previous_digest,
+        prev_hash,
+        hash,
+    }
 }
 
 #[async_trait]
@@ -975,6 +1221,275 @@ impl TagStore for SqlTagStore {
                 .execute(c)
                 .map(|n| n > 0)
                 .map_err(db_error)
+        })
+    }
+
+    async fn expired_uploads(
+        &self,
+        idle_before: Millis,
+        limit: usize,
+    ) -> Result<Vec<UploadSession>, Error> {
+        run!(self, |c| {
+            type Row = (String, String, i64, Vec<u8>, i64, i64);
+            let rows: Vec<Row> = uploads::table
+                .filter(uploads::updated_at.lt(idle_before))
+                .order(uploads::updated_at.asc())
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .select((
+                    uploads::id,
+                    uploads::repository,
+                    uploads::received,
+                    uploads::hash_state,
+                    uploads::created_at,
+                    uploads::updated_at,
+                ))
+                .load(c)
+                .map_err(db_error)?;
+            rows.into_iter()
+                .map(|(id, repo, received, hash_state, created_at, updated_at)| {
+                    Ok(UploadSession {
+                        id: id
+                            .parse()
+                            .map_err(|e| Error::Corrupt(format!("upload id: {e}")))?,
+                        repo: repo
+                            .parse()
+                            .map_err(|e| Error::Corrupt(format!("upload repository: {e}")))?,
+                        received: received as u64,
+                        hash_state,
+                        created_at,
+                        updated_at,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        run!(self, |c| {
+            diesel::sql_query("SELECT 1")
+                .execute(c)
+                .map(drop)
+                .map_err(|e| Error::Unavailable(e.to_string()))
+        })
+    }
+
+    async fn audit_entries(
+        &self,
+        since: u64,
+        limit: usize,
+        tag: Option<(&RepoName, &Tag)>,
+    ) -> Result<Vec<AuditEntry>, Error> {
+        let tag = tag.map(|(r, t)| (r.as_str().to_owned(), t.as_str().to_owned()));
+        run!(self, |c| {
+            let mut q = audit_log::table
+                .filter(audit_log::seq.gt(since as i64))
+                .order(audit_log::seq.asc())
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .select(audit_columns!())
+                .into_boxed();
+            if let Some((r, t)) = tag {
+                q = q
+                    .filter(audit_log::repository.eq(r))
+                    .filter(audit_log::tag.eq(t));
+            }
+            let rows: Vec<AuditRow> = q.load(c).map_err(db_error)?;
+            Ok(rows.into_iter().map(audit_entry).collect())
+        })
+    }
+
+    async fn audit_head(&self) -> Result<(u64, String), Error> {
+        run!(self, |c| {
+            let (seq, hash): (i64, String) = audit_head::table
+                .find(1)
+                .select((audit_head::seq, audit_head::hash))
+                .first(c)
+                .map_err(db_error)?;
+            Ok((seq as u64, hash))
+        })
+    }
+
+    async fn put_checkpoint(&self, cp: Checkpoint) -> Result<(), Error> {
+        run!(self, |c| {
+            diesel::insert_into(audit_checkpoints::table)
+                .values((
+                    audit_checkpoints::size.eq(cp.size as i64),
+                    audit_checkpoints::head.eq(&cp.head),
+                    audit_checkpoints::at.eq(cp.at),
+                    audit_checkpoints::public_key.eq(&cp.public_key),
+                    audit_checkpoints::signature.eq(&cp.signature),
+                ))
+                .on_conflict_do_nothing()
+                .execute(c)
+                .map(drop)
+                .map_err(db_error)
+        })
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, Error> {
+        run!(self, |c| {
+            let row: Option<(i64, String, i64, String, String)> = audit_checkpoints::table
+                .order(audit_checkpoints::size.desc())
+                .select((
+                    audit_checkpoints::size,
+                    audit_checkpoints::head,
+                    audit_checkpoints::at,
+                    audit_checkpoints::public_key,
+                    audit_checkpoints::signature,
+                ))
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            Ok(
+                row.map(|(size, head, at, public_key, signature)| Checkpoint {
+                    size: size as u64,
+                    head,
+                    at,
+                    public_key,
+                    signature,
+                }),
+            )
+        })
+    }
+
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<OutboxItem>, Error> {
+        run!(self, |c| {
+            let due: Vec<i64> = outbox::table
+                .filter(outbox::delivered_at.is_null())
+                .filter(outbox::next_attempt_at.le(now))
+                .filter(outbox::locked_until.le(now))
+                .order(outbox::id.asc())
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .select(outbox::id)
+                .load(c)
+                .map_err(db_error)?;
+            let mut claimed = Vec::new();
+            for id in due {
+                // Compare-and-set on the lease: of two replicas, one updates the row.
+                let n = diesel::update(
+                    outbox::table
+                        .find(id)
+                        .filter(outbox::delivered_at.is_null())
+                        .filter(outbox::locked_until.le(now)),
+                )
+                .set(outbox::locked_until.eq(now + lease_ms))
+                .execute(c)
+                .map_err(db_error)?;
+                if n == 1 {
+                    claimed.push(id);
+                }
+            }
+            let rows: Vec<(i64, String, i32, AuditRow)> = outbox::table
+                .inner_join(audit_log::table)
+                .filter(outbox::id.eq_any(&claimed))
+                .order(outbox::id.asc())
+                .select((
+                    outbox::id,
+                    outbox::target,
+                    outbox::attempts,
+                    audit_columns!(),
+                ))
+                .load(c)
+                .map_err(db_error)?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, target, attempts, e)| OutboxItem {
+                    id,
+                    target,
+                    attempts: attempts.max(0) as u32,
+                    entry: audit_entry(e),
+                })
+                .collect())
+        })
+    }
+
+    async fn outbox_delivered(&self, id: i64) -> Result<(), Error> {
+        run!(self, |c| {
+            diesel::update(outbox::table.find(id))
+                .set((
+                    outbox::delivered_at.eq(Some(now_millis())),
+                    outbox::last_error.eq(None::<String>),
+                ))
+                .execute(c)
+                .map(drop)
+                .map_err(db_error)
+        })
+    }
+
+    async fn outbox_retry(
+        &self,
+        id: i64,
+        next_attempt_at: Millis,
+        error: &str,
+    ) -> Result<(), Error> {
+        let error = error.to_owned();
+        run!(self, |c| {
+            diesel::update(outbox::table.find(id))
+                .set((
+                    outbox::attempts.eq(outbox::attempts + 1),
+                    outbox::next_attempt_at.eq(next_attempt_at),
+                    outbox::locked_until.eq(0),
+                    outbox::last_error.eq(Some(&error)),
+                ))
+                .execute(c)
+                .map(drop)
+                .map_err(db_error)
+        })
+    }
+
+    async fn outbox_pending(&self) -> Result<u64, Error> {
+        run!(self, |c| {
+            outbox::table
+                .filter(outbox::delivered_at.is_null())
+                .count()
+                .get_result::<i64>(c)
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+    }
+
+    async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error> {
+        let digest = digest.clone();
+        run!(self, |c| {
+            tx_result(ops::gc_mark_tx(c, digest.as_str(), now))
+        })
+    }
+
+    async fn gc_claim(&self, digest: &Digest, marked_before: Millis) -> Result<bool, Error> {
+        let digest = digest.clone();
+        run!(self, |c| {
+            match ops::gc_claim_tx(c, digest.as_str(), marked_before) {
+                Err(TxError::Db(DieselError::RollbackTransaction)) => Ok(false),
+                other => tx_result(other),
+            }
+        })
+    }
+
+    async fn gc_forget(&self, digest: &Digest) -> Result<(), Error> {
+        let digest = digest.clone();
+        run!(self, |c| {
+            diesel::delete(gc_candidates::table.find(digest.as_str()))
+                .execute(c)
+                .map(drop)
+                .map_err(db_error)
+        })
+    }
+
+    async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error> {
+        let digest = digest.clone();
+        run!(self, |c| {
+            diesel::delete(
+                gc_candidates::table
+                    .filter(gc_candidates::digest.eq(digest.as_str()))
+                    .filter(gc_candidates::state.eq("marked")),
+            )
+            .execute(c)
+            .map(drop)
+            .map_err(db_error)
         })
     }
 }
