@@ -290,6 +290,57 @@ pub async fn large_chunks_assemble_in_order(store: &dyn BlobStore) {
     assert!(got == all[..keep], "bytes assembled in order");
 }
 
+pub async fn blobs_are_listed_in_pages_and_deleted(store: &dyn BlobStore) {
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut digests = Vec::new();
+    for i in 0..5 {
+        digests.push(put(store, format!("listed blob {i}").repeat(i + 1).as_bytes()).await);
+    }
+    let mut listed = Vec::new();
+    let mut after: Option<Digest> = None;
+    loop {
+        let page = store.list_blobs(after.as_ref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.digest.clone());
+        listed.extend(page);
+    }
+    let names: Vec<&str> = listed.iter().map(|e| e.digest.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted, "pages are in digest order without repeats");
+    for (i, d) in digests.iter().enumerate() {
+        let e = listed
+            .iter()
+            .find(|e| &e.digest == d)
+            .unwrap_or_else(|| panic!("blob {i} not listed"));
+        assert_eq!(
+            e.size,
+            format!("listed blob {i}").len() as u64 * (i as u64 + 1)
+        );
+        // Some backends keep whole seconds.
+        assert!(
+            e.stored_at >= before - 1000,
+            "stored_at {} < {before}",
+            e.stored_at
+        );
+    }
+    assert!(store.delete_blob(&digests[2]).await.unwrap());
+    assert!(!store.delete_blob(&digests[2]).await.unwrap());
+    assert_eq!(store.stat(&digests[2]).await.unwrap(), None);
+    assert!(store.get(&digests[2], None).await.unwrap().is_none());
+    let rest = store.list_blobs(None, 1000).await.unwrap();
+    assert!(!rest.iter().any(|e| e.digest == digests[2]));
+    assert!(rest.iter().any(|e| e.digest == digests[3]));
+    // Stored again after deletion: back, with a new age.
+    put(store, "listed blob 2".repeat(3).as_bytes()).await;
+    assert_eq!(store.stat(&digests[2]).await.unwrap(), Some(39));
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an async block yielding
 /// `(store, guard)`.
 #[macro_export]
@@ -307,7 +358,8 @@ macro_rules! conformance_tests {
             concurrent_uploads_are_independent,
             sha512_blobs,
             large_upload_commits_immediately,
-            large_chunks_assemble_in_order
+            large_chunks_assemble_in_order,
+            blobs_are_listed_in_pages_and_deleted
         );
     };
     (@each $make:expr; $($name:ident),*) => {

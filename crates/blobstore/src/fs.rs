@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
 
-use crate::{BlobRead, BlobStore, ByteStream, Error, checked_range};
+use crate::{BlobEntry, BlobRead, BlobStore, ByteStream, Error, checked_range};
 
 /// Size of the chunks a read is streamed in: large enough to keep syscalls off the profile,
 /// small enough that many concurrent pulls stay cheap in memory.
@@ -317,8 +317,13 @@ impl BlobStore for FsBlobStore {
                 });
             }
             if target.exists() {
-                // Same digest, same content: keep the blob readers may already be streaming.
+                // Same digest, same content: keep the blob readers may already be streaming,
+                // but restart its age, which garbage collection reads from the mtime.
                 drop(file);
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(&target)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 return std::fs::remove_file(&upload).map_err(Error::io("remove upload file"));
             }
             if stored > size {
@@ -354,6 +359,107 @@ impl BlobStore for FsBlobStore {
             }),
         }
     }
+
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<BlobEntry>, Error> {
+        let root = self.root.join("blobs");
+        let after = after.map(|d| (d.algorithm().as_str().to_owned(), d.hex().to_owned()));
+        tokio::task::spawn_blocking(move || list_blobs(&root, after, limit))
+            .await
+            .map_err(|e| Error::Backend(format!("listing task failed: {e}")))?
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool, Error> {
+        match tokio::fs::remove_file(self.blob_path(digest)).await {
+            Ok(()) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(Error::Io {
+                op: "delete blob",
+                source: e,
+            }),
+        }
+    }
+}
+
+/// Sorted names in `dir`; none when it does not exist.
+fn sorted_names(dir: &Path) -> Result<Vec<String>, Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if not_found(&e) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::Io {
+                op: "list blob directory",
+                source: e,
+            });
+        }
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.map_err(Error::io("list blob directory"))?;
+        if let Ok(n) = e.file_name().into_string() {
+            names.push(n);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Walk `blobs/<alg>/<2 hex>/<hex>` in digest order, skipping whole directories that sort
+/// before `after`, so each page costs about one directory's listing.
+fn list_blobs(
+    root: &Path,
+    after: Option<(String, String)>,
+    limit: usize,
+) -> Result<Vec<BlobEntry>, Error> {
+    let mut out = Vec::new();
+    for alg in sorted_names(root)? {
+        let same_alg = after.as_ref().filter(|(a, _)| *a == alg);
+        if after.as_ref().is_some_and(|(a, _)| alg < *a) {
+            continue;
+        }
+        for prefix in sorted_names(&root.join(&alg))? {
+            if same_alg.is_some_and(|(_, h)| prefix.as_str() < h.get(..2).unwrap_or("")) {
+                continue;
+            }
+            for name in sorted_names(&root.join(&alg).join(&prefix))? {
+                if same_alg.is_some_and(|(_, h)| name <= *h) {
+                    continue;
+                }
+                // Anything else in the tree is not a blob.
+                let Ok(digest) = format!("{alg}:{name}").parse::<Digest>() else {
+                    continue;
+                };
+                let meta = match std::fs::metadata(root.join(&alg).join(&prefix).join(&name)) {
+                    Ok(m) => m,
+                    // Deleted since the listing.
+                    Err(e) if not_found(&e) => continue,
+                    Err(e) => {
+                        return Err(Error::Io {
+                            op: "stat blob",
+                            source: e,
+                        });
+                    }
+                };
+                let stored_at = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as i64);
+                out.push(BlobEntry {
+                    digest,
+                    size: meta.len(),
+                    stored_at,
+                });
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -11,6 +11,11 @@
 //! - **Commit is idempotent and deduplicating.** Committing content whose digest is already
 //!   stored discards the upload and keeps the existing blob.
 //! - **Nothing is buffered whole.** Reads and writes are streams of bounded chunks.
+//! - **A blob's age restarts when it is stored again.** [`BlobEntry::stored_at`] is the time
+//!   of the latest commit of that digest, so garbage collection's grace period counts from the
+//!   last push that needed the blob.
+//! - **Only garbage collection deletes.** [`BlobStore::delete_blob`] exists for it alone; no
+//!   API request reaches it.
 //!
 //! The store does not hash: verification belongs to the caller, which hashes while it receives
 //! and only then commits. [`conformance`] checks all of this, and every implementation runs it.
@@ -100,6 +105,16 @@ pub fn checked_range(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>,
     Ok(range)
 }
 
+/// A stored blob, as [`BlobStore::list_blobs`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    /// When it was last committed, in milliseconds since the Unix epoch (second precision on
+    /// some backends).
+    pub stored_at: i64,
+}
+
 /// Storage for blobs addressed by digest, and for the data of uploads in progress.
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + Debug + 'static {
@@ -130,6 +145,17 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
 
     /// Forget an upload's data. Succeeds when there is none.
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error>;
+
+    /// Stored blobs in order of their digest string, after `after`, at most `limit`.
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<BlobEntry>, Error>;
+
+    /// Remove a blob; `false` when it was not stored. Only garbage collection calls this, after
+    /// the metadata store has claimed the digest.
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool, Error>;
 
     /// A URL from which a client may download the blob directly, bypassing the registry, when
     /// the store offers one (a presigned S3 URL). `None` means: stream it through the registry.

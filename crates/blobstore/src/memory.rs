@@ -1,6 +1,6 @@
 //! The in-memory blob store: for tests and for embedding where nothing must persist.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,11 +9,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
 
-use crate::{BlobRead, BlobStore, ByteStream, Error, checked_range};
+use crate::{BlobEntry, BlobRead, BlobStore, ByteStream, Error, checked_range};
 
 #[derive(Debug, Default)]
 struct Inner {
-    blobs: HashMap<Digest, Bytes>,
+    /// By digest string, for ordered listing; with the time of the latest commit.
+    blobs: BTreeMap<String, (Digest, Bytes, i64)>,
     uploads: HashMap<UploadId, Upload>,
 }
 
@@ -41,10 +42,20 @@ impl MemoryBlobStore {
     }
 }
 
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 #[async_trait]
 impl BlobStore for MemoryBlobStore {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
-        Ok(self.lock().blobs.get(digest).map(|b| b.len() as u64))
+        Ok(self
+            .lock()
+            .blobs
+            .get(digest.as_str())
+            .map(|b| b.1.len() as u64))
     }
 
     async fn get(
@@ -52,7 +63,7 @@ impl BlobStore for MemoryBlobStore {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Option<BlobRead>, Error> {
-        let Some(blob) = self.lock().blobs.get(digest).cloned() else {
+        let Some(blob) = self.lock().blobs.get(digest.as_str()).map(|b| b.1.clone()) else {
             return Ok(None);
         };
         let total_size = blob.len() as u64;
@@ -143,11 +154,37 @@ impl BlobStore for MemoryBlobStore {
         }
         let mut upload = inner.uploads.remove(id).unwrap_or_default();
         upload.data.truncate(size as usize);
+        let now = now_millis();
         inner
             .blobs
-            .entry(digest.clone())
-            .or_insert_with(|| Bytes::from(upload.data));
+            .entry(digest.as_str().to_owned())
+            .and_modify(|b| b.2 = now)
+            .or_insert_with(|| (digest.clone(), Bytes::from(upload.data), now));
         Ok(())
+    }
+
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<BlobEntry>, Error> {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let start = after.map_or(Bound::Unbounded, |d| Bound::Excluded(d.as_str().to_owned()));
+        Ok(inner
+            .blobs
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, (digest, data, at))| BlobEntry {
+                digest: digest.clone(),
+                size: data.len() as u64,
+                stored_at: *at,
+            })
+            .collect())
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool, Error> {
+        Ok(self.lock().blobs.remove(digest.as_str()).is_some())
     }
 
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error> {

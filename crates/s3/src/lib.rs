@@ -39,7 +39,7 @@ use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
-use pierone_blobstore::{BlobRead, BlobStore, ByteStream, Error, checked_range};
+use pierone_blobstore::{BlobEntry, BlobRead, BlobStore, ByteStream, Error, checked_range};
 use pierone_protocol::{Digest, UploadId};
 
 /// Settings of an [`S3BlobStore`].
@@ -633,6 +633,69 @@ impl BlobStore for S3BlobStore {
             return Ok(());
         }
         self.delete_keys(keys).await
+    }
+
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<BlobEntry>, Error> {
+        // Keys sort as blobs/<alg>/<2 hex>/<hex>, which is digest order.
+        let prefix = format!("{}blobs/", self.config.prefix);
+        let mut start_after = after.map(|d| self.blob_key(d));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.config.bucket)
+                .prefix(&prefix)
+                .set_start_after(start_after.clone())
+                .max_keys(i32::try_from(limit - out.len()).unwrap_or(1000).min(1000))
+                .send()
+                .await
+                .map_err(|e| classify("list blobs", e))?;
+            for o in resp.contents() {
+                let Some(key) = o.key() else { continue };
+                start_after = Some(key.to_owned());
+                let mut parts = key.strip_prefix(&prefix).unwrap_or("").split('/');
+                let (Some(alg), Some(_), Some(hex), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                out.push(BlobEntry {
+                    digest,
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    stored_at: o
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or(0),
+                });
+            }
+            if resp.is_truncated() != Some(true) || resp.contents().is_empty() {
+                break;
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool, Error> {
+        if self.stat(digest).await?.is_none() {
+            return Ok(false);
+        }
+        self.client
+            .delete_object()
+            .bucket(&self.config.bucket)
+            .key(self.blob_key(digest))
+            .send()
+            .await
+            .map_err(|e| classify("delete blob", e))?;
+        Ok(true)
     }
 
     async fn redirect_url(&self, digest: &Digest) -> Result<Option<String>, Error> {
