@@ -32,8 +32,8 @@ pub use credentials::parse_authorization;
 pub use rules::{Access, AuthConfig, Authorizer, Principal};
 pub use teams::{FileTeams, HttpTeams, MemoryTeams, TeamDirectory};
 pub use token::{
-    CachingValidator, IntrospectionValidator, StaticValidator, TokenInfo, TokenInfoValidator,
-    TokenValidator,
+    CacheStats, CachingValidator, IntrospectionValidator, StaticValidator, TokenInfo,
+    TokenInfoValidator, TokenValidator,
 };
 
 /// Why a request is not allowed, or could not be decided.

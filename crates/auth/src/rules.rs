@@ -85,6 +85,11 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
+    /// Token cache statistics, when tokens are validated through a cache.
+    pub fn cache_stats(&self) -> Option<crate::CacheStats> {
+        self.validator.as_ref().and_then(|v| v.cache_stats())
+    }
+
     /// No authentication at all: every request is allowed and recorded as `anonymous`.
     pub fn unchecked() -> Authorizer {
         Authorizer {

@@ -32,6 +32,18 @@ impl TokenInfo {
 #[async_trait]
 pub trait TokenValidator: Send + Sync + std::fmt::Debug + 'static {
     async fn validate(&self, token: &str) -> Result<Option<TokenInfo>, Error>;
+
+    /// How a caching validator has fared, for metrics; `None` for one that does not cache.
+    fn cache_stats(&self) -> Option<CacheStats> {
+        None
+    }
+}
+
+/// Answers served from a validator's cache and answers it had to ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
 }
 
 /// Scopes arrive as a JSON array (token-info) or a space-separated string (RFC 7662).
@@ -254,6 +266,8 @@ pub struct CachingValidator {
     cache: quick_cache::sync::Cache<String, (Option<TokenInfo>, Instant)>,
     positive_ttl: Duration,
     negative_ttl: Duration,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl CachingValidator {
@@ -268,6 +282,8 @@ impl CachingValidator {
             cache: quick_cache::sync::Cache::new(capacity),
             positive_ttl,
             negative_ttl,
+            hits: Default::default(),
+            misses: Default::default(),
         }
     }
 }
@@ -278,10 +294,13 @@ impl TokenValidator for CachingValidator {
         let now = Instant::now();
         if let Some((answer, until)) = self.cache.get(token) {
             if until > now {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(answer);
             }
             self.cache.remove(token);
         }
+        self.misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let answer = self.inner.validate(token).await?;
         let ttl = match &answer {
             Some(info) => info.expires_in.map_or(self.positive_ttl, |e| {
@@ -294,6 +313,14 @@ impl TokenValidator for CachingValidator {
                 .insert(token.to_owned(), (answer.clone(), now + ttl));
         }
         Ok(answer)
+    }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        Some(CacheStats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+        })
     }
 }
 

@@ -96,10 +96,19 @@ pub struct ErrorInfo {
 }
 
 /// The spec's JSON envelope: `{"errors":[{"code":..,"message":..,"detail":..}]}`.
-pub fn error_body(code: ErrorCode, message: &str, detail: Option<serde_json::Value>) -> Vec<u8> {
+pub fn error_body(
+    code: ErrorCode,
+    message: &str,
+    detail: Option<serde_json::Value>,
+    request_id: Option<&str>,
+) -> Vec<u8> {
     #[derive(Serialize)]
-    struct Envelope {
+    struct Envelope<'a> {
         errors: [ErrorInfo; 1],
+        // Not in the spec; clients ignore unknown members, and operators find the request's
+        // log line by it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a str>,
     }
     let env = Envelope {
         errors: [ErrorInfo {
@@ -107,6 +116,7 @@ pub fn error_body(code: ErrorCode, message: &str, detail: Option<serde_json::Val
             message: message.to_owned(),
             detail,
         }],
+        request_id,
     };
     // Serialising a struct of strings and an optional JSON value cannot fail.
     serde_json::to_vec(&env).unwrap_or_default()
@@ -135,10 +145,12 @@ mod tests {
             ErrorCode::Denied,
             "no",
             Some(serde_json::json!({"tag": "1.0"})),
+            Some("req-1"),
         );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["errors"][0]["code"], "DENIED");
         assert_eq!(v["errors"][0]["message"], "no");
         assert_eq!(v["errors"][0]["detail"]["tag"], "1.0");
+        assert_eq!(v["request_id"], "req-1");
     }
 }

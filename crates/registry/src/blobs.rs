@@ -178,10 +178,12 @@ impl Registry {
             too_large: false,
         }));
         let p = progress.clone();
+        let received = self.metrics.bytes_in.clone();
         let stream = BodyStream::new(body)
             .map_err(std::io::Error::other)
             .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
             .and_then(move |chunk: Bytes| {
+                received.inc_by(chunk.len() as u64);
                 let mut st = p.lock().unwrap_or_else(|e| e.into_inner());
                 st.received += chunk.len() as u64;
                 let r = if st.received > st.limit {
@@ -251,7 +253,17 @@ impl Registry {
         }
         self.blobs.commit_upload(id, size, expected).await?;
         self.tags.delete_upload(id).await?;
+        self.wanted(expected).await;
         Ok(created(&blob_location(repo, expected), expected))
+    }
+
+    /// A push just stored or mounted `digest`: take it off garbage collection's list. Failing
+    /// that only means collection may take it while the push is in its grace period's tail,
+    /// which the manifest write then detects, so it is logged, not returned.
+    async fn wanted(&self, digest: &Digest) {
+        if let Err(e) = self.tags.gc_unmark(digest).await {
+            tracing::warn!(%digest, error = %e, "could not unmark a blob for garbage collection");
+        }
     }
 
     /// Forget a failed upload entirely; errors only leave garbage for collection, so they are
@@ -283,6 +295,7 @@ impl Registry {
                 };
                 self.config.auth.authorize(principal, &read).await?;
                 if self.blobs.stat(&digest).await?.is_some() {
+                    self.wanted(&digest).await;
                     return Ok(created(&blob_location(repo, &digest), &digest));
                 }
             }

@@ -77,6 +77,10 @@ pub enum RegistryError {
     ScmSourceUnknown,
     #[error("X-SCM-Source {0}")]
     ScmSourceInvalid(String),
+    #[error("too many uploads in flight: at most {limit} per principal; retry when one finishes")]
+    TooManyUploads { limit: usize },
+    #[error("no audit checkpoint has been signed (the server needs --audit-signing-key)")]
+    CheckpointUnknown,
 }
 
 impl From<pierone_protocol::Error> for RegistryError {
@@ -95,6 +99,8 @@ pub enum ErrorHeaders {
     BlobSize(u64),
     /// `WWW-Authenticate: Basic realm=...`, so docker, podman and skopeo send credentials.
     Challenge,
+    /// `Retry-After: <seconds>`.
+    RetryAfter(u64),
 }
 
 impl RegistryError {
@@ -226,6 +232,10 @@ impl RegistryError {
             RegistryError::ScmSourceInvalid(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
             }
+            RegistryError::TooManyUploads { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+            }
+            RegistryError::CheckpointUnknown => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
         }
     }
 
@@ -260,6 +270,7 @@ impl RegistryError {
     pub fn headers(&self) -> ErrorHeaders {
         match self {
             RegistryError::Auth(pierone_auth::Error::Unauthorized(_)) => ErrorHeaders::Challenge,
+            RegistryError::TooManyUploads { .. } => ErrorHeaders::RetryAfter(1),
             RegistryError::ChunkOutOfOrder { received, .. } => ErrorHeaders::UploadRange(*received),
             RegistryError::Tags(pierone_tagstore::Error::UploadOffsetConflict {
                 actual, ..

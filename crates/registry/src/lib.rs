@@ -5,19 +5,25 @@
 //! [`Registry::new`] a [`BlobStore`] and a [`TagStore`] and serves it with [`run`].
 
 mod api;
+mod audit;
 mod blobs;
 mod error;
 mod layers;
 mod listing;
+mod maintenance;
 mod manifests;
+mod metrics;
 mod response;
 mod routes;
+pub mod tls;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
@@ -32,6 +38,8 @@ use pierone_tagstore::{ManifestRecord, TagPolicy, TagStore};
 use tokio::net::TcpListener;
 
 pub use error::RegistryError;
+pub use maintenance::{GcConfig, GcReport, cloud_event};
+pub use pierone_protocol::audit::AuditSigner;
 use response::Resp;
 use routes::Route;
 
@@ -49,6 +57,21 @@ pub struct Config {
     pub auth: Authorizer,
     /// Webhook URLs told about every new or moved tag (CloudEvents, at least once).
     pub webhooks: Vec<String>,
+    /// The CloudEvents `source` of those events.
+    pub event_source: String,
+    /// The wait after a failed delivery; it doubles with every failure, up to 5 minutes.
+    pub webhook_retry_base: Duration,
+    /// How often the outbox is checked when nothing woke the deliverer.
+    pub outbox_poll: Duration,
+    /// Signs audit checkpoints; without it none are made.
+    pub audit_signer: Option<Arc<AuditSigner>>,
+    pub checkpoint_interval: Duration,
+    /// Garbage collection; an interval of zero turns it off.
+    pub gc: GcConfig,
+    /// Upload requests one principal may stream at once; more get 429.
+    pub max_uploads_per_principal: usize,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {
@@ -60,6 +83,14 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             auth: Authorizer::unchecked(),
             webhooks: Vec::new(),
+            event_source: "/pierone".into(),
+            webhook_retry_base: Duration::from_secs(1),
+            outbox_poll: Duration::from_secs(1),
+            audit_signer: None,
+            checkpoint_interval: Duration::from_secs(60),
+            gc: GcConfig::default(),
+            max_uploads_per_principal: 64,
+            max_header_bytes: 64 << 10,
         }
     }
 }
@@ -75,6 +106,51 @@ pub struct Registry {
     /// Immutable tags only: once set they never change, so caching them is always correct,
     /// even with other replicas writing to the same database.
     tag_cache: quick_cache::sync::Cache<(RepoName, Tag), Digest>,
+    metrics: metrics::Metrics,
+    /// Upload requests in flight per principal.
+    uploads: Mutex<HashMap<String, usize>>,
+    /// Woken when a tag write queued events, so they go out at once rather than at the next
+    /// poll.
+    events_waiting: tokio::sync::Notify,
+    /// For webhook deliveries.
+    http: reqwest::Client,
+}
+
+/// An upload request's place in its principal's allowance, given back on drop.
+struct UploadSlot<'a> {
+    registry: &'a Registry,
+    who: String,
+}
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self
+            .registry
+            .uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.who);
+            }
+        }
+        self.registry.metrics.uploads_in_flight.dec();
+    }
+}
+
+/// The client's `X-Request-Id` when it is a sane token, else a fresh one.
+fn request_id(headers: &hyper::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
 }
 
 #[derive(Debug, Clone)]
@@ -91,9 +167,18 @@ const MANIFEST_CACHE_BYTES: u64 = 8 << 20;
 
 impl Registry {
     pub fn new(blobs: Arc<dyn BlobStore>, tags: Arc<dyn TagStore>, config: Config) -> Registry {
+        let auth = config.auth.clone();
         Registry {
             blobs,
             tags,
+            metrics: metrics::Metrics::new(move || auth.cache_stats()),
+            uploads: Mutex::new(HashMap::new()),
+            events_waiting: tokio::sync::Notify::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
             config,
             manifest_cache: quick_cache::sync::Cache::with_weighter(
                 8192,
@@ -105,36 +190,154 @@ impl Registry {
     }
 
     /// Answer one request. Every response carries `Docker-Distribution-API-Version`, errors
-    /// included, or Docker clients fall back to the v1 protocol.
+    /// included, or Docker clients fall back to the v1 protocol, and `X-Request-Id`, which
+    /// also appears in error bodies and in the request's log line.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<response::Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let mut resp = match self.dispatch(req).await {
+        let id = request_id(req.headers());
+        let route = routes::parse(&path);
+        let route_name = match &route {
+            Ok(Some(r)) => r.name(),
+            _ => "unknown",
+        };
+        let mut principal = String::new();
+        let mut resp = match self.dispatch(route, req, &mut principal).await {
             Ok(r) => r,
             Err(e) => {
+                self.count_fault(&e);
                 if e.status_and_code().0.is_server_error() {
-                    tracing::error!(%method, %path, error = %e, "request failed");
+                    tracing::error!(request_id = %id, %method, %path, error = %e, "request failed");
                 }
-                response::error(&e)
+                response::error(&e, &id)
             }
         };
-        resp.headers_mut().insert(
+        let h = resp.headers_mut();
+        h.insert(
             "Docker-Distribution-API-Version",
             HeaderValue::from_static("registry/2.0"),
         );
+        h.insert("X-Request-Id", response::header_value(&id));
+        let status = resp.status().as_u16();
+        let method_label = metrics::method_label(&method);
+        self.metrics
+            .requests
+            .get_or_create(&metrics::RequestLabels {
+                route: route_name,
+                method: method_label,
+                status,
+            })
+            .inc();
+        self.metrics
+            .latency
+            .get_or_create(&metrics::RouteLabels {
+                route: route_name,
+                method: method_label,
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let sent = self.metrics.bytes_out.clone();
+        let resp = resp.map(|b| {
+            b.map_frame(move |f| {
+                if let Some(d) = f.data_ref() {
+                    sent.inc_by(d.len() as u64);
+                }
+                f
+            })
+            .boxed_unsync()
+        });
         tracing::info!(
+            request_id = %id,
             %method,
             %path,
-            status = resp.status().as_u16(),
+            route = route_name,
+            status,
+            principal = %principal,
             micros = started.elapsed().as_micros() as u64,
             "request"
         );
         resp
     }
 
-    async fn dispatch(&self, req: Request<Incoming>) -> Result<Resp, RegistryError> {
-        let route = routes::parse(req.uri().path())?.ok_or(RegistryError::NoRoute)?;
+    /// Count failures of the backends for `/metrics`.
+    fn count_fault(&self, e: &RegistryError) {
+        use pierone_blobstore::Error as B;
+        use pierone_tagstore::Error as T;
+        let kind = |kind| metrics::KindLabels { kind };
+        match e {
+            RegistryError::Tags(T::Unavailable(_)) => {
+                self.metrics
+                    .database_errors
+                    .get_or_create(&kind("unavailable"))
+                    .inc();
+            }
+            RegistryError::Tags(T::Query(_)) => {
+                self.metrics
+                    .database_errors
+                    .get_or_create(&kind("query"))
+                    .inc();
+            }
+            RegistryError::Tags(T::Corrupt(_)) => {
+                self.metrics
+                    .database_errors
+                    .get_or_create(&kind("corrupt"))
+                    .inc();
+            }
+            RegistryError::Blobs(B::Io { .. }) => {
+                self.metrics
+                    .blob_store_errors
+                    .get_or_create(&kind("io"))
+                    .inc();
+            }
+            RegistryError::Blobs(B::Backend(_)) => {
+                self.metrics
+                    .blob_store_errors
+                    .get_or_create(&kind("backend"))
+                    .inc();
+            }
+            RegistryError::Blobs(B::Throttled(_)) => {
+                self.metrics
+                    .blob_store_errors
+                    .get_or_create(&kind("throttled"))
+                    .inc();
+            }
+            RegistryError::Blobs(B::Unavailable(_)) => {
+                self.metrics
+                    .blob_store_errors
+                    .get_or_create(&kind("unavailable"))
+                    .inc();
+            }
+            // Client mistakes and refusals are not faults of a backend.
+            _ => {}
+        }
+    }
+
+    /// Take one of `principal`'s upload slots, or refuse with 429.
+    fn upload_slot(&self, principal: &Principal) -> Result<UploadSlot<'_>, RegistryError> {
+        let who = principal.uid().to_owned();
+        let mut m = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(who.clone()).or_insert(0);
+        if *n >= self.config.max_uploads_per_principal {
+            self.metrics.uploads_refused.inc();
+            return Err(RegistryError::TooManyUploads {
+                limit: self.config.max_uploads_per_principal,
+            });
+        }
+        *n += 1;
+        self.metrics.uploads_in_flight.inc();
+        Ok(UploadSlot {
+            registry: self,
+            who,
+        })
+    }
+
+    async fn dispatch(
+        &self,
+        route: Result<Option<Route>, RegistryError>,
+        req: Request<Incoming>,
+        who: &mut String,
+    ) -> Result<Resp, RegistryError> {
+        let route = route?.ok_or(RegistryError::NoRoute)?;
         let m = req.method().clone();
         let auth = &self.config.auth;
         let header = req
@@ -147,7 +350,16 @@ impl Registry {
         } else {
             auth.authenticate(header).await?
         };
+        who.push_str(principal.uid());
         auth.authorize(&principal, &access).await?;
+        // Upload requests stream bodies; each principal gets a bounded number at once.
+        let _slot = match (&route, &m) {
+            (Route::UploadStart(_), &Method::POST)
+            | (Route::Upload(..), &Method::PATCH | &Method::PUT) => {
+                Some(self.upload_slot(&principal)?)
+            }
+            _ => None,
+        };
         match route {
             Route::Base => match m {
                 Method::GET | Method::HEAD => Ok(response::json(
@@ -196,6 +408,13 @@ impl Registry {
             Route::Stats => self.api_get(&m, self.api_stats()).await,
             Route::TeamStats => self.api_get(&m, self.api_team_stats()).await,
             Route::Health => self.api_get(&m, async { Ok(self.api_health()) }).await,
+            Route::Ready => self.api_get(&m, self.ready()).await,
+            Route::Metrics => {
+                self.api_get(&m, async { Ok(self.metrics_response()) })
+                    .await
+            }
+            Route::AuditLog => self.api_get(&m, self.audit_log(&req)).await,
+            Route::AuditCheckpoint => self.api_get(&m, self.audit_checkpoint()).await,
             Route::OpenApi => self.api_get(&m, async { Ok(self.api_openapi()) }).await,
             Route::Upload(repo, id) => match m {
                 Method::GET => self.upload_status(&repo, &id).await,
@@ -243,9 +462,12 @@ fn access(route: &Route, method: &Method) -> Access {
             }
         }
         Route::UploadStart(repo) | Route::Upload(repo, _) => Access::Write { team: team(repo) },
-        Route::Teams | Route::Image(_) | Route::Stats | Route::TeamStats => {
-            Access::Read { team: None }
-        }
+        Route::Teams
+        | Route::Image(_)
+        | Route::Stats
+        | Route::TeamStats
+        | Route::AuditLog
+        | Route::AuditCheckpoint => Access::Read { team: None },
         Route::Artifacts(t) => Access::Read {
             team: Some(t.clone()),
         },
@@ -255,21 +477,60 @@ fn access(route: &Route, method: &Method) -> Access {
         | Route::ScmSource(repo, _) => Access::Read {
             team: Some(team(repo)),
         },
-        // Probes and the API description need no credentials.
-        Route::Health | Route::OpenApi => Access::Public,
+        // Probes, metrics (labelled by route only) and the API description need no
+        // credentials.
+        Route::Health | Route::Ready | Route::Metrics | Route::OpenApi => Access::Public,
     }
 }
 
 /// Serve `registry` on `listener` until `shutdown` completes, then stop accepting, let
-/// in-flight requests finish (up to the configured grace period) and return.
+/// in-flight requests finish (up to the configured grace period) and return. Background work
+/// (checkpoints, event delivery, garbage collection) runs for as long.
 pub async fn run(
     listener: TcpListener,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve(listener, registry, None, shutdown).await
+}
+
+/// [`run`] over TLS with `tls` (see [`tls::server_config`]); HTTP/2 and HTTP/1.1 by ALPN.
+pub async fn run_tls(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve(
+        listener,
+        registry,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        shutdown,
+    )
+    .await
+}
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper refuses a smaller read buffer; a longer request head gets 431.
+    builder
+        .http1()
+        .max_buf_size(registry.config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(registry.config.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let grace = registry.config.shutdown_grace;
+    let background = maintenance::spawn(&registry);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -289,10 +550,32 @@ pub async fn run(
                     let registry = registry.clone();
                     async move { Ok::<_, Infallible>(registry.handle(req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let result = match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -304,6 +587,9 @@ pub async fn run(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; dropping connections"),
+    }
+    for t in background {
+        t.abort();
     }
     Ok(())
 }

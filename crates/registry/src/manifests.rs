@@ -172,6 +172,7 @@ impl Registry {
                 }
             })?
             .to_bytes();
+        self.metrics.bytes_in.inc_by(body.len() as u64);
         let digest = match reference {
             Reference::Digest(expected) => {
                 let mut h = Hasher::new(expected.algorithm());
@@ -241,6 +242,11 @@ impl Registry {
             tracing::info!(%repo, tag = %t, %digest, principal = %principal.uid(), ?outcome, "tag written");
             if matches!(outcome, TagOutcome::Moved { .. }) {
                 self.tag_cache.remove(&(repo.clone(), t));
+            }
+            if matches!(outcome, TagOutcome::Created | TagOutcome::Moved { .. })
+                && !self.config.webhooks.is_empty()
+            {
+                self.events_waiting.notify_one();
             }
         }
         let mut r = Response::new(response::empty());

@@ -41,9 +41,9 @@ pub fn json(status: StatusCode, content_type: &'static str, value: &impl serde::
 }
 
 /// The spec's JSON error envelope for `err`, with its status and headers.
-pub fn error(err: &RegistryError) -> Resp {
+pub fn error(err: &RegistryError, request_id: &str) -> Resp {
     let (status, code) = err.status_and_code();
-    let body = error_body(code, &err.to_string(), err.detail());
+    let body = error_body(code, &err.to_string(), err.detail(), Some(request_id));
     let len = body.len();
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
@@ -60,6 +60,9 @@ pub fn error(err: &RegistryError) -> Resp {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"Pier One Docker Registry\""),
             );
+        }
+        ErrorHeaders::RetryAfter(secs) => {
+            h.insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         ErrorHeaders::BlobSize(size) => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -29,7 +29,42 @@ pub enum Route {
     Stats,
     TeamStats,
     Health,
+    Ready,
+    Metrics,
     OpenApi,
+    AuditLog,
+    AuditCheckpoint,
+}
+
+impl Route {
+    /// A fixed name for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Tags(_) => "tags_list",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::UploadStart(_) => "upload_start",
+            Route::Upload(..) => "upload",
+            Route::Referrers(..) => "referrers",
+            Route::Teams => "api_teams",
+            Route::Artifacts(_) => "api_artifacts",
+            Route::ArtifactTags(_) => "api_tags",
+            Route::ArtifactTag(..) => "api_tag",
+            Route::Latest(_) => "api_latest",
+            Route::ScmSource(..) => "api_scm_source",
+            Route::Image(_) => "api_image",
+            Route::Stats => "api_stats",
+            Route::TeamStats => "api_team_stats",
+            Route::Health => "health",
+            Route::Ready => "ready",
+            Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
+            Route::AuditLog => "audit_log",
+            Route::AuditCheckpoint => "audit_checkpoint",
+        }
+    }
 }
 
 fn split_marker<'a>(path: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
@@ -60,6 +95,10 @@ fn parse_api(path: &str) -> Result<Option<Route>, RegistryError> {
         "/stats" => return Ok(Some(Route::Stats)),
         "/stats/teams" => return Ok(Some(Route::TeamStats)),
         "/.well-known/health" => return Ok(Some(Route::Health)),
+        "/.well-known/ready" => return Ok(Some(Route::Ready)),
+        "/metrics" => return Ok(Some(Route::Metrics)),
+        "/audit/log" => return Ok(Some(Route::AuditLog)),
+        "/audit/checkpoint" => return Ok(Some(Route::AuditCheckpoint)),
         "/openapi.yaml" => return Ok(Some(Route::OpenApi)),
         _ => {}
     }
@@ -205,6 +244,13 @@ mod tests {
         );
         assert_eq!(parse("/stats/teams").unwrap(), Some(Route::TeamStats));
         assert_eq!(parse("/.well-known/health").unwrap(), Some(Route::Health));
+        assert_eq!(parse("/.well-known/ready").unwrap(), Some(Route::Ready));
+        assert_eq!(parse("/metrics").unwrap(), Some(Route::Metrics));
+        assert_eq!(parse("/audit/log").unwrap(), Some(Route::AuditLog));
+        assert_eq!(
+            parse("/audit/checkpoint").unwrap(),
+            Some(Route::AuditCheckpoint)
+        );
         assert!(parse("/teams/T/artifacts").is_err());
         assert_eq!(parse("/v2/t/a/unknown").unwrap(), None);
     }

@@ -1,0 +1,103 @@
+//! The audit endpoints (`/audit/log`, `/audit/checkpoint`) and the operational ones
+//! (`/.well-known/ready`, `/metrics`).
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use pierone_protocol::{Digest, RepoName, Tag};
+use serde_json::json;
+
+use crate::Registry;
+use crate::blobs::query;
+use crate::error::RegistryError;
+use crate::response::{self, Resp};
+
+/// Entries per page of `/audit/log` unless the client asks for fewer.
+const MAX_PAGE: usize = 10_000;
+/// How long each readiness probe of a backend may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Registry {
+    /// `GET /audit/log?since=N&limit=M[&repository=R&tag=T]`: entries after `since`, in order.
+    pub(crate) async fn audit_log(&self, req: &Request<Incoming>) -> Result<Resp, RegistryError> {
+        let q = query(req);
+        let number = |name: &'static str, default: u64| -> Result<u64, RegistryError> {
+            q.get(name).map_or(Ok(default), |v| {
+                v.parse().map_err(|_| RegistryError::InvalidQuery {
+                    name,
+                    value: v.clone(),
+                })
+            })
+        };
+        let since = number("since", 0)?;
+        let limit = (number("limit", MAX_PAGE as u64)? as usize).clamp(1, MAX_PAGE);
+        let tag = match (q.get("repository"), q.get("tag")) {
+            (Some(r), Some(t)) => Some((r.parse::<RepoName>()?, t.parse::<Tag>()?)),
+            (None, None) => None,
+            _ => {
+                return Err(RegistryError::InvalidQuery {
+                    name: "repository",
+                    value: "repository and tag go together".into(),
+                });
+            }
+        };
+        let entries = self
+            .tags
+            .audit_entries(since, limit, tag.as_ref().map(|(r, t)| (r, t)))
+            .await?;
+        let (size, head) = self.tags.audit_head().await?;
+        Ok(response::json(
+            StatusCode::OK,
+            "application/json",
+            &json!({ "entries": entries, "size": size, "head": head }),
+        ))
+    }
+
+    /// `GET /audit/checkpoint`: the latest signed checkpoint.
+    pub(crate) async fn audit_checkpoint(&self) -> Result<Resp, RegistryError> {
+        let cp = self
+            .tags
+            .latest_checkpoint()
+            .await?
+            .ok_or(RegistryError::CheckpointUnknown)?;
+        Ok(response::json(StatusCode::OK, "application/json", &cp))
+    }
+
+    /// `GET /.well-known/ready`: 200 when the database and the blob store both answer, else
+    /// 503 naming what failed. Liveness stays `/.well-known/health`, which checks nothing, so
+    /// an outage of a backend takes replicas out of rotation without restarting them.
+    pub(crate) async fn ready(&self) -> Result<Resp, RegistryError> {
+        let db = tokio::time::timeout(PROBE_TIMEOUT, self.tags.ping()).await;
+        let blobs =
+            tokio::time::timeout(PROBE_TIMEOUT, self.blobs.stat(&Digest::sha256_of(b""))).await;
+        let verdict = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(e)) => e,
+            Err(_) => "timed out".to_owned(),
+        };
+        let db = verdict(db.map(|r| r.map_err(|e| e.to_string())));
+        let blobs = verdict(blobs.map(|r| r.map(drop).map_err(|e| e.to_string())));
+        let status = if db == "ok" && blobs == "ok" {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        Ok(response::json(
+            status,
+            "application/json",
+            &json!({ "ready": status == StatusCode::OK, "database": db, "blob_store": blobs }),
+        ))
+    }
+
+    pub(crate) fn metrics_response(&self) -> Resp {
+        let mut r = hyper::Response::new(response::full(self.metrics.encode()));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        r
+    }
+}

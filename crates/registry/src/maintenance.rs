@@ -1,0 +1,291 @@
+//! Work the registry does on its own: signing audit checkpoints, delivering webhook events
+//! from the outbox, and collecting garbage. Every replica runs all three; the metadata store's
+//! leases and claims make that safe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pierone_protocol::Digest;
+use pierone_tagstore::{Checkpoint, Millis, OutboxItem, now_millis};
+use serde_json::json;
+
+use crate::{Registry, RegistryError};
+
+/// How long a deliverer owns a claimed event before another may retry it.
+const DELIVERY_LEASE_MS: i64 = 60_000;
+/// Events delivered concurrently per round.
+const DELIVERY_BATCH: usize = 32;
+/// The longest wait between two attempts to deliver one event.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What one garbage collection run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Abandoned upload sessions removed, with their data.
+    pub uploads_expired: u64,
+    pub blobs_scanned: u64,
+    /// Blobs found unreferenced and old enough (deleted on a later run if they stay so).
+    pub blobs_marked: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+}
+
+/// When garbage collection runs and what it spares.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    pub interval: Duration,
+    /// A blob stored more recently than this is never touched, so that the blobs of a push
+    /// in progress (uploaded, manifest not yet written) are safe.
+    pub grace: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Duration::from_secs(3600),
+            grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The CloudEvents 1.0 structured-mode JSON for a tag assignment.
+pub fn cloud_event(source: &str, e: &pierone_tagstore::AuditEntry) -> serde_json::Value {
+    let (team, artifact) = e.repository.split_once('/').unwrap_or((&e.repository, ""));
+    let kind = if e.previous_digest.is_some() {
+        "moved"
+    } else {
+        "created"
+    };
+    json!({
+        "specversion": "1.0",
+        // The audit sequence number: unique per registry, stable across redeliveries, so a
+        // receiver deduplicates on (source, id).
+        "id": format!("tag-{}", e.seq),
+        "source": source,
+        "type": format!("io.pierone.tag.{kind}"),
+        "time": crate::api::rfc3339(e.at),
+        "subject": format!("{}:{}", e.repository, e.tag),
+        "datacontenttype": "application/json",
+        "data": {
+            "team": team,
+            "artifact": artifact,
+            "repository": e.repository,
+            "tag": e.tag,
+            "digest": e.digest,
+            "previous_digest": e.previous_digest,
+            "principal": e.principal,
+            "realm": e.realm,
+            "audit_seq": e.seq,
+            "audit_hash": e.hash,
+        },
+    })
+}
+
+impl Registry {
+    /// Sign the current head of the audit log unless it is signed already. `None` without a
+    /// signing key or when nothing changed.
+    pub async fn sign_checkpoint(&self) -> Result<Option<Checkpoint>, RegistryError> {
+        let Some(signer) = &self.config.audit_signer else {
+            return Ok(None);
+        };
+        let (size, head) = self.tags.audit_head().await?;
+        if let Some(last) = self.tags.latest_checkpoint().await?
+            && last.size == size
+        {
+            return Ok(None);
+        }
+        let cp = signer.sign(size, &head, now_millis());
+        self.tags.put_checkpoint(cp.clone()).await?;
+        self.metrics.audit_checkpoints.inc();
+        Ok(Some(cp))
+    }
+
+    /// One round of webhook delivery: claim what is due, post it, record the outcome.
+    /// Returns how many events were attempted.
+    pub async fn deliver_events(&self) -> Result<usize, RegistryError> {
+        let now = now_millis();
+        let due = self
+            .tags
+            .claim_outbox(now, DELIVERY_BATCH, DELIVERY_LEASE_MS)
+            .await?;
+        let n = due.len();
+        let results =
+            futures_util::future::join_all(due.into_iter().map(|item| self.deliver(item))).await;
+        for r in results {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not record a delivery outcome");
+            }
+        }
+        if let Ok(pending) = self.tags.outbox_pending().await {
+            self.metrics
+                .events_pending
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        }
+        Ok(n)
+    }
+
+    async fn deliver(&self, item: OutboxItem) -> Result<(), RegistryError> {
+        let event = cloud_event(&self.config.event_source, &item.entry);
+        let outcome = self
+            .http
+            .post(&item.target)
+            .header("Content-Type", "application/cloudevents+json")
+            .body(event.to_string())
+            .send()
+            .await;
+        let error = match outcome {
+            Ok(r) if r.status().is_success() => {
+                self.tags.outbox_delivered(item.id).await?;
+                self.metrics.events_delivered.inc();
+                tracing::info!(target = %item.target, seq = item.entry.seq, attempts = item.attempts + 1, "event delivered");
+                return Ok(());
+            }
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        self.metrics.event_delivery_failures.inc();
+        let backoff = self
+            .config
+            .webhook_retry_base
+            .saturating_mul(1u32 << item.attempts.min(16))
+            .min(MAX_BACKOFF);
+        tracing::warn!(target = %item.target, seq = item.entry.seq, attempts = item.attempts + 1, %error, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
+        self.tags
+            .outbox_retry(
+                item.id,
+                now_millis() + backoff.as_millis() as Millis,
+                &error,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One garbage collection run: remove expired upload sessions, then delete blobs that no
+    /// manifest references, were stored before the grace period, and stayed unreferenced since
+    /// an earlier run marked them.
+    pub async fn collect_garbage(&self) -> Result<GcReport, RegistryError> {
+        let mut report = GcReport::default();
+        let now = now_millis();
+        let ttl = self.config.upload_ttl.as_millis() as Millis;
+        loop {
+            let expired = self.tags.expired_uploads(now - ttl, 100).await?;
+            for s in &expired {
+                self.blobs.abort_upload(&s.id).await?;
+                self.tags.delete_upload(&s.id).await?;
+                report.uploads_expired += 1;
+            }
+            if expired.len() < 100 {
+                break;
+            }
+        }
+        let grace = self.config.gc.grace;
+        let old_before = now - grace.as_millis() as Millis;
+        // A manifest write that began before the mark must have committed before the claim;
+        // transactions are far shorter than this.
+        let claim_before = now - grace.min(Duration::from_secs(600)).as_millis() as Millis;
+        let mut after: Option<Digest> = None;
+        loop {
+            let page = self.blobs.list_blobs(after.as_ref(), 500).await?;
+            for b in &page {
+                report.blobs_scanned += 1;
+                if b.stored_at > old_before {
+                    continue;
+                }
+                let Some(marked_at) = self.tags.gc_mark(&b.digest, now).await? else {
+                    continue;
+                };
+                if b.stored_at > marked_at {
+                    // Stored again since it was marked: someone wants it; start over.
+                    self.tags.gc_unmark(&b.digest).await?;
+                    continue;
+                }
+                if marked_at == now {
+                    report.blobs_marked += 1;
+                }
+                if !self.tags.gc_claim(&b.digest, claim_before).await? {
+                    continue;
+                }
+                let deleted = self.blobs.delete_blob(&b.digest).await;
+                self.tags.gc_forget(&b.digest).await?;
+                if deleted? {
+                    report.blobs_deleted += 1;
+                    report.bytes_freed += b.size;
+                    tracing::info!(digest = %b.digest, size = b.size, "garbage collected");
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 500 => after = Some(last.digest.clone()),
+                _ => break,
+            }
+        }
+        self.metrics.gc_runs.inc();
+        self.metrics.gc_blobs_deleted.inc_by(report.blobs_deleted);
+        self.metrics.gc_bytes_freed.inc_by(report.bytes_freed);
+        self.metrics
+            .gc_uploads_expired
+            .inc_by(report.uploads_expired);
+        Ok(report)
+    }
+}
+
+/// Start the background loops; they run until the returned handles are aborted.
+pub(crate) fn spawn(registry: &Arc<Registry>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if registry.config.audit_signer.is_some() {
+        let r = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match r.sign_checkpoint().await {
+                    Ok(Some(cp)) => {
+                        tracing::info!(size = cp.size, head = %cp.head, "audit checkpoint signed")
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not sign an audit checkpoint"),
+                }
+                tokio::time::sleep(r.config.checkpoint_interval).await;
+            }
+        }));
+    }
+    {
+        // Also runs without configured webhooks: rows queued while they were configured are
+        // still delivered.
+        let r = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let attempted = match r.deliver_events().await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event delivery round failed");
+                        0
+                    }
+                };
+                if attempted == 0 {
+                    tokio::select! {
+                        () = r.events_waiting.notified() => {}
+                        () = tokio::time::sleep(r.config.outbox_poll) => {}
+                    }
+                }
+            }
+        }));
+    }
+    if !registry.config.gc.interval.is_zero() {
+        let r = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(r.config.gc.interval).await;
+                match r.collect_garbage().await {
+                    Ok(report) => tracing::info!(
+                        uploads_expired = report.uploads_expired,
+                        blobs_scanned = report.blobs_scanned,
+                        blobs_marked = report.blobs_marked,
+                        blobs_deleted = report.blobs_deleted,
+                        bytes_freed = report.bytes_freed,
+                        "garbage collection finished"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                }
+            }
+        }));
+    }
+    tasks
+}
