@@ -17,6 +17,9 @@ missing=()
 have skopeo || missing+=(skopeo)
 have podman || missing+=(podman uidmap fuse-overlayfs)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# The TLS and audit tests make certificates and keys with openssl and talk HTTP/2 with curl.
+have openssl || missing+=(openssl)
+have curl || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     step "installing ${missing[*]} from Debian"
     as_root apt-get update -qq

@@ -23,7 +23,8 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 /// a temporary directory.
 pub struct TestServer {
     pub url: String,
-    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -35,8 +36,16 @@ impl TestServer {
 
     pub async fn start_with(config: Config) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = FsBlobStore::open(dir.path().join("data")).await.unwrap();
-        let db = dir.path().join("meta.db");
+        let mut s = TestServer::start_in(dir.path(), config).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server on the stores under `root`, which outlive it: start another on the same
+    /// directory to restart.
+    pub async fn start_in(root: &std::path::Path, config: Config) -> TestServer {
+        let blobs = FsBlobStore::open(root.join("data")).await.unwrap();
+        let db = root.join("meta.db");
         let tags = SqlTagStore::open(db.to_str().unwrap()).await.unwrap();
         let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(tags), config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -47,7 +56,8 @@ impl TestServer {
         }));
         TestServer {
             url,
-            _dir: dir,
+            root: root.to_owned(),
+            _dir: None,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -69,7 +79,7 @@ impl TestServer {
 
     /// The SQLite metadata database the server writes.
     pub fn db_path(&self) -> std::path::PathBuf {
-        self._dir.path().join("meta.db")
+        self.root.join("meta.db")
     }
 
     /// The host:port, as container tools want it.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use pierone_auth::{
@@ -11,7 +12,7 @@ use pierone_auth::{
     MemoryTeams, TeamDirectory, TokenInfoValidator, TokenValidator,
 };
 use pierone_blobstore::{BlobStore, FsBlobStore};
-use pierone_registry::{Config, Registry};
+use pierone_registry::{AuditSigner, Config, GcConfig, Registry};
 use pierone_s3::{S3BlobStore, S3Config};
 use pierone_tagstore::{SqlTagStore, TagPolicy};
 
@@ -137,6 +138,84 @@ struct Args {
     /// Serve without any token validation on a non-loopback address. Everyone may push.
     #[arg(long, env = "PIERONE_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
+
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain; reloaded when the
+    /// file changes.
+    #[arg(long, env = "PIERONE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert; reloaded when the file changes.
+    #[arg(long, env = "PIERONE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Log format on stderr: `text`, or `json` (one object per line).
+    #[arg(long, env = "PIERONE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// Ed25519 private key (PKCS#8 PEM, e.g. `openssl genpkey -algorithm ed25519`) that signs
+    /// audit checkpoints. Its public key is logged at start-up; publish it for verifiers.
+    #[arg(long, env = "PIERONE_AUDIT_SIGNING_KEY")]
+    audit_signing_key: Option<PathBuf>,
+
+    /// How often the audit log's head is signed when it changed (e.g. `60s`, `5m`).
+    #[arg(long, env = "PIERONE_AUDIT_CHECKPOINT_INTERVAL", default_value = "60s", value_parser = duration)]
+    audit_checkpoint_interval: Duration,
+
+    /// Webhook URL told about every new or moved tag with a CloudEvents JSON POST, at least
+    /// once. Repeatable; comma-separated in the environment variable.
+    #[arg(long = "webhook", env = "PIERONE_WEBHOOKS", value_delimiter = ',')]
+    webhooks: Vec<String>,
+
+    /// The CloudEvents `source` attribute of those events.
+    #[arg(long, env = "PIERONE_EVENT_SOURCE", default_value = "/pierone")]
+    event_source: String,
+
+    /// How often garbage collection runs (`0` turns it off).
+    #[arg(long, env = "PIERONE_GC_INTERVAL", default_value = "1h", value_parser = duration)]
+    gc_interval: Duration,
+
+    /// Blobs stored more recently than this are never collected, so a push in progress is
+    /// safe. Unreferenced older blobs are deleted on the run after the one that marks them.
+    #[arg(long, env = "PIERONE_GC_GRACE", default_value = "24h", value_parser = duration)]
+    gc_grace: Duration,
+
+    /// An upload session untouched for this long is removed (with its data) by garbage
+    /// collection.
+    #[arg(long, env = "PIERONE_UPLOAD_TTL", default_value = "24h", value_parser = duration)]
+    upload_ttl: Duration,
+
+    /// Upload requests one principal may stream at once; more get 429 TOOMANYREQUESTS.
+    #[arg(long, env = "PIERONE_MAX_UPLOADS_PER_PRINCIPAL", default_value_t = 64)]
+    max_uploads_per_principal: usize,
+
+    /// Largest request head (request line and headers) accepted, in bytes; longer gets 431.
+    #[arg(long, env = "PIERONE_MAX_HEADER_BYTES", default_value_t = 64 << 10)]
+    max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `250ms`, `30s`, `5m`, `24h`, `7d`, or a plain number of seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 24h"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -268,16 +347,8 @@ fn authorizer(args: &Args) -> Result<Authorizer, String> {
 }
 
 fn main() -> ExitCode {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PIERONE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    init_logging(args.log_format);
     // The AWS SDK and the token-info client bring different rustls crypto providers; choose
     // one for the process, or building a TLS client panics.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -297,6 +368,23 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIERONE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
 async fn serve(args: Args) -> Result<(), String> {
     let auth = authorizer(&args)?;
     let blobs = blob_store(&args).await?;
@@ -309,10 +397,43 @@ async fn serve(args: Args) -> Result<(), String> {
         let shown = db.split_once('@').map_or(db.as_str(), |(_, host)| host);
         format!("metadata database {shown}: {e}")
     })?;
+    let audit_signer = match &args.audit_signing_key {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("audit signing key {}: {e}", path.display()))?;
+            let signer = AuditSigner::from_pem(&pem)
+                .map_err(|e| format!("audit signing key {}: {e}", path.display()))?;
+            tracing::info!(public_key = %signer.public_key(), "audit checkpoints are signed; verifiers pin this key");
+            Some(Arc::new(signer))
+        }
+        None => {
+            tracing::warn!(
+                "no --audit-signing-key: the audit log is hash-chained but no checkpoints are signed"
+            );
+            None
+        }
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(pierone_registry::tls::server_config(cert, key).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
     let config = Config {
         tag_policy: TagPolicy::new(&args.mutable_tag_patterns, args.allow_latest_push),
         max_blob_size: args.max_blob_size,
+        upload_ttl: args.upload_ttl,
         auth,
+        webhooks: args.webhooks.clone(),
+        event_source: args.event_source.clone(),
+        audit_signer,
+        checkpoint_interval: args.audit_checkpoint_interval,
+        gc: GcConfig {
+            interval: args.gc_interval,
+            grace: args.gc_grace,
+        },
+        max_uploads_per_principal: args.max_uploads_per_principal,
+        max_header_bytes: args.max_header_bytes,
         ..Config::default()
     };
     let registry = Arc::new(Registry::new(blobs, Arc::new(tags), config));
@@ -325,12 +446,15 @@ async fn serve(args: Args) -> Result<(), String> {
     // Tests and scripts read the real address from this line when asked to bind port 0.
     tracing::info!(
         listen = %bound,
+        tls = tls.is_some(),
         data_dir = %args.data_dir.display(),
         "pierone-server ready"
     );
-    pierone_registry::run(listener, registry, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    match tls {
+        Some(tls) => pierone_registry::run_tls(listener, registry, tls, shutdown_signal()).await,
+        None => pierone_registry::run(listener, registry, shutdown_signal()).await,
+    }
+    .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

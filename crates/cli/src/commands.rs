@@ -8,6 +8,8 @@ use futures_util::TryStreamExt;
 use serde_json::Value;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use pierone_protocol::audit::{self, AuditEntry, ChainVerifier, Checkpoint};
+
 use crate::client::{Api, MANIFEST_ACCEPT};
 use crate::output::{Cell, Format, print};
 use crate::{Error, config, docker, obtain_token};
@@ -68,6 +70,170 @@ enum Command {
         #[arg(required = true)]
         tags: Vec<String>,
     },
+    /// Check or read the tamper-evident log of tag assignments.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Fetch the whole log and the latest signed checkpoint, and check every entry's hash,
+    /// every link of the chain and the checkpoint's signature. Reports the first bad entry.
+    Verify {
+        /// The registry's Ed25519 public key (base64), as its operator publishes it. Without
+        /// it the key the registry presents is used: that still catches edits to the
+        /// database, but not a registry that signs a rewritten log with a new key.
+        #[arg(long, env = "PIERONE_AUDIT_PUBLIC_KEY")]
+        public_key: Option<String>,
+    },
+    /// Every assignment of one tag, oldest first: when, by whom, to which digest.
+    History {
+        team: String,
+        artifact: String,
+        tag: String,
+    },
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn not_json(e: serde_json::Error) -> Error {
+    Error::Unexpected {
+        status: 200,
+        body: format!("unexpected JSON: {e}"),
+    }
+}
+
+/// Page through `/audit/log` from the start (or only `filter`'s entries), handing each page
+/// to `each`.
+async fn audit_pages(
+    api: &Api,
+    filter: &str,
+    mut each: impl FnMut(Vec<AuditEntry>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut since = 0;
+    loop {
+        let page = api
+            .json(
+                &format!("/audit/log?since={since}&limit=10000{filter}"),
+                "audit log",
+            )
+            .await?;
+        let entries: Vec<AuditEntry> =
+            serde_json::from_value(page["entries"].clone()).map_err(not_json)?;
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        since = last.seq;
+        each(entries)?;
+    }
+}
+
+async fn audit(
+    api: &Api,
+    command: AuditCommand,
+    fmt: Format,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    match command {
+        AuditCommand::Verify { public_key } => {
+            let checkpoint: Option<Checkpoint> = match api
+                .json("/audit/checkpoint", "a signed audit checkpoint")
+                .await
+            {
+                Ok(v) => Some(serde_json::from_value(v).map_err(not_json)?),
+                Err(Error::NotFound(_)) if public_key.is_none() => None,
+                Err(e) => return Err(e),
+            };
+            let key = match (&public_key, &checkpoint) {
+                (Some(k), _) => Some(audit::decode_public_key(k)),
+                (None, Some(cp)) => Some(audit::decode_public_key(&cp.public_key)),
+                (None, None) => None,
+            }
+            .transpose()
+            .map_err(|e| Error::Usage(e.to_string()))?;
+            let mut v = ChainVerifier::new();
+            if let Some(cp) = &checkpoint {
+                v.watch(cp.size);
+            }
+            audit_pages(api, "", |entries| {
+                entries
+                    .iter()
+                    .try_for_each(|e| v.push(e))
+                    .map_err(|e| Error::AuditFailed(e.to_string()))
+            })
+            .await?;
+            let (size, head) = v.head();
+            writeln!(
+                out,
+                "{size} entries verified: every hash and every link is intact; head {head}"
+            )
+            .map_err(io)?;
+            match (&checkpoint, &key) {
+                (Some(cp), Some(key)) => {
+                    v.check_checkpoint(cp, key)
+                        .map_err(|e| Error::AuditFailed(e.to_string()))?;
+                    writeln!(
+                        out,
+                        "checkpoint of {} entries signed {} by {}{}: signature valid, matches the log",
+                        cp.size,
+                        rfc3339(cp.at),
+                        cp.public_key,
+                        if public_key.is_some() { "" } else { " (the key the registry presents; pin it with --public-key)" }
+                    )
+                    .map_err(io)
+                }
+                _ => writeln!(
+                    out,
+                    "no signed checkpoint: the chain is consistent, but a rewrite of the whole log would not be detected"
+                )
+                .map_err(io),
+            }
+        }
+        AuditCommand::History {
+            team,
+            artifact,
+            tag,
+        } => {
+            let filter = format!("&repository={team}/{artifact}&tag={tag}");
+            let mut rows = Vec::new();
+            audit_pages(api, &filter, |entries| {
+                for e in entries {
+                    rows.push(vec![
+                        text(e.seq.to_string()),
+                        Cell::Time(rfc3339(e.at)),
+                        text(e.digest),
+                        text(e.previous_digest.unwrap_or_default()),
+                        text(e.principal),
+                        text(e.realm),
+                    ]);
+                }
+                Ok(())
+            })
+            .await?;
+            if rows.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "history of {team}/{artifact}:{tag}"
+                )));
+            }
+            print(
+                out,
+                fmt,
+                &["seq", "time", "digest", "previous", "principal", "realm"],
+                &rows,
+            )
+            .map_err(io)
+        }
+    }
 }
 
 fn text(s: impl Into<String>) -> Cell {
@@ -237,6 +403,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             )
             .map_err(io)
         }
+        Command::Audit { command } => audit(&api, command, fmt, out).await,
         Command::Image { prefix } => {
             let found = match api
                 .json(&format!("/tags/{prefix}"), &format!("image {prefix}"))

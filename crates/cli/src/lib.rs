@@ -42,4 +42,6 @@ pub enum Error {
     File { path: String, why: String },
     #[error("{0}")]
     Usage(String),
+    #[error("audit verification FAILED: {0}")]
+    AuditFailed(String),
 }

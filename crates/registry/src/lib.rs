@@ -588,8 +588,6 @@ async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; dropping connections"),
     }
-    for t in background {
-        t.abort();
-    }
+    background.stop(grace).await;
     Ok(())
 }

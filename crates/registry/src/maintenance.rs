@@ -11,10 +11,14 @@ use serde_json::json;
 
 use crate::{Registry, RegistryError};
 
-/// How long a deliverer owns a claimed event before another may retry it.
-const DELIVERY_LEASE_MS: i64 = 60_000;
+/// How long a deliverer owns a claimed event before another may retry it: longer than a
+/// delivery may take (10 s timeout), short enough that a crashed deliverer's events are soon
+/// retried by another replica or after a restart.
+const DELIVERY_LEASE_MS: i64 = 15_000;
 /// Events delivered concurrently per round.
 const DELIVERY_BATCH: usize = 32;
+/// A claim older than this whose blob still exists was abandoned by a collector that died.
+const STALE_CLAIM_MS: i64 = 600_000;
 /// The longest wait between two attempts to deliver one event.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -178,6 +182,17 @@ impl Registry {
                 break;
             }
         }
+        // Finish deletions a collector claimed and never completed. Only old claims: a young
+        // one belongs to a collector that is deleting right now.
+        for digest in self.tags.gc_stale_claims(now - STALE_CLAIM_MS).await? {
+            if let Some(size) = self.blobs.stat(&digest).await?
+                && self.blobs.delete_blob(&digest).await?
+            {
+                report.blobs_deleted += 1;
+                report.bytes_freed += size;
+            }
+            self.tags.gc_forget(&digest).await?;
+        }
         let grace = self.config.gc.grace;
         let old_before = now - grace.as_millis() as Millis;
         // A manifest write that began before the mark must have committed before the claim;
@@ -202,7 +217,7 @@ impl Registry {
                 if marked_at == now {
                     report.blobs_marked += 1;
                 }
-                if !self.tags.gc_claim(&b.digest, claim_before).await? {
+                if !self.tags.gc_claim(&b.digest, claim_before, now).await? {
                     continue;
                 }
                 let deleted = self.blobs.delete_blob(&b.digest).await;
@@ -228,11 +243,44 @@ impl Registry {
     }
 }
 
-/// Start the background loops; they run until the returned handles are aborted.
-pub(crate) fn spawn(registry: &Arc<Registry>) -> Vec<tokio::task::JoinHandle<()>> {
+/// The background loops, stopped between rounds so that no delivery or collection is cut
+/// short by a shutdown.
+pub(crate) struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Ask every loop to stop after its current round and wait up to `grace` for that.
+    pub(crate) async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(grace, t).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// Sleep for `d`, or less if asked to stop; `true` when asked to stop.
+async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, d: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = stop.changed() => true,
+        () = tokio::time::sleep(d) => *stop.borrow(),
+    }
+}
+
+/// Start the background loops.
+pub(crate) fn spawn(registry: &Arc<Registry>) -> Background {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     if registry.config.audit_signer.is_some() {
         let r = registry.clone();
+        let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 match r.sign_checkpoint().await {
@@ -242,7 +290,9 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Vec<tokio::task::JoinHandle<()>
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "could not sign an audit checkpoint"),
                 }
-                tokio::time::sleep(r.config.checkpoint_interval).await;
+                if pause(&mut stop, r.config.checkpoint_interval).await {
+                    return;
+                }
             }
         }));
     }
@@ -250,8 +300,12 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Vec<tokio::task::JoinHandle<()>
         // Also runs without configured webhooks: rows queued while they were configured are
         // still delivered.
         let r = registry.clone();
+        let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             loop {
+                if *stop.borrow() {
+                    return;
+                }
                 let attempted = match r.deliver_events().await {
                     Ok(n) => n,
                     Err(e) => {
@@ -262,7 +316,7 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Vec<tokio::task::JoinHandle<()>
                 if attempted == 0 {
                     tokio::select! {
                         () = r.events_waiting.notified() => {}
-                        () = tokio::time::sleep(r.config.outbox_poll) => {}
+                        stopped = pause(&mut stop, r.config.outbox_poll) => if stopped { return },
                     }
                 }
             }
@@ -270,9 +324,12 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Vec<tokio::task::JoinHandle<()>
     }
     if !registry.config.gc.interval.is_zero() {
         let r = registry.clone();
+        let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(r.config.gc.interval).await;
+                if pause(&mut stop, r.config.gc.interval).await {
+                    return;
+                }
                 match r.collect_garbage().await {
                     Ok(report) => tracing::info!(
                         uploads_expired = report.uploads_expired,
@@ -287,5 +344,8 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Vec<tokio::task::JoinHandle<()>
             }
         }));
     }
-    tasks
+    Background {
+        stop: stop_tx,
+        tasks,
+    }
 }

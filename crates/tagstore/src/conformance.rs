@@ -611,17 +611,23 @@ pub async fn gc_never_takes_what_a_manifest_references(store: &dyn TagStore) {
     store.put_manifest(&r, m.clone(), None).await.unwrap();
     assert_eq!(store.gc_mark(&kept, 100).await.unwrap(), None);
     assert_eq!(store.gc_mark(&m.digest, 100).await.unwrap(), None);
-    assert!(!store.gc_claim(&kept, 1000).await.unwrap());
+    assert!(!store.gc_claim(&kept, 1000, 1000).await.unwrap());
 
     // An unreferenced blob: marked once (the first time counts), claimable only after.
     let orphan = Digest::sha256_of(b"gc-orphan");
     assert_eq!(store.gc_mark(&orphan, 100).await.unwrap(), Some(100));
     assert_eq!(store.gc_mark(&orphan, 200).await.unwrap(), Some(100));
-    assert!(!store.gc_claim(&orphan, 99).await.unwrap());
-    assert!(store.gc_claim(&orphan, 100).await.unwrap());
+    assert!(!store.gc_claim(&orphan, 99, 1000).await.unwrap());
+    assert!(store.gc_claim(&orphan, 100, 1000).await.unwrap());
     assert!(
-        !store.gc_claim(&orphan, 100).await.unwrap(),
+        !store.gc_claim(&orphan, 100, 1000).await.unwrap(),
         "claimed twice"
+    );
+    // An unfinished claim is reported once it is old enough.
+    assert!(store.gc_stale_claims(1000).await.unwrap().is_empty());
+    assert_eq!(
+        store.gc_stale_claims(1001).await.unwrap(),
+        vec![orphan.clone()]
     );
     // A manifest arriving now must not reference it.
     let mut late = manifest("gc-late");
@@ -632,6 +638,8 @@ pub async fn gc_never_takes_what_a_manifest_references(store: &dyn TagStore) {
     }
     assert_eq!(store.get_manifest(&r, &late.digest).await.unwrap(), None);
     store.gc_forget(&orphan).await.unwrap();
+    assert!(store.gc_stale_claims(i64::MAX).await.unwrap().is_empty());
+    assert!(store.gc_stale_claims(i64::MAX).await.unwrap().is_empty());
 
     // A marked blob that a manifest then references is rescued.
     let rescued = Digest::sha256_of(b"gc-rescued");
@@ -639,14 +647,14 @@ pub async fn gc_never_takes_what_a_manifest_references(store: &dyn TagStore) {
     let mut wants = manifest("gc-wants");
     wants.references = vec![(rescued.clone(), 9)];
     store.put_manifest(&r, wants, None).await.unwrap();
-    assert!(!store.gc_claim(&rescued, i64::MAX).await.unwrap());
+    assert!(!store.gc_claim(&rescued, i64::MAX, 1000).await.unwrap());
     assert_eq!(store.gc_mark(&rescued, 300).await.unwrap(), None);
 
     // A fresh upload of a marked blob unmarks it; a later mark starts the clock again.
     let uploaded = Digest::sha256_of(b"gc-uploaded");
     assert_eq!(store.gc_mark(&uploaded, 100).await.unwrap(), Some(100));
     store.gc_unmark(&uploaded).await.unwrap();
-    assert!(!store.gc_claim(&uploaded, 150).await.unwrap());
+    assert!(!store.gc_claim(&uploaded, 150, 1000).await.unwrap());
     assert_eq!(store.gc_mark(&uploaded, 200).await.unwrap(), Some(200));
 }
 

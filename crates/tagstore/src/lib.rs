@@ -382,10 +382,20 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// when it was first marked, `None` when it is referenced (and then unmarked).
     async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error>;
 
-    /// Claim a candidate marked no later than `marked_before` for deletion, if it is still
-    /// unreferenced. After `true` the caller deletes the blob and then calls
+    /// Claim a candidate marked no later than `marked_before` for deletion at `now`, if it is
+    /// still unreferenced. After `true` the caller deletes the blob and then calls
     /// [`TagStore::gc_forget`].
-    async fn gc_claim(&self, digest: &Digest, marked_before: Millis) -> Result<bool, Error>;
+    async fn gc_claim(
+        &self,
+        digest: &Digest,
+        marked_before: Millis,
+        now: Millis,
+    ) -> Result<bool, Error>;
+
+    /// Claims made before `claimed_before` and never finished (the collector died between
+    /// claim and delete): the next run deletes those blobs, since no manifest may reference
+    /// them any more.
+    async fn gc_stale_claims(&self, claimed_before: Millis) -> Result<Vec<Digest>, Error>;
 
     /// The blob is gone (or was kept): drop its candidate row.
     async fn gc_forget(&self, digest: &Digest) -> Result<(), Error>;

@@ -535,7 +535,12 @@ impl TagStore for MemoryTagStore {
         Ok(Some(s.gc.entry(digest.clone()).or_insert((now, false)).0))
     }
 
-    async fn gc_claim(&self, digest: &Digest, marked_before: Millis) -> Result<bool, Error> {
+    async fn gc_claim(
+        &self,
+        digest: &Digest,
+        marked_before: Millis,
+        now: Millis,
+    ) -> Result<bool, Error> {
         let mut s = self.lock();
         if s.is_referenced(digest) {
             return Ok(false);
@@ -543,10 +548,22 @@ impl TagStore for MemoryTagStore {
         match s.gc.get_mut(digest) {
             Some((at, claimed)) if !*claimed && *at <= marked_before => {
                 *claimed = true;
+                *at = now;
                 Ok(true)
             }
             _ => Ok(false),
         }
+    }
+
+    async fn gc_stale_claims(&self, claimed_before: Millis) -> Result<Vec<Digest>, Error> {
+        let s = self.lock();
+        let mut out: Vec<Digest> =
+            s.gc.iter()
+                .filter(|(_, (at, claimed))| *claimed && *at < claimed_before)
+                .map(|(d, _)| d.clone())
+                .collect();
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(out)
     }
 
     async fn gc_forget(&self, digest: &Digest) -> Result<(), Error> {

@@ -615,6 +615,7 @@ macro_rules! backend_ops {
                 c: &mut Conn,
                 digest: &str,
                 marked_before: Millis,
+                now: Millis,
             ) -> Result<bool, TxError> {
                 c.$tx(|c| {
                     if is_referenced(c, digest)? {
@@ -626,7 +627,11 @@ macro_rules! backend_ops {
                             .filter(gc_candidates::state.eq("marked"))
                             .filter(gc_candidates::marked_at.le(marked_before)),
                     )
-                    .set(gc_candidates::state.eq("deleting"))
+                    // From here on marked_at is when it was claimed.
+                    .set((
+                        gc_candidates::state.eq("deleting"),
+                        gc_candidates::marked_at.eq(now),
+                    ))
                     .execute(c)?;
                     if n == 1 && is_referenced(c, digest)? {
                         // A manifest committed between the check and the claim.
@@ -1459,13 +1464,30 @@ impl TagStore for SqlTagStore {
         })
     }
 
-    async fn gc_claim(&self, digest: &Digest, marked_before: Millis) -> Result<bool, Error> {
+    async fn gc_claim(
+        &self,
+        digest: &Digest,
+        marked_before: Millis,
+        now: Millis,
+    ) -> Result<bool, Error> {
         let digest = digest.clone();
         run!(self, |c| {
-            match ops::gc_claim_tx(c, digest.as_str(), marked_before) {
+            match ops::gc_claim_tx(c, digest.as_str(), marked_before, now) {
                 Err(TxError::Db(DieselError::RollbackTransaction)) => Ok(false),
                 other => tx_result(other),
             }
+        })
+    }
+
+    async fn gc_stale_claims(&self, claimed_before: Millis) -> Result<Vec<Digest>, Error> {
+        run!(self, |c| {
+            let rows: Vec<String> = gc_candidates::table
+                .filter(gc_candidates::state.eq("deleting"))
+                .filter(gc_candidates::marked_at.lt(claimed_before))
+                .select(gc_candidates::digest)
+                .load(c)
+                .map_err(db_error)?;
+            rows.iter().map(|d| parse_digest(d)).collect()
         })
     }
 
