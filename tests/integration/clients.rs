@@ -655,3 +655,183 @@ async fn skopeo_and_podman_on_s3_and_postgres() {
         .await;
     }
 }
+
+/// A fresh CA and a certificate for 127.0.0.1 it signed, as `<dir>/<name>-{ca,cert,key}.pem`.
+fn certificate(dir: &Path, name: &str) -> (String, String, String) {
+    let path = |what: &str| dir.join(format!("{name}-{what}.pem")).display().to_string();
+    let (ca, ca_key, cert, key, csr) = (
+        path("ca"),
+        path("ca-key"),
+        path("cert"),
+        path("key"),
+        path("csr"),
+    );
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for args in [
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=pierone test CA {name}"),
+            ][..],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN=pierone {name}"),
+            ][..],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (ca, cert, key)
+}
+
+/// Replace `target` with a copy of `source` in one rename, as certificate tooling does.
+fn install(source: &str, target: &Path) {
+    let tmp = target.with_extension("new");
+    std::fs::copy(source, &tmp).unwrap();
+    std::fs::rename(&tmp, target).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_http2_to_curl_and_skopeo_and_reloads_a_renewed_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let (ca1, cert1, key1) = certificate(work.path(), "one");
+    let (live_cert, live_key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
+    install(&cert1, &live_cert);
+    install(&key1, &live_key);
+    let p = crate::util::Process::start(
+        &work.path().join("data"),
+        &[
+            "--tls-cert",
+            live_cert.to_str().unwrap(),
+            "--tls-key",
+            live_key.to_str().unwrap(),
+        ],
+    );
+    let host = p.url.trim_start_matches("http://").to_owned();
+    let base = format!("https://{host}/v2/");
+    let curl = |ca: &str, extra: &'static str| {
+        let (ca, base) = (ca.to_owned(), base.clone());
+        async move {
+            run(
+                "curl",
+                [
+                    "-sS",
+                    "--cacert",
+                    &ca,
+                    extra,
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_version}",
+                    &base,
+                ]
+                .iter()
+                .filter(|a| !a.is_empty())
+                .map(|s| s.to_string())
+                .collect(),
+            )
+            .await
+        }
+    };
+    let (success, version, stderr) = curl(&ca1, "").await;
+    assert!(success, "{stderr}");
+    assert_eq!(version, "2", "HTTP/2 by ALPN");
+    let (success, version, _) = curl(&ca1, "--http1.1").await;
+    assert!(success);
+    assert_eq!(version, "1.1");
+
+    // skopeo trusts the CA from a certificate directory and verifies TLS.
+    let certs = work.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca1, certs.join("ca.crt")).unwrap();
+    let lay = work.path().join("layout");
+    layout(&lay, "tls");
+    let certs = certs.to_str().unwrap();
+    ok(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-cert-dir",
+            certs,
+            &format!("oci:{}:one", lay.display()),
+            &format!("docker://{host}/team/tls:1.0"),
+        ],
+    )
+    .await;
+    let inspect = ok(
+        "skopeo",
+        &[
+            "inspect",
+            "--cert-dir",
+            certs,
+            &format!("docker://{host}/team/tls:1.0"),
+        ],
+    )
+    .await;
+    assert!(inspect.contains("\"Digest\""), "{inspect}");
+
+    // The certificate is renewed under the server: new connections get the new one.
+    let (ca2, cert2, key2) = certificate(work.path(), "two");
+    install(&key2, &live_key);
+    install(&cert2, &live_cert);
+    let start = std::time::Instant::now();
+    while !curl(&ca2, "").await.0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(!curl(&ca1, "").await.0, "the old certificate is gone");
+}

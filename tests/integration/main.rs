@@ -5,11 +5,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod audit;
 mod auth;
 mod blobs;
 mod cli;
 mod clients;
+mod events;
 mod manifests;
+mod operations;
 mod replicas;
 mod robustness;
 mod util;

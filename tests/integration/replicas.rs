@@ -300,6 +300,13 @@ async fn database_outage_is_503_and_the_server_recovers() {
     assert!(e.message.contains("unavailable"), "{}", e.message);
     let r = c.put_manifest("team/app", "2.0", OCI_MANIFEST, &m).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Readiness takes the replica out of rotation; liveness keeps it running.
+    let r = c.get("/.well-known/ready").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_ne!(v["database"], "ok", "{v}");
+    assert_eq!(v["blob_store"], "ok", "{v}");
+    assert_eq!(c.get("/.well-known/health").await.status(), StatusCode::OK);
 
     let ok = std::process::Command::new(script)
         .args(["resume", &pgdata])
@@ -318,6 +325,7 @@ async fn database_outage_is_503_and_the_server_recovers() {
         recovered,
         "the server recovers by itself when the database returns"
     );
+    assert_eq!(c.get("/.well-known/ready").await.status(), StatusCode::OK);
     assert_eq!(
         c.put_manifest("team/app", "2.0", OCI_MANIFEST, &m)
             .await

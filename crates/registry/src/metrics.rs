@@ -74,12 +74,12 @@ impl Collector for TokenCache {
         for (name, help, value) in [
             (
                 "pierone_token_cache_hits",
-                "Token validations answered from the cache.",
+                "Token validations answered from the cache",
                 stats.hits,
             ),
             (
                 "pierone_token_cache_misses",
-                "Token validations that asked the token-info endpoint.",
+                "Token validations that asked the token-info endpoint",
                 stats.misses,
             ),
         ] {
@@ -99,7 +99,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         r.register(
             "pierone_http_requests",
-            "HTTP requests answered, by route, method and status.",
+            "HTTP requests answered, by route, method and status",
             requests.clone(),
         );
         // 1 ms to ~65 s: manifest reads take microseconds to milliseconds, blob transfers
@@ -109,7 +109,7 @@ impl Metrics {
         });
         r.register(
             "pierone_http_request_duration_seconds",
-            "Time from receiving a request to sending its response headers.",
+            "Time from receiving a request to sending its response headers",
             latency.clone(),
         );
         let counter = |r: &mut PromRegistry, name: &str, help: &str| {
@@ -125,66 +125,66 @@ impl Metrics {
         let bytes_in = counter(
             &mut r,
             "pierone_received_bytes",
-            "Blob and manifest bytes received.",
+            "Blob and manifest bytes received",
         );
         let bytes_out = counter(&mut r, "pierone_sent_bytes", "Response body bytes sent.");
         let uploads_in_flight = gauge(
             &mut r,
             "pierone_uploads_in_flight",
-            "Upload requests currently streaming.",
+            "Upload requests currently streaming",
         );
         let uploads_refused = counter(
             &mut r,
             "pierone_uploads_refused",
-            "Upload requests refused with 429 because the principal had too many in flight.",
+            "Upload requests refused with 429 because the principal had too many in flight",
         );
         let database_errors = Family::<KindLabels, Counter>::default();
         r.register(
             "pierone_database_errors",
-            "Metadata database failures.",
+            "Metadata database failures",
             database_errors.clone(),
         );
         let blob_store_errors = Family::<KindLabels, Counter>::default();
         r.register(
             "pierone_blob_store_errors",
-            "Blob store failures.",
+            "Blob store failures",
             blob_store_errors.clone(),
         );
         let audit_checkpoints = counter(
             &mut r,
             "pierone_audit_checkpoints",
-            "Audit checkpoints signed by this process.",
+            "Audit checkpoints signed by this process",
         );
         let events_delivered = counter(
             &mut r,
             "pierone_events_delivered",
-            "Webhook events delivered.",
+            "Webhook events delivered",
         );
         let event_delivery_failures = counter(
             &mut r,
             "pierone_event_delivery_failures",
-            "Webhook deliveries that failed and will be retried.",
+            "Webhook deliveries that failed and will be retried",
         );
         let events_pending = gauge(
             &mut r,
             "pierone_events_pending",
-            "Webhook events not yet delivered, as of the last delivery round.",
+            "Webhook events not yet delivered, as of the last delivery round",
         );
         let gc_runs = counter(&mut r, "pierone_gc_runs", "Garbage collection runs.");
         let gc_blobs_deleted = counter(
             &mut r,
             "pierone_gc_blobs_deleted",
-            "Unreferenced blobs deleted by garbage collection.",
+            "Unreferenced blobs deleted by garbage collection",
         );
         let gc_bytes_freed = counter(
             &mut r,
             "pierone_gc_freed_bytes",
-            "Bytes of blobs deleted by garbage collection.",
+            "Bytes of blobs deleted by garbage collection",
         );
         let gc_uploads_expired = counter(
             &mut r,
             "pierone_gc_uploads_expired",
-            "Abandoned upload sessions removed by garbage collection.",
+            "Abandoned upload sessions removed by garbage collection",
         );
         r.register_collector(Box::new(TokenCache(Arc::new(token_cache))));
         Metrics {

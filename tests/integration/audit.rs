@@ -1,0 +1,240 @@
+//! The audit trail end to end: the server signs checkpoints, `pierone audit verify` checks
+//! the chain and the signature, and catches rows edited directly in the database.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diesel::{Connection, RunQueryDsl, SqliteConnection};
+use pierone_protocol::audit::{AuditEntry, next_entry};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::util::{Client, OCI_MANIFEST, Process};
+
+/// An Ed25519 key as operators make one.
+pub fn ed25519_key(dir: &Path) -> PathBuf {
+    let path = dir.join("audit.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&path)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn pierone(home: &Path, args: &[&str]) -> Run {
+    let home = home.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pierone"))
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(&args)
+            .output()
+            .unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Wait until the server has signed a checkpoint of `size` entries; return it.
+async fn checkpoint_of(c: &Client, size: u64) -> Value {
+    for _ in 0..200 {
+        let r = c.get("/audit/checkpoint").await;
+        if r.status() == StatusCode::OK {
+            let cp: Value = r.json().await.unwrap();
+            if cp["size"] == size {
+                return cp;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no checkpoint of {size} entries was signed");
+}
+
+fn execute(db: &Path, sql: &str) {
+    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    diesel::sql_query("PRAGMA busy_timeout = 10000")
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query(sql).execute(&mut conn).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_key(dir.path());
+    let data = dir.path().join("data");
+    let p = Process::start(
+        &data,
+        &[
+            "--audit-signing-key",
+            key.to_str().unwrap(),
+            "--audit-checkpoint-interval",
+            "100ms",
+        ],
+    );
+    let c = Client::new(&p.url);
+    let mut digests = Vec::new();
+    for (tag, seed) in [
+        ("1.0", "a"),
+        ("1.1", "b"),
+        ("dev-SNAPSHOT", "a"),
+        ("dev-SNAPSHOT", "b"),
+    ] {
+        let m = c.image("team/app", seed).await;
+        let r = c.put_manifest("team/app", tag, OCI_MANIFEST, &m).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        digests.push(crate::util::header(&r, "Docker-Content-Digest").unwrap());
+    }
+    // Re-pushing the same content is not an assignment.
+    let m = c.image("team/app", "a").await;
+    let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let cp = checkpoint_of(&c, 4).await;
+    let key = cp["public_key"].as_str().unwrap().to_owned();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let verify = ["--url", &p.url, "audit", "verify", "--public-key", &key];
+
+    let ok = pierone(&home, &verify).await;
+    assert!(ok.ok, "{}{}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.contains("4 entries verified"), "{}", ok.stdout);
+    assert!(ok.stdout.contains("signature valid"), "{}", ok.stdout);
+
+    let history = pierone(
+        &home,
+        &[
+            "--url",
+            &p.url,
+            "-o",
+            "json",
+            "audit",
+            "history",
+            "team",
+            "app",
+            "dev-SNAPSHOT",
+        ],
+    )
+    .await;
+    assert!(history.ok, "{}", history.stderr);
+    let rows: Vec<Value> = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["seq"], "3");
+    assert_eq!(rows[1]["digest"], digests[3].as_str());
+    assert_eq!(rows[1]["previous"], digests[2].as_str());
+    assert_eq!(rows[1]["principal"], "anonymous");
+
+    // Someone with database access points entry 2 at another digest.
+    let db = data.join("pierone.db");
+    execute(
+        &db,
+        &format!(
+            "UPDATE audit_log SET digest = '{}' WHERE seq = 2",
+            digests[0]
+        ),
+    );
+    let bad = pierone(&home, &verify).await;
+    assert!(!bad.ok, "verify must fail: {}", bad.stdout);
+    assert!(
+        bad.stderr.contains("audit log entry 2") && bad.stderr.contains("altered"),
+        "{}",
+        bad.stderr
+    );
+
+    // A more careful forger recomputes every hash from entry 2 on: the chain is consistent
+    // again, but the signed checkpoint names the old head.
+    let r: Value = c.get("/audit/log").await.json().await.unwrap();
+    let entries: Vec<AuditEntry> = serde_json::from_value(r["entries"].clone()).unwrap();
+    let mut prev = (entries[0].seq, entries[0].hash.clone());
+    for e in &entries[1..] {
+        let f = next_entry(
+            Some((prev.0, &prev.1)),
+            e.at,
+            &e.principal,
+            &e.realm,
+            &e.repository,
+            &e.tag,
+            &e.digest,
+            e.previous_digest.as_deref(),
+        );
+        execute(
+            &db,
+            &format!(
+                "UPDATE audit_log SET prev_hash = '{}', hash = '{}' WHERE seq = {}",
+                f.prev_hash, f.hash, f.seq
+            ),
+        );
+        prev = (f.seq, f.hash);
+    }
+    execute(
+        &db,
+        &format!("UPDATE audit_head SET hash = '{}' WHERE id = 1", prev.1),
+    );
+    let forged = pierone(&home, &verify).await;
+    assert!(!forged.ok, "verify must fail: {}", forged.stdout);
+    assert!(forged.stderr.contains("rewritten"), "{}", forged.stderr);
+
+    // Without a checkpoint key the CLI still checks the chain itself.
+    let unpinned = pierone(&home, &["--url", &p.url, "audit", "verify"]).await;
+    assert!(!unpinned.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_paged_and_filtered() {
+    let s = crate::util::TestServer::start().await;
+    let c = s.client();
+    for i in 0..5 {
+        let m = c.image("team/app", &format!("page-{i}")).await;
+        let r = c
+            .put_manifest("team/app", &format!("1.{i}"), OCI_MANIFEST, &m)
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let page: Value = c
+        .get("/audit/log?since=1&limit=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 3]);
+    assert_eq!(page["size"], 5);
+    let one: Value = c
+        .get("/audit/log?repository=team/app&tag=1.4")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(one["entries"][0]["seq"], 5);
+    let r = c.get("/audit/log?since=x").await;
+    crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    // No signing key: no checkpoint, and a clear 404.
+    let r = c.get("/audit/checkpoint").await;
+    crate::util::oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+    s.stop().await;
+}

@@ -1,0 +1,391 @@
+//! What operators rely on: metrics, readiness, request ids in logs and error bodies, limits,
+//! and a graceful stop on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pierone_auth::{
+    AuthConfig, Authorizer, CachingValidator, MemoryTeams, StaticValidator, TokenInfo,
+};
+use pierone_registry::Config;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::util::{Client, OCI_MANIFEST, Process, TestServer, header, oci_error};
+
+/// A request body that sends `n` chunks of `len` bytes, `gap` apart.
+fn slow_body(n: u64, len: usize, gap: Duration) -> (reqwest::Body, pierone_protocol::Digest) {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut h = pierone_protocol::Hasher::new(pierone_protocol::Algorithm::Sha256);
+    for _ in 0..n {
+        h.update(&data);
+    }
+    let data = Bytes::from(data);
+    let s = futures_util::stream::unfold(0u64, move |i| {
+        let data = data.clone();
+        async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(gap).await;
+            Some((Ok::<_, std::io::Error>(data), i + 1))
+        }
+    });
+    (reqwest::Body::wrap_stream(s), h.finish())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
+    let info = TokenInfo {
+        uid: "ci-bot".into(),
+        realm: "/services".into(),
+        scopes: ["uid", "application.write_all"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        expires_in: None,
+    };
+    let validator = CachingValidator::new(
+        Arc::new(StaticValidator::new([("secret".to_owned(), info)])),
+        100,
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    );
+    let auth = Authorizer::new(
+        Arc::new(validator),
+        Arc::new(MemoryTeams::default()),
+        AuthConfig::default(),
+    );
+    let s = TestServer::start_with(Config {
+        auth,
+        ..Config::default()
+    })
+    .await;
+    let mut c = s.client();
+    c.http = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                "Bearer secret".parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let m = c.image("team/app", "metrics").await;
+    let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c.get("/v2/team/app/manifests/1.0").await;
+    assert_eq!(r.bytes().await.unwrap().len(), m.len());
+    let r = c.get("/v2/team/app/manifests/nope").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Scraping needs no token.
+    let r = reqwest::get(format!("{}/metrics", s.url)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        header(&r, "Content-Type")
+            .unwrap()
+            .contains("openmetrics-text")
+    );
+    let text = r.text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{text}"));
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let found: Vec<f64> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name} is {other:?}"),
+            })
+            .collect();
+        assert!(!found.is_empty(), "no sample {name}{labels:?} in\n{text}");
+        found.iter().sum()
+    };
+    let requests = "pierone_http_requests_total";
+    assert_eq!(
+        value(
+            requests,
+            &[("route", "manifest"), ("method", "PUT"), ("status", "201")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            requests,
+            &[("route", "manifest"), ("method", "GET"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            requests,
+            &[
+                ("route", "upload_start"),
+                ("method", "POST"),
+                ("status", "201")
+            ]
+        ),
+        2.0
+    );
+    let latency = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "pierone_http_request_duration_seconds"
+                && s.labels.get("route") == Some("manifest")
+        })
+        .unwrap_or_else(|| panic!("no latency histogram in\n{text}"));
+    assert!(
+        matches!(&latency.value, prometheus_parse::Value::Histogram(b) if !b.is_empty()),
+        "{:?}",
+        latency.value
+    );
+    assert!(value("pierone_received_bytes_total", &[]) >= m.len() as f64 + 1000.0);
+    assert!(value("pierone_sent_bytes_total", &[]) >= m.len() as f64);
+    assert_eq!(value("pierone_uploads_in_flight", &[]), 0.0);
+    // Five authenticated requests, one token-info lookup.
+    assert_eq!(value("pierone_token_cache_misses_total", &[]), 1.0);
+    assert_eq!(value("pierone_token_cache_hits_total", &[]), 4.0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_tie_error_bodies_to_log_lines() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    let r = c.get("/v2/team/app/manifests/nope").await;
+    let id = header(&r, "X-Request-Id").expect("X-Request-Id");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["request_id"], id.as_str());
+    assert_eq!(body["errors"][0]["code"], "MANIFEST_UNKNOWN");
+    // A caller's own id is kept, so a trace spans the proxy and the registry.
+    let r = c
+        .req(Method::GET, "/v2/team/app/manifests/nope")
+        .header("X-Request-Id", "lb-7f3a.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "X-Request-Id").as_deref(), Some("lb-7f3a.1"));
+    // ...unless it is not a sane token.
+    let r = c
+        .req(Method::GET, "/v2/")
+        .header("X-Request-Id", "x".repeat(300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "X-Request-Id").unwrap().len(), 32);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_one_line_per_request_with_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pierone-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("PIERONE_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+            let _ = tx.send(v);
+        }
+    });
+    let next = |what: &str, pred: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line for {what}"));
+            if pred(&v) {
+                return v;
+            }
+        }
+    };
+    let ready = next("start-up", &|v| v["message"] == "pierone-server ready");
+    let url = format!("http://{}", ready["listen"].as_str().unwrap());
+    let r = Client::new(&url)
+        .req(Method::GET, "/v2/team/app/manifests/nope")
+        .header("X-Request-Id", "json-log-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let line = next("the request", &|v| v["request_id"] == "json-log-1");
+    assert_eq!(line["message"], "request");
+    assert_eq!(line["status"], 404);
+    assert_eq!(line["route"], "manifest");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/v2/team/app/manifests/nope");
+    assert_eq!(line["level"], "INFO");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_per_principal_limit_get_429() {
+    let s = TestServer::start_with(Config {
+        max_uploads_per_principal: 1,
+        ..Config::default()
+    })
+    .await;
+    let c = s.client();
+    let (body, digest) = slow_body(6, 16 * 1024, Duration::from_millis(100));
+    let digest = digest.to_string();
+    let first = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.req(
+                Method::POST,
+                &format!("/v2/team/app/blobs/uploads/?digest={digest}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = c
+        .req(Method::POST, "/v2/team/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "Retry-After").as_deref(), Some("1"));
+    let e = oci_error(r, StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
+    assert!(e.message.contains("at most 1"), "{}", e.message);
+    // Reads are not limited, and the slot comes back when the upload ends.
+    assert_eq!(c.get("/v2/").await.status(), StatusCode::OK);
+    assert_eq!(first.await.unwrap().status(), StatusCode::CREATED);
+    let r = c
+        .req(Method::POST, "/v2/team/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_are_refused() {
+    let s = TestServer::start_with(Config {
+        max_header_bytes: 16 * 1024,
+        ..Config::default()
+    })
+    .await;
+    let c = s.client();
+    let r = c
+        .req(Method::GET, "/v2/")
+        .header("X-Padding", "p".repeat(32 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let r = c
+        .req(Method::GET, "/v2/")
+        .header("X-Padding", "p".repeat(4 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_checks_the_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(dir.path(), Config::default()).await;
+    let c = s.client();
+    let r = c.get("/.well-known/ready").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"ready": true, "database": "ok", "blob_store": "ok"})
+    );
+    // The blob directory disappears (a lost mount): not ready, but alive.
+    let data = dir.path().join("data");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    let r = c.get("/.well-known/ready").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["database"], "ok");
+    assert_ne!(v["blob_store"], "ok", "{v}");
+    assert_eq!(c.get("/.well-known/health").await.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_push_finish_then_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::start(dir.path(), &[]);
+    let c = Client::new(&p.url);
+    let (body, digest) = slow_body(8, 64 * 1024, Duration::from_millis(100));
+    let push = tokio::spawn({
+        let c = c.clone();
+        let digest = digest.clone();
+        async move {
+            c.req(
+                Method::POST,
+                &format!("/v2/team/app/blobs/uploads/?digest={digest}"),
+            )
+            .body(body)
+            .send()
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let r = push.await.unwrap().unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "the accepted push completed"
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    // What was acknowledged is there after a restart.
+    let p2 = Process::start(dir.path(), &[]);
+    let r = Client::new(&p2.url)
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
