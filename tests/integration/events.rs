@@ -13,7 +13,7 @@ use crate::util::{Client, OCI_MANIFEST, Seen, TestServer, fake_service, header};
 
 /// A webhook receiver answering `status(n)` to its n-th request (from 1), keeping the bodies
 /// it accepted with 2xx.
-async fn receiver(
+pub async fn receiver(
     status: impl Fn(usize) -> u16 + Send + Sync + 'static,
 ) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<Value>>>) {
     let delivered = Arc::new(Mutex::new(Vec::new()));

@@ -39,20 +39,26 @@ impl Cluster {
     }
 
     fn replica(&self, name: &str) -> Process {
+        self.replica_with(name, &[])
+    }
+
+    fn replica_with(&self, name: &str, extra: &[&str]) -> Process {
+        let mut args = vec![
+            "--blob-store",
+            "s3",
+            "--s3-bucket",
+            &self.s3.bucket,
+            "--s3-endpoint",
+            &self.s3.endpoint,
+            "--s3-prefix",
+            "registry/",
+            "--database-url",
+            &self.database,
+        ];
+        args.extend_from_slice(extra);
         Process::start_with_env(
             &self.dir.path().join(name),
-            &[
-                "--blob-store",
-                "s3",
-                "--s3-bucket",
-                &self.s3.bucket,
-                "--s3-endpoint",
-                &self.s3.endpoint,
-                "--s3-prefix",
-                "registry/",
-                "--database-url",
-                &self.database,
-            ],
+            &args,
             &[
                 ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
                 ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
@@ -398,4 +404,124 @@ async fn an_s3_outage_is_503_never_success() {
         .await
         .unwrap();
     oci_error(r, StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS").await;
+}
+
+/// Two replicas with every background duty switched on: they extend one audit chain, deliver
+/// each event once between them, and collect garbage without taking anything a push needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_one_audit_chain_one_outbox_and_collect_garbage_safely() {
+    let cluster = Cluster::new().await;
+    let key = crate::audit::ed25519_key(cluster.dir.path());
+    let (hook, _calls, delivered) = crate::events::receiver(|_| 200).await;
+    let extra = [
+        "--audit-signing-key",
+        key.to_str().unwrap(),
+        "--audit-checkpoint-interval",
+        "200ms",
+        "--webhook",
+        &hook,
+        "--gc-interval",
+        "200ms",
+        "--gc-grace",
+        "2s",
+    ];
+    let (a, b) = (
+        cluster.replica_with("a", &extra),
+        cluster.replica_with("b", &extra),
+    );
+    let (ca, cb) = (Client::new(&a.url), Client::new(&b.url));
+    let orphan = ca.push_blob("team/app", b"an orphan in the bucket").await;
+
+    // Sixteen tags pushed through both replicas at once, and eight pushes racing for one tag.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let c = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+        tasks.push(tokio::spawn(async move {
+            let m = c.image("team/app", &format!("shared-{i}")).await;
+            let tag = if i < 16 {
+                format!("1.{i}")
+            } else {
+                "race".to_owned()
+            };
+            let status = c
+                .put_manifest("team/app", &tag, OCI_MANIFEST, &m)
+                .await
+                .status();
+            (status, m)
+        }));
+    }
+    let mut manifests = Vec::new();
+    let mut created = 0;
+    for t in tasks {
+        let (status, m) = t.await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                created += 1;
+                manifests.push(m);
+            }
+            // The race's losers: their blobs are referenced by no manifest and are garbage
+            // once the grace period has passed.
+            StatusCode::CONFLICT => {}
+            other => panic!("push: {other}"),
+        }
+    }
+    assert_eq!(created, 17, "16 tags and one winner of the race");
+
+    // One chain, whichever replica wrote: verified entry by entry.
+    let log: serde_json::Value = cb.get("/audit/log").await.json().await.unwrap();
+    let entries: Vec<pierone_protocol::audit::AuditEntry> =
+        serde_json::from_value(log["entries"].clone()).unwrap();
+    assert_eq!(entries.len(), 17);
+    let mut v = pierone_protocol::audit::ChainVerifier::new();
+    for e in &entries {
+        v.push(e).unwrap();
+    }
+    // Each event delivered, once, though both replicas deliver.
+    let start = std::time::Instant::now();
+    while delivered.lock().unwrap().len() < 17 {
+        assert!(start.elapsed() < Duration::from_secs(30), "events missing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ids: Vec<String> = delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!((n, ids.len()), (17, 17), "each event exactly once");
+
+    // The orphan goes; nothing any manifest references does.
+    let start = std::time::Instant::now();
+    loop {
+        let r = cb
+            .req(Method::HEAD, &format!("/v2/team/app/blobs/{orphan}"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "orphan never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for m in &manifests {
+        let v: serde_json::Value = serde_json::from_slice(m).unwrap();
+        let mut refs = vec![v["config"]["digest"].as_str().unwrap().to_owned()];
+        refs.push(v["layers"][0]["digest"].as_str().unwrap().to_owned());
+        for d in refs {
+            let r = ca
+                .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{d} was collected");
+        }
+    }
 }

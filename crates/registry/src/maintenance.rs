@@ -19,6 +19,8 @@ const DELIVERY_LEASE_MS: i64 = 15_000;
 const DELIVERY_BATCH: usize = 32;
 /// A claim older than this whose blob still exists was abandoned by a collector that died.
 const STALE_CLAIM_MS: i64 = 600_000;
+/// How coarse a blob store's `stored_at` may be.
+const STORED_AT_PRECISION_MS: i64 = 1000;
 /// The longest wait between two attempts to deliver one event.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -203,13 +205,16 @@ impl Registry {
             let page = self.blobs.list_blobs(after.as_ref(), 500).await?;
             for b in &page {
                 report.blobs_scanned += 1;
-                if b.stored_at > old_before {
+                // Some stores keep whole seconds (S3's LastModified): assume the latest
+                // moment the reported time could mean.
+                let stored_at = b.stored_at + STORED_AT_PRECISION_MS;
+                if stored_at > old_before {
                     continue;
                 }
                 let Some(marked_at) = self.tags.gc_mark(&b.digest, now).await? else {
                     continue;
                 };
-                if b.stored_at > marked_at {
+                if stored_at > marked_at {
                     // Stored again since it was marked: someone wants it; start over.
                     self.tags.gc_unmark(&b.digest).await?;
                     continue;
