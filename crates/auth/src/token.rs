@@ -366,10 +366,18 @@ mod tests {
             assert!(v.validate("bad").await.unwrap().is_none());
         }
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            v.cache_stats(),
+            Some(CacheStats {
+                hits: 78,
+                misses: 2
+            })
+        );
         // A token about to expire is never cached past its expiry.
         v.validate("short").await.unwrap();
         v.validate("short").await.unwrap();
         assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(inner.cache_stats(), None, "only caches keep statistics");
     }
 
     #[tokio::test]
