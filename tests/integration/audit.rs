@@ -9,6 +9,7 @@ use pierone_protocol::audit::{AuditEntry, next_entry};
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::cli::pierone;
 use crate::util::{Client, OCI_MANIFEST, Process};
 
 /// An Ed25519 key as operators make one.
@@ -25,33 +26,6 @@ pub fn ed25519_key(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     path
-}
-
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn pierone(home: &Path, args: &[&str]) -> Run {
-    let home = home.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pierone"))
-            .env_clear()
-            .env("HOME", &home)
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .args(&args)
-            .output()
-            .unwrap();
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .unwrap()
 }
 
 /// Wait until the server has signed a checkpoint of `size` entries; return it.
@@ -115,13 +89,14 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
     std::fs::create_dir_all(&home).unwrap();
     let verify = ["--url", &p.url, "audit", "verify", "--public-key", &key];
 
-    let ok = pierone(&home, &verify).await;
+    let ok = pierone(&home, &[], &verify).await;
     assert!(ok.ok, "{}{}", ok.stdout, ok.stderr);
     assert!(ok.stdout.contains("4 entries verified"), "{}", ok.stdout);
     assert!(ok.stdout.contains("signature valid"), "{}", ok.stdout);
 
     let history = pierone(
         &home,
+        &[],
         &[
             "--url",
             &p.url,
@@ -152,7 +127,7 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
             digests[0]
         ),
     );
-    let bad = pierone(&home, &verify).await;
+    let bad = pierone(&home, &[], &verify).await;
     assert!(!bad.ok, "verify must fail: {}", bad.stdout);
     assert!(
         bad.stderr.contains("audit log entry 2") && bad.stderr.contains("altered"),
@@ -189,12 +164,12 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
         &db,
         &format!("UPDATE audit_head SET hash = '{}' WHERE id = 1", prev.1),
     );
-    let forged = pierone(&home, &verify).await;
+    let forged = pierone(&home, &[], &verify).await;
     assert!(!forged.ok, "verify must fail: {}", forged.stdout);
     assert!(forged.stderr.contains("rewritten"), "{}", forged.stderr);
 
     // Without a checkpoint key the CLI still checks the chain itself.
-    let unpinned = pierone(&home, &["--url", &p.url, "audit", "verify"]).await;
+    let unpinned = pierone(&home, &[], &["--url", &p.url, "audit", "verify"]).await;
     assert!(!unpinned.ok);
 }
 

@@ -19,14 +19,14 @@ fn bin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_pierone-server")).with_file_name(name)
 }
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Run `pierone args...` in an isolated home, with `env`.
-async fn pierone(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
+pub async fn pierone(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     run(bin("pierone"), home, env, args, None).await
 }
 

@@ -37,6 +37,21 @@ fn slow_body(n: u64, len: usize, gap: Duration) -> (reqwest::Body, pierone_proto
     (reqwest::Body::wrap_stream(s), h.finish())
 }
 
+/// A monolithic blob push whose body trickles in over `n` tenths of a second.
+fn slow_push(
+    c: &Client,
+    n: u64,
+    len: usize,
+) -> (
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    pierone_protocol::Digest,
+) {
+    let (body, digest) = slow_body(n, len, Duration::from_millis(100));
+    let url = format!("/v2/team/app/blobs/uploads/?digest={digest}");
+    let req = c.req(Method::POST, &url).body(body);
+    (tokio::spawn(req.send()), digest)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let info = TokenInfo {
@@ -254,21 +269,7 @@ async fn uploads_beyond_the_per_principal_limit_get_429() {
     })
     .await;
     let c = s.client();
-    let (body, digest) = slow_body(6, 16 * 1024, Duration::from_millis(100));
-    let digest = digest.to_string();
-    let first = tokio::spawn({
-        let c = c.clone();
-        async move {
-            c.req(
-                Method::POST,
-                &format!("/v2/team/app/blobs/uploads/?digest={digest}"),
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-        }
-    });
+    let (first, _) = slow_push(&c, 6, 16 * 1024);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = c
         .req(Method::POST, "/v2/team/app/blobs/uploads/")
@@ -280,7 +281,7 @@ async fn uploads_beyond_the_per_principal_limit_get_429() {
     assert!(e.message.contains("at most 1"), "{}", e.message);
     // Reads are not limited, and the slot comes back when the upload ends.
     assert_eq!(c.get("/v2/").await.status(), StatusCode::OK);
-    assert_eq!(first.await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::CREATED);
     let r = c
         .req(Method::POST, "/v2/team/app/blobs/uploads/")
         .send()
@@ -345,20 +346,7 @@ async fn sigterm_lets_an_in_flight_push_finish_then_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = Process::start(dir.path(), &[]);
     let c = Client::new(&p.url);
-    let (body, digest) = slow_body(8, 64 * 1024, Duration::from_millis(100));
-    let push = tokio::spawn({
-        let c = c.clone();
-        let digest = digest.clone();
-        async move {
-            c.req(
-                Method::POST,
-                &format!("/v2/team/app/blobs/uploads/?digest={digest}"),
-            )
-            .body(body)
-            .send()
-            .await
-        }
-    });
+    let (push, digest) = slow_push(&c, 8, 64 * 1024);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let killed = Command::new("kill")
         .args(["-TERM", &p.child.id().to_string()])
