@@ -419,6 +419,13 @@ async fn serve(args: Args) -> Result<(), String> {
         }
         _ => None,
     };
+    for hook in &args.webhooks {
+        if !(hook.starts_with("http://") || hook.starts_with("https://")) {
+            return Err(format!(
+                "--webhook {hook:?}: expected an http:// or https:// URL"
+            ));
+        }
+    }
     let config = Config {
         tag_policy: TagPolicy::new(&args.mutable_tag_patterns, args.allow_latest_push),
         max_blob_size: args.max_blob_size,

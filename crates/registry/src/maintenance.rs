@@ -110,9 +110,17 @@ impl Registry {
     /// Returns how many events were attempted.
     pub async fn deliver_events(&self) -> Result<usize, RegistryError> {
         let now = now_millis();
+        if self.config.webhooks.is_empty() {
+            return Ok(0);
+        }
         let due = self
             .tags
-            .claim_outbox(now, DELIVERY_BATCH, DELIVERY_LEASE_MS)
+            .claim_outbox(
+                now,
+                DELIVERY_BATCH,
+                DELIVERY_LEASE_MS,
+                &self.config.webhooks,
+            )
             .await?;
         let n = due.len();
         let results =
@@ -301,9 +309,7 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Background {
             }
         }));
     }
-    {
-        // Also runs without configured webhooks: rows queued while they were configured are
-        // still delivered.
+    if !registry.config.webhooks.is_empty() {
         let r = registry.clone();
         let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {

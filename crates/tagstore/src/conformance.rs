@@ -539,13 +539,17 @@ pub async fn audit_appends_race_into_one_chain(store: &dyn TagStore) {
     assert_eq!(log.len(), 16);
 }
 
+fn w_targets() -> Vec<String> {
+    vec![
+        "http://a.example/hook".into(),
+        "http://b.example/hook".into(),
+    ]
+}
+
 pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
     let r = repo("outbox");
     let mut w = write("1.0", Mutability::Immutable).unwrap();
-    w.notify = vec![
-        "http://a.example/hook".into(),
-        "http://b.example/hook".into(),
-    ];
+    w.notify = w_targets();
     store
         .put_manifest(&r, manifest("outbox"), Some(w.clone()))
         .await
@@ -557,23 +561,32 @@ pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
         .unwrap();
     assert_eq!(store.outbox_pending().await.unwrap(), 2);
     let now = crate::now_millis();
-    let first = store.claim_outbox(now, 10, 60_000).await.unwrap();
+    let targets = w_targets();
+    // A target no longer configured is left alone.
+    let only_b = store.claim_outbox(now, 10, 1, &targets[1..]).await.unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert_eq!(only_b[0].target, "http://b.example/hook");
+    let now = now + 2;
+    let first = store.claim_outbox(now, 10, 60_000, &targets).await.unwrap();
     assert_eq!(first.len(), 2);
     assert_eq!(first[0].entry.tag, "1.0");
     assert_eq!(first[0].entry.seq, 1);
     assert_eq!(first[0].attempts, 0);
-    let mut targets: Vec<_> = first.iter().map(|i| i.target.as_str()).collect();
-    targets.sort();
-    assert_eq!(targets, ["http://a.example/hook", "http://b.example/hook"]);
+    let mut names: Vec<_> = first.iter().map(|i| i.target.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["http://a.example/hook", "http://b.example/hook"]);
     // Leased: a second deliverer gets nothing until the lease ends.
     assert!(
         store
-            .claim_outbox(now, 10, 60_000)
+            .claim_outbox(now, 10, 60_000, &targets)
             .await
             .unwrap()
             .is_empty()
     );
-    let after_lease = store.claim_outbox(now + 60_001, 10, 1000).await.unwrap();
+    let after_lease = store
+        .claim_outbox(now + 60_001, 10, 1000, &targets)
+        .await
+        .unwrap();
     assert_eq!(after_lease.len(), 2);
 
     store.outbox_delivered(first[0].id).await.unwrap();
@@ -584,12 +597,15 @@ pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
     assert_eq!(store.outbox_pending().await.unwrap(), 1);
     assert!(
         store
-            .claim_outbox(now + 4000, 10, 1000)
+            .claim_outbox(now + 4000, 10, 1000, &targets)
             .await
             .unwrap()
             .is_empty()
     );
-    let retried = store.claim_outbox(now + 5000, 10, 1000).await.unwrap();
+    let retried = store
+        .claim_outbox(now + 5000, 10, 1000, &targets)
+        .await
+        .unwrap();
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].id, first[1].id);
     assert_eq!(retried[0].attempts, 1);
@@ -597,7 +613,7 @@ pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
     assert_eq!(store.outbox_pending().await.unwrap(), 0);
     assert!(
         store
-            .claim_outbox(now + 99_999_999, 10, 1000)
+            .claim_outbox(now + 99_999_999, 10, 1000, &targets)
             .await
             .unwrap()
             .is_empty()

@@ -355,13 +355,15 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// The checkpoint of the largest size.
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, Error>;
 
-    /// Take up to `limit` undelivered events that are due at `now` and not leased, leasing
-    /// them for `lease_ms`.
+    /// Take up to `limit` undelivered events for `targets` that are due at `now` and not
+    /// leased, leasing them for `lease_ms`. Events for other targets (webhooks no longer
+    /// configured) stay queued untouched.
     async fn claim_outbox(
         &self,
         now: Millis,
         limit: usize,
         lease_ms: i64,
+        targets: &[String],
     ) -> Result<Vec<OutboxItem>, Error>;
 
     /// The event was delivered; it leaves the queue.

@@ -469,6 +469,7 @@ impl TagStore for MemoryTagStore {
         now: Millis,
         limit: usize,
         lease_ms: i64,
+        targets: &[String],
     ) -> Result<Vec<OutboxItem>, Error> {
         let mut s = self.lock();
         let mut claimed = Vec::new();
@@ -476,7 +477,11 @@ impl TagStore for MemoryTagStore {
             if claimed.len() == limit {
                 break;
             }
-            if !row.delivered && row.next_attempt_at <= now && row.locked_until <= now {
+            if !row.delivered
+                && row.next_attempt_at <= now
+                && row.locked_until <= now
+                && targets.contains(&row.target)
+            {
                 row.locked_until = now + lease_ms;
                 claimed.push((i, row.target.clone(), row.attempts, row.seq));
             }

@@ -1361,10 +1361,13 @@ impl TagStore for SqlTagStore {
         now: Millis,
         limit: usize,
         lease_ms: i64,
+        targets: &[String],
     ) -> Result<Vec<OutboxItem>, Error> {
+        let targets = targets.to_vec();
         run!(self, |c| {
             let due: Vec<i64> = outbox::table
                 .filter(outbox::delivered_at.is_null())
+                .filter(outbox::target.eq_any(&targets))
                 .filter(outbox::next_attempt_at.le(now))
                 .filter(outbox::locked_until.le(now))
                 .order(outbox::id.asc())
