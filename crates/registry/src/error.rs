@@ -81,6 +81,8 @@ pub enum RegistryError {
     TooManyUploads { limit: usize },
     #[error("no audit checkpoint has been signed (the server needs --audit-signing-key)")]
     CheckpointUnknown,
+    #[error("request line and headers of {size} bytes exceed the limit of {limit} bytes")]
+    HeadTooLarge { size: usize, limit: usize },
 }
 
 impl From<pierone_protocol::Error> for RegistryError {
@@ -236,6 +238,10 @@ impl RegistryError {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
             RegistryError::CheckpointUnknown => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            RegistryError::HeadTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ErrorCode::SizeInvalid,
+            ),
         }
     }
 
