@@ -19,6 +19,8 @@ const DELIVERY_LEASE_MS: i64 = 15_000;
 const DELIVERY_BATCH: usize = 32;
 /// A claim older than this whose blob still exists was abandoned by a collector that died.
 const STALE_CLAIM_MS: i64 = 600_000;
+/// How long delivered events stay in the outbox (for operators looking into a delivery).
+const DELIVERED_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How coarse a blob store's `stored_at` may be.
 const STORED_AT_PRECISION_MS: i64 = 1000;
 /// The longest wait between two attempts to deliver one event.
@@ -34,6 +36,8 @@ pub struct GcReport {
     pub blobs_marked: u64,
     pub blobs_deleted: u64,
     pub bytes_freed: u64,
+    /// Delivered events older than a week dropped from the outbox.
+    pub events_pruned: u64,
 }
 
 /// When garbage collection runs and what it spares.
@@ -149,7 +153,7 @@ impl Registry {
             .await;
         let error = match outcome {
             Ok(r) if r.status().is_success() => {
-                self.tags.outbox_delivered(item.id).await?;
+                self.tags.outbox_delivered(item.id, now_millis()).await?;
                 self.metrics.events_delivered.inc();
                 tracing::info!(target = %item.target, seq = item.entry.seq, attempts = item.attempts + 1, "event delivered");
                 return Ok(());
@@ -203,6 +207,7 @@ impl Registry {
             }
             self.tags.gc_forget(&digest).await?;
         }
+        report.events_pruned = self.tags.outbox_prune(now - DELIVERED_KEPT_MS).await?;
         let grace = self.config.gc.grace;
         let old_before = now - grace.as_millis() as Millis;
         // A manifest write that began before the mark must have committed before the claim;
@@ -348,6 +353,7 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Background {
                         blobs_marked = report.blobs_marked,
                         blobs_deleted = report.blobs_deleted,
                         bytes_freed = report.bytes_freed,
+                        events_pruned = report.events_pruned,
                         "garbage collection finished"
                     ),
                     Err(e) => tracing::warn!(error = %e, "garbage collection failed"),

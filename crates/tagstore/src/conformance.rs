@@ -589,7 +589,7 @@ pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
         .unwrap();
     assert_eq!(after_lease.len(), 2);
 
-    store.outbox_delivered(first[0].id).await.unwrap();
+    store.outbox_delivered(first[0].id, now).await.unwrap();
     store
         .outbox_retry(first[1].id, now + 5000, "HTTP 500")
         .await
@@ -609,8 +609,16 @@ pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].id, first[1].id);
     assert_eq!(retried[0].attempts, 1);
-    store.outbox_delivered(retried[0].id).await.unwrap();
+    store
+        .outbox_delivered(retried[0].id, now + 5000)
+        .await
+        .unwrap();
     assert_eq!(store.outbox_pending().await.unwrap(), 0);
+    // Delivered rows are pruned by age of delivery.
+    assert_eq!(store.outbox_prune(now).await.unwrap(), 0);
+    assert_eq!(store.outbox_prune(now + 1).await.unwrap(), 1);
+    assert_eq!(store.outbox_prune(now + 5001).await.unwrap(), 1);
+    assert_eq!(store.outbox_prune(i64::MAX).await.unwrap(), 0);
     assert!(
         store
             .claim_outbox(now + 99_999_999, 10, 1000, &targets)

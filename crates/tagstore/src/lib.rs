@@ -366,8 +366,8 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
         targets: &[String],
     ) -> Result<Vec<OutboxItem>, Error>;
 
-    /// The event was delivered; it leaves the queue.
-    async fn outbox_delivered(&self, id: i64) -> Result<(), Error>;
+    /// The event was delivered at `now`; it leaves the queue.
+    async fn outbox_delivered(&self, id: i64, now: Millis) -> Result<(), Error>;
 
     /// Delivery failed; try again at `next_attempt_at`.
     async fn outbox_retry(
@@ -379,6 +379,10 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Events not yet delivered.
     async fn outbox_pending(&self) -> Result<u64, Error>;
+
+    /// Forget events delivered before `delivered_before`; returns how many. (The audit log
+    /// keeps what they said.)
+    async fn outbox_prune(&self, delivered_before: Millis) -> Result<u64, Error>;
 
     /// Mark `digest` as a garbage candidate unless a manifest references it (or is it). Returns
     /// when it was first marked, `None` when it is referenced (and then unmarked).

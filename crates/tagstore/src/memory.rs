@@ -23,7 +23,8 @@ struct State {
     seq: u64,
     audit: Vec<AuditEntry>,
     checkpoints: BTreeMap<u64, Checkpoint>,
-    outbox: Vec<OutboxRow>,
+    /// By id, which grows like the SQL store's serial.
+    outbox: BTreeMap<i64, OutboxRow>,
     /// digest -> (marked at, claimed for deletion)
     gc: HashMap<Digest, (Millis, bool)>,
     uploads: HashMap<UploadId, UploadSession>,
@@ -37,7 +38,7 @@ struct OutboxRow {
     attempts: u32,
     next_attempt_at: Millis,
     locked_until: Millis,
-    delivered: bool,
+    delivered: Option<Millis>,
 }
 
 impl State {
@@ -146,14 +147,18 @@ impl TagStore for MemoryTagStore {
                     previous.as_ref().map(|d| d.as_str()),
                 );
                 for target in &w.notify {
-                    s.outbox.push(OutboxRow {
-                        target: target.clone(),
-                        seq: e.seq,
-                        attempts: 0,
-                        next_attempt_at: now,
-                        locked_until: 0,
-                        delivered: false,
-                    });
+                    let id = s.outbox.keys().next_back().map_or(1, |k| k + 1);
+                    s.outbox.insert(
+                        id,
+                        OutboxRow {
+                            target: target.clone(),
+                            seq: e.seq,
+                            attempts: 0,
+                            next_attempt_at: now,
+                            locked_until: 0,
+                            delivered: None,
+                        },
+                    );
                 }
                 s.audit.push(e);
             }
@@ -473,11 +478,11 @@ impl TagStore for MemoryTagStore {
     ) -> Result<Vec<OutboxItem>, Error> {
         let mut s = self.lock();
         let mut claimed = Vec::new();
-        for (i, row) in s.outbox.iter_mut().enumerate() {
+        for (&i, row) in s.outbox.iter_mut() {
             if claimed.len() == limit {
                 break;
             }
-            if !row.delivered
+            if row.delivered.is_none()
                 && row.next_attempt_at <= now
                 && row.locked_until <= now
                 && targets.contains(&row.target)
@@ -495,7 +500,7 @@ impl TagStore for MemoryTagStore {
                     .cloned()
                     .ok_or_else(|| Error::Corrupt(format!("outbox names audit entry {seq}")))?;
                 Ok(OutboxItem {
-                    id: i as i64,
+                    id: i,
                     target,
                     attempts,
                     entry,
@@ -504,9 +509,9 @@ impl TagStore for MemoryTagStore {
             .collect()
     }
 
-    async fn outbox_delivered(&self, id: i64) -> Result<(), Error> {
-        if let Some(row) = self.lock().outbox.get_mut(id as usize) {
-            row.delivered = true;
+    async fn outbox_delivered(&self, id: i64, now: Millis) -> Result<(), Error> {
+        if let Some(row) = self.lock().outbox.get_mut(&id) {
+            row.delivered = Some(now);
         }
         Ok(())
     }
@@ -517,7 +522,7 @@ impl TagStore for MemoryTagStore {
         next_attempt_at: Millis,
         _error: &str,
     ) -> Result<(), Error> {
-        if let Some(row) = self.lock().outbox.get_mut(id as usize) {
+        if let Some(row) = self.lock().outbox.get_mut(&id) {
             row.attempts += 1;
             row.next_attempt_at = next_attempt_at;
             row.locked_until = 0;
@@ -526,7 +531,20 @@ impl TagStore for MemoryTagStore {
     }
 
     async fn outbox_pending(&self) -> Result<u64, Error> {
-        Ok(self.lock().outbox.iter().filter(|r| !r.delivered).count() as u64)
+        Ok(self
+            .lock()
+            .outbox
+            .values()
+            .filter(|r| r.delivered.is_none())
+            .count() as u64)
+    }
+
+    async fn outbox_prune(&self, delivered_before: Millis) -> Result<u64, Error> {
+        let mut s = self.lock();
+        let before = s.outbox.len();
+        s.outbox
+            .retain(|_, r| r.delivered.is_none_or(|at| at >= delivered_before));
+        Ok((before - s.outbox.len()) as u64)
     }
 
     async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error> {

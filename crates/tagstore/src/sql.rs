@@ -1415,11 +1415,11 @@ impl TagStore for SqlTagStore {
         })
     }
 
-    async fn outbox_delivered(&self, id: i64) -> Result<(), Error> {
+    async fn outbox_delivered(&self, id: i64, now: Millis) -> Result<(), Error> {
         run!(self, |c| {
             diesel::update(outbox::table.find(id))
                 .set((
-                    outbox::delivered_at.eq(Some(now_millis())),
+                    outbox::delivered_at.eq(Some(now)),
                     outbox::last_error.eq(None::<String>),
                 ))
                 .execute(c)
@@ -1455,6 +1455,15 @@ impl TagStore for SqlTagStore {
                 .filter(outbox::delivered_at.is_null())
                 .count()
                 .get_result::<i64>(c)
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+    }
+
+    async fn outbox_prune(&self, delivered_before: Millis) -> Result<u64, Error> {
+        run!(self, |c| {
+            diesel::delete(outbox::table.filter(outbox::delivered_at.lt(delivered_before)))
+                .execute(c)
                 .map(|n| n as u64)
                 .map_err(db_error)
         })
