@@ -118,6 +118,33 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
     assert_eq!(rows[1]["previous"], digests[2].as_str());
     assert_eq!(rows[1]["principal"], "anonymous");
 
+    // An auditor who remembers what was verified checks only what came since.
+    let state = dir.path().join("audit-state.json");
+    let state = state.to_str().unwrap();
+    let incremental = ["--url", &p.url, "audit", "verify", "--state", state];
+    let first = pierone(&home, &[], &incremental).await;
+    assert!(first.ok, "{}", first.stderr);
+    assert!(
+        first.stdout.contains("4 entries verified"),
+        "{}",
+        first.stdout
+    );
+    let m = c.image("team/app", "e").await;
+    let r = c.put_manifest("team/app", "1.2", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    checkpoint_of(&c, 5).await;
+    let next = pierone(&home, &[], &incremental).await;
+    assert!(next.ok, "{}", next.stderr);
+    assert!(
+        next.stdout
+            .contains("1 new entries verified: they extend the 4 verified before"),
+        "{}",
+        next.stdout
+    );
+    let remembered: Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    assert_eq!(remembered["size"], 5);
+    assert_eq!(remembered["public_key"], key.as_str());
+
     // Someone with database access points entry 2 at another digest.
     let db = data.join("pierone.db");
     execute(
@@ -167,6 +194,33 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
     let forged = pierone(&home, &[], &verify).await;
     assert!(!forged.ok, "verify must fail: {}", forged.stdout);
     assert!(forged.stderr.contains("rewritten"), "{}", forged.stderr);
+    // The registry goes on accepting pushes but refuses to sign the forged log, so the newest
+    // checkpoint stays the honest one.
+    let m = c.image("team/app", "f").await;
+    let r = c.put_manifest("team/app", "1.3", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let start = std::time::Instant::now();
+    while crate::events::metric(&c, "pierone_audit_checkpoint_refusals_total").await < 2.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no refusal counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cp: Value = c.get("/audit/checkpoint").await.json().await.unwrap();
+    assert_eq!(cp["size"], 5, "a forged log was signed: {cp}");
+    // And the auditor who remembers entry 5 sees that entry 6 does not extend it.
+    let resumed = pierone(&home, &[], &incremental).await;
+    assert!(
+        !resumed.ok,
+        "incremental verify must fail: {}",
+        resumed.stdout
+    );
+    assert!(
+        resumed.stderr.contains("audit log entry 6"),
+        "{}",
+        resumed.stderr
+    );
 
     // Without a checkpoint key the CLI still checks the chain itself.
     let unpinned = pierone(&home, &[], &["--url", &p.url, "audit", "verify"]).await;

@@ -149,7 +149,7 @@ fn referenced(manifest: &[u8]) -> Vec<String> {
     out
 }
 
-async fn metric(c: &Client, name: &str) -> f64 {
+pub async fn metric(c: &Client, name: &str) -> f64 {
     let text = c.get("/metrics").await.text().await.unwrap();
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
     scrape

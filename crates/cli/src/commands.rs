@@ -87,6 +87,11 @@ enum AuditCommand {
         /// database, but not a registry that signs a rewritten log with a new key.
         #[arg(long, env = "PIERONE_AUDIT_PUBLIC_KEY")]
         public_key: Option<String>,
+        /// Remember what was verified in this file and, next time, check only what came
+        /// since: the new entries must extend the remembered head and the new checkpoint must
+        /// be signed by the remembered key. Created on the first run.
+        #[arg(long)]
+        state: Option<std::path::PathBuf>,
     },
     /// Every assignment of one tag, oldest first: when, by whom, to which digest.
     History {
@@ -113,14 +118,15 @@ fn not_json(e: serde_json::Error) -> Error {
     }
 }
 
-/// Page through `/audit/log` from the start (or only `filter`'s entries), handing each page
-/// to `each`.
+/// Page through `/audit/log` after entry `since` (or only `filter`'s entries), handing each
+/// page to `each`.
 async fn audit_pages(
     api: &Api,
+    since: u64,
     filter: &str,
     mut each: impl FnMut(Vec<AuditEntry>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut since = 0;
+    let mut since = since;
     loop {
         let page = api
             .json(
@@ -138,6 +144,122 @@ async fn audit_pages(
     }
 }
 
+/// What `audit verify --state` remembers: a signed point of the log it verified.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Verified {
+    size: u64,
+    head: String,
+    public_key: String,
+}
+
+fn state_error(path: &std::path::Path, why: impl std::fmt::Display) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+async fn verify(
+    api: &Api,
+    public_key: Option<String>,
+    state: Option<&std::path::Path>,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let trusted: Option<Verified> = match state {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| state_error(path, e))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(state_error(path, e)),
+        },
+        None => None,
+    };
+    // A key given now wins; else the one remembered; else the one the registry presents.
+    let pinned = public_key.or_else(|| trusted.as_ref().map(|t| t.public_key.clone()));
+    let checkpoint: Option<Checkpoint> = match api
+        .json("/audit/checkpoint", "a signed audit checkpoint")
+        .await
+    {
+        Ok(v) => Some(serde_json::from_value(v).map_err(not_json)?),
+        Err(Error::NotFound(_)) if pinned.is_none() && state.is_none() => None,
+        Err(e) => return Err(e),
+    };
+    let key_b64 = pinned
+        .clone()
+        .or_else(|| checkpoint.as_ref().map(|cp| cp.public_key.clone()));
+    let key = key_b64
+        .as_deref()
+        .map(audit::decode_public_key)
+        .transpose()
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let failed = |e: pierone_protocol::Error| Error::AuditFailed(e.to_string());
+    let mut v = match &trusted {
+        Some(t) => ChainVerifier::resume(t.size, &t.head),
+        None => ChainVerifier::new(),
+    };
+    let start = v.head().0;
+    if let Some(cp) = &checkpoint {
+        if cp.size < start {
+            return Err(Error::AuditFailed(format!(
+                "the registry's newest checkpoint covers {} entries, but {start} were verified before: the log shrank",
+                cp.size
+            )));
+        }
+        v.watch(cp.size);
+    }
+    audit_pages(api, start, "", |entries| {
+        entries.iter().try_for_each(|e| v.push(e)).map_err(failed)
+    })
+    .await?;
+    let (size, head) = v.head();
+    let checked = size - start;
+    if start > 0 {
+        writeln!(
+            out,
+            "{checked} new entries verified: they extend the {start} verified before; head {head}"
+        )
+    } else {
+        writeln!(
+            out,
+            "{size} entries verified: every hash and every link is intact; head {head}"
+        )
+    }
+    .map_err(io)?;
+    let (Some(cp), Some(key)) = (&checkpoint, &key) else {
+        return writeln!(
+            out,
+            "no signed checkpoint: the chain is consistent, but a rewrite of the whole log would not be detected"
+        )
+        .map_err(io);
+    };
+    v.check_checkpoint(cp, key).map_err(failed)?;
+    writeln!(
+        out,
+        "checkpoint of {} entries signed {} by {}{}: signature valid, matches the log",
+        cp.size,
+        rfc3339(cp.at),
+        cp.public_key,
+        if pinned.is_some() {
+            ""
+        } else {
+            " (the key the registry presents; pin it with --public-key or --state)"
+        }
+    )
+    .map_err(io)?;
+    if let Some(path) = state {
+        let remembered = Verified {
+            size: cp.size,
+            head: cp.head.clone(),
+            public_key: key_b64.unwrap_or_default(),
+        };
+        let tmp = path.with_extension("tmp");
+        let body = serde_json::to_vec_pretty(&remembered).map_err(not_json)?;
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| state_error(path, e))?;
+    }
+    Ok(())
+}
+
 async fn audit(
     api: &Api,
     command: AuditCommand,
@@ -145,59 +267,8 @@ async fn audit(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     match command {
-        AuditCommand::Verify { public_key } => {
-            let checkpoint: Option<Checkpoint> = match api
-                .json("/audit/checkpoint", "a signed audit checkpoint")
-                .await
-            {
-                Ok(v) => Some(serde_json::from_value(v).map_err(not_json)?),
-                Err(Error::NotFound(_)) if public_key.is_none() => None,
-                Err(e) => return Err(e),
-            };
-            let key = match (&public_key, &checkpoint) {
-                (Some(k), _) => Some(audit::decode_public_key(k)),
-                (None, Some(cp)) => Some(audit::decode_public_key(&cp.public_key)),
-                (None, None) => None,
-            }
-            .transpose()
-            .map_err(|e| Error::Usage(e.to_string()))?;
-            let mut v = ChainVerifier::new();
-            if let Some(cp) = &checkpoint {
-                v.watch(cp.size);
-            }
-            audit_pages(api, "", |entries| {
-                entries
-                    .iter()
-                    .try_for_each(|e| v.push(e))
-                    .map_err(|e| Error::AuditFailed(e.to_string()))
-            })
-            .await?;
-            let (size, head) = v.head();
-            writeln!(
-                out,
-                "{size} entries verified: every hash and every link is intact; head {head}"
-            )
-            .map_err(io)?;
-            match (&checkpoint, &key) {
-                (Some(cp), Some(key)) => {
-                    v.check_checkpoint(cp, key)
-                        .map_err(|e| Error::AuditFailed(e.to_string()))?;
-                    writeln!(
-                        out,
-                        "checkpoint of {} entries signed {} by {}{}: signature valid, matches the log",
-                        cp.size,
-                        rfc3339(cp.at),
-                        cp.public_key,
-                        if public_key.is_some() { "" } else { " (the key the registry presents; pin it with --public-key)" }
-                    )
-                    .map_err(io)
-                }
-                _ => writeln!(
-                    out,
-                    "no signed checkpoint: the chain is consistent, but a rewrite of the whole log would not be detected"
-                )
-                .map_err(io),
-            }
+        AuditCommand::Verify { public_key, state } => {
+            verify(api, public_key, state.as_deref(), out).await
         }
         AuditCommand::History {
             team,
@@ -206,7 +277,7 @@ async fn audit(
         } => {
             let filter = format!("&repository={team}/{artifact}&tag={tag}");
             let mut rows = Vec::new();
-            audit_pages(api, &filter, |entries| {
+            audit_pages(api, 0, &filter, |entries| {
                 for e in entries {
                     rows.push(vec![
                         text(e.seq.to_string()),

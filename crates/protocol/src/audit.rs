@@ -196,9 +196,19 @@ impl ChainVerifier {
         }
     }
 
+    /// Continue after a prefix verified earlier: `size` entries whose last hashed to `head`.
+    /// The next entry must link to `head`, so a log that rewrote that prefix fails.
+    pub fn resume(size: u64, head: &str) -> ChainVerifier {
+        ChainVerifier {
+            size,
+            head: head.to_owned(),
+            at_checkpoint: None,
+        }
+    }
+
     /// Remember the head hash at `size`, to compare with a checkpoint afterwards.
     pub fn watch(&mut self, size: u64) {
-        self.at_checkpoint = Some((size, (size == 0).then(|| GENESIS.to_owned())));
+        self.at_checkpoint = Some((size, (size == self.size).then(|| self.head.clone())));
     }
 
     /// Entries checked so far, and the hash of the last.
@@ -383,6 +393,30 @@ mod tests {
         }
         let err = verify(&forged, &cp, &key).unwrap_err();
         assert!(matches!(err, Error::AuditCheckpointInvalid(ref m) if m.contains("rewritten")));
+    }
+
+    #[test]
+    fn verification_resumes_from_a_trusted_prefix() {
+        let signer = AuditSigner::from_pem(KEY).unwrap();
+        let key = decode_public_key(&signer.public_key()).unwrap();
+        let entries = log(6);
+        let mut v = ChainVerifier::resume(3, &entries[2].hash);
+        let cp = signer.sign(6, &entries[5].hash, 9);
+        v.watch(cp.size);
+        entries[3..].iter().try_for_each(|e| v.push(e)).unwrap();
+        v.check_checkpoint(&cp, &key).unwrap();
+        // A checkpoint at the trusted size itself.
+        let mut v = ChainVerifier::resume(3, &entries[2].hash);
+        v.watch(3);
+        v.check_checkpoint(&signer.sign(3, &entries[2].hash, 9), &key)
+            .unwrap();
+        // A log whose prefix changed no longer links to the trusted head.
+        let mut v = ChainVerifier::resume(3, &"f".repeat(64));
+        let err = v.push(&entries[3]).unwrap_err();
+        assert!(
+            matches!(err, Error::AuditChainBroken { seq: 4, .. }),
+            "{err}"
+        );
     }
 
     #[test]

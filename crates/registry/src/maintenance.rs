@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pierone_protocol::Digest;
+use pierone_protocol::audit::{ChainVerifier, GENESIS};
 use pierone_tagstore::{Checkpoint, Millis, OutboxItem, now_millis};
 use serde_json::json;
 
@@ -99,10 +100,40 @@ impl Registry {
             return Ok(None);
         };
         let (size, head) = self.tags.audit_head().await?;
-        if let Some(last) = self.tags.latest_checkpoint().await?
-            && last.size == size
+        let last = self.tags.latest_checkpoint().await?;
+        if last
+            .as_ref()
+            .is_some_and(|l| l.size == size && l.head == head)
         {
             return Ok(None);
+        }
+        // Sign only an extension of what was signed before: someone who rewrote rows in the
+        // database must not get a signature over the rewritten log.
+        let (from, from_head) = last
+            .as_ref()
+            .map_or((0, GENESIS), |l| (l.size, l.head.as_str()));
+        let mut v = ChainVerifier::resume(from, from_head);
+        let mut since = from;
+        loop {
+            let page = self.tags.audit_entries(since, 1000, None).await?;
+            for e in &page {
+                v.push(e)?;
+            }
+            match page.last() {
+                Some(e) => since = e.seq,
+                None => break,
+            }
+        }
+        if v.head() != (size, head.as_str()) {
+            return Err(pierone_protocol::Error::AuditChainBroken {
+                seq: size,
+                why: format!(
+                    "the log's head is entry {size} with hash {head}, but the chain from the last checkpoint ends at entry {} with {}",
+                    v.head().0,
+                    v.head().1
+                ),
+            }
+            .into());
         }
         let cp = signer.sign(size, &head, now_millis());
         self.tags.put_checkpoint(cp.clone()).await?;
@@ -306,7 +337,10 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Background {
                         tracing::info!(size = cp.size, head = %cp.head, "audit checkpoint signed")
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not sign an audit checkpoint"),
+                    Err(e) => {
+                        r.metrics.audit_refusals.inc();
+                        tracing::error!(error = %e, "audit checkpoint NOT signed: the log does not extend the last checkpoint, or cannot be read")
+                    }
                 }
                 if pause(&mut stop, r.config.checkpoint_interval).await {
                     return;

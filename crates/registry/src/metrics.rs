@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Failures of the blob store, by kind (io, backend, throttled, unavailable).
     pub blob_store_errors: Family<KindLabels, Counter>,
     pub audit_checkpoints: Counter,
+    /// Checkpoints not signed because the log no longer extends the last one (tampering) or
+    /// could not be read.
+    pub audit_refusals: Counter,
     pub events_delivered: Counter,
     pub event_delivery_failures: Counter,
     pub events_pending: Gauge,
@@ -155,6 +158,11 @@ impl Metrics {
             "pierone_audit_checkpoints",
             "Audit checkpoints signed by this process",
         );
+        let audit_refusals = counter(
+            &mut r,
+            "pierone_audit_checkpoint_refusals",
+            "Checkpoints not signed: the log does not extend the last checkpoint, or could not be read",
+        );
         let events_delivered = counter(
             &mut r,
             "pierone_events_delivered",
@@ -198,6 +206,7 @@ impl Metrics {
             database_errors,
             blob_store_errors,
             audit_checkpoints,
+            audit_refusals,
             events_delivered,
             event_delivery_failures,
             events_pending,
