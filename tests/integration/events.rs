@@ -167,7 +167,9 @@ pub async fn metric(c: &Client, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_takes_only_old_unreferenced_blobs_while_pushes_run() {
-    let grace = Duration::from_secs(2);
+    // Long enough that a push on a loaded CI machine (blobs, then its manifest) never
+    // spans grace + marking delay.
+    let grace = Duration::from_secs(3);
     let s = TestServer::start_with(Config {
         gc: GcConfig {
             interval: Duration::from_millis(100),

@@ -423,7 +423,7 @@ async fn replicas_share_one_audit_chain_one_outbox_and_collect_garbage_safely() 
         "--gc-interval",
         "200ms",
         "--gc-grace",
-        "2s",
+        "4s",
     ];
     let (a, b) = (
         cluster.replica_with("a", &extra),
