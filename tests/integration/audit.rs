@@ -94,6 +94,30 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
     assert!(ok.stdout.contains("4 entries verified"), "{}", ok.stdout);
     assert!(ok.stdout.contains("signature valid"), "{}", ok.stdout);
 
+    // One tag proven against the signed log without downloading it.
+    let prove = [
+        "--url",
+        &p.url,
+        "audit",
+        "prove",
+        "team",
+        "app",
+        "1.1",
+        "--public-key",
+        &key,
+    ];
+    let proven = pierone(&home, &[], &prove).await;
+    assert!(proven.ok, "{}", proven.stderr);
+    assert!(
+        proven
+            .stdout
+            .contains(&format!("team/app:1.1 = {}", digests[1]))
+            && proven.stdout.contains("(entry 2)")
+            && proven.stdout.contains("inclusion proof of 2 hashes valid"),
+        "{}",
+        proven.stdout
+    );
+
     let history = pierone(
         &home,
         &[],
@@ -161,6 +185,9 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
         "{}",
         bad.stderr
     );
+    let unproven = pierone(&home, &[], &prove).await;
+    assert!(!unproven.ok, "prove must fail: {}", unproven.stdout);
+    assert!(unproven.stderr.contains("altered"), "{}", unproven.stderr);
 
     // A more careful forger recomputes every hash from entry 2 on: the chain is consistent
     // again, but the signed checkpoint names the old head.
@@ -265,5 +292,25 @@ async fn the_log_is_paged_and_filtered() {
     // No signing key: no checkpoint, and a clear 404.
     let r = c.get("/audit/checkpoint").await;
     crate::util::oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+    let r = c.get("/audit/proof?seq=1").await;
+    crate::util::oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+    // Proofs against an explicit size, checked here with the library clients use.
+    let page: Value = c.get("/audit/log").await.json().await.unwrap();
+    let entries: Vec<AuditEntry> = serde_json::from_value(page["entries"].clone()).unwrap();
+    let mut v = pierone_protocol::audit::ChainVerifier::new();
+    entries[..4].iter().for_each(|e| v.push(e).unwrap());
+    let r: Value = c
+        .get("/audit/proof?seq=3&size=4")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let proof: pierone_protocol::audit::InclusionProof = serde_json::from_value(r.clone()).unwrap();
+    assert_eq!(r["entry"]["seq"], 3);
+    pierone_protocol::audit::verify_inclusion(&entries[2], &proof, &v.root()).unwrap();
+    for bad in ["seq=0&size=4", "seq=5&size=4", "seq=1&size=99", "seq=x"] {
+        let r = c.get(&format!("/audit/proof?{bad}")).await;
+        crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    }
     s.stop().await;
 }

@@ -93,6 +93,16 @@ enum AuditCommand {
         #[arg(long)]
         state: Option<std::path::PathBuf>,
     },
+    /// Prove that a tag names what the signed log says, without downloading the log: an
+    /// inclusion proof of its latest assignment in the newest signed checkpoint.
+    Prove {
+        team: String,
+        artifact: String,
+        tag: String,
+        /// The registry's Ed25519 public key (base64); without it, the presented one is used.
+        #[arg(long, env = "PIERONE_AUDIT_PUBLIC_KEY")]
+        public_key: Option<String>,
+    },
     /// Every assignment of one tag, oldest first: when, by whom, to which digest.
     History {
         team: String,
@@ -144,14 +154,6 @@ async fn audit_pages(
     }
 }
 
-/// What `audit verify --state` remembers: a signed point of the log it verified.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Verified {
-    size: u64,
-    head: String,
-    public_key: String,
-}
-
 fn state_error(path: &std::path::Path, why: impl std::fmt::Display) -> Error {
     Error::File {
         path: path.display().to_string(),
@@ -165,7 +167,8 @@ async fn verify(
     state: Option<&std::path::Path>,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    let trusted: Option<Verified> = match state {
+    // What was verified last time: the checkpoint itself (size, head, root, frontier, key).
+    let trusted: Option<Checkpoint> = match state {
         Some(path) => match std::fs::read(path) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| state_error(path, e))?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -193,7 +196,7 @@ async fn verify(
         .map_err(|e| Error::Usage(e.to_string()))?;
     let failed = |e: pierone_protocol::Error| Error::AuditFailed(e.to_string());
     let mut v = match &trusted {
-        Some(t) => ChainVerifier::resume(t.size, &t.head),
+        Some(t) => ChainVerifier::resume(t).map_err(|e| state_error(state_path(state), e))?,
         None => ChainVerifier::new(),
     };
     let start = v.head().0;
@@ -246,11 +249,9 @@ async fn verify(
     )
     .map_err(io)?;
     if let Some(path) = state {
-        let remembered = Verified {
-            size: cp.size,
-            head: cp.head.clone(),
-            public_key: key_b64.unwrap_or_default(),
-        };
+        let mut remembered = cp.clone();
+        // Pin the key that verified it, even if the registry presented another.
+        remembered.public_key = key_b64.unwrap_or_default();
         let tmp = path.with_extension("tmp");
         let body = serde_json::to_vec_pretty(&remembered).map_err(not_json)?;
         std::fs::write(&tmp, body)
@@ -258,6 +259,87 @@ async fn verify(
             .map_err(|e| state_error(path, e))?;
     }
     Ok(())
+}
+
+fn state_path(state: Option<&std::path::Path>) -> &std::path::Path {
+    state.unwrap_or(std::path::Path::new("state"))
+}
+
+/// Prove that `team/artifact:tag` names what the signed log says: find its latest
+/// assignment, fetch an inclusion proof into the newest checkpoint, and check the proof, the
+/// signature and the tag's current digest.
+async fn prove(
+    api: &Api,
+    public_key: Option<String>,
+    team: &str,
+    artifact: &str,
+    tag: &str,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let failed = |e: pierone_protocol::Error| Error::AuditFailed(e.to_string());
+    let mut latest = None;
+    audit_pages(
+        api,
+        0,
+        &format!("&repository={team}/{artifact}&tag={tag}"),
+        |entries| {
+            latest = entries.into_iter().last().or(latest.take());
+            Ok(())
+        },
+    )
+    .await?;
+    let entry = latest
+        .ok_or_else(|| Error::NotFound(format!("{team}/{artifact}:{tag} in the audit log")))?;
+    let cp: Checkpoint = serde_json::from_value(
+        api.json("/audit/checkpoint", "a signed audit checkpoint")
+            .await?,
+    )
+    .map_err(not_json)?;
+    let key = audit::decode_public_key(public_key.as_deref().unwrap_or(&cp.public_key))
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    cp.verify_signature(&key).map_err(failed)?;
+    if entry.seq > cp.size {
+        return Err(Error::AuditFailed(format!(
+            "assignment #{} is newer than the newest checkpoint ({} entries); try again after the next one",
+            entry.seq, cp.size
+        )));
+    }
+    let proof: audit::InclusionProof = serde_json::from_value(
+        api.json(
+            &format!("/audit/proof?seq={}&size={}", entry.seq, cp.size),
+            "an inclusion proof",
+        )
+        .await?,
+    )
+    .map_err(not_json)?;
+    audit::verify_inclusion(&entry, &proof, &cp.root).map_err(failed)?;
+    let current = api
+        .json(
+            &format!("/teams/{team}/artifacts/{}/tags/{tag}", enc(artifact)),
+            &format!("tag {team}/{artifact}:{tag}"),
+        )
+        .await?;
+    if str_of(&current, "digest") != entry.digest {
+        return Err(Error::AuditFailed(format!(
+            "{team}/{artifact}:{tag} names {} but its last logged assignment is {}",
+            str_of(&current, "digest"),
+            entry.digest
+        )));
+    }
+    writeln!(
+        out,
+        "{team}/{artifact}:{tag} = {}\nassigned {} by {} (entry {}), included in the log of {} entries signed {} by {}: inclusion proof of {} hashes valid{}",
+        entry.digest,
+        rfc3339(entry.at),
+        entry.principal,
+        entry.seq,
+        cp.size,
+        rfc3339(cp.at),
+        cp.public_key,
+        proof.path.len(),
+        if public_key.is_some() { "" } else { " (the key the registry presents; pin it with --public-key)" }
+    )
+    .map_err(io)
 }
 
 async fn audit(
@@ -270,6 +352,12 @@ async fn audit(
         AuditCommand::Verify { public_key, state } => {
             verify(api, public_key, state.as_deref(), out).await
         }
+        AuditCommand::Prove {
+            public_key,
+            team,
+            artifact,
+            tag,
+        } => prove(api, public_key, &team, &artifact, &tag, out).await,
         AuditCommand::History {
             team,
             artifact,

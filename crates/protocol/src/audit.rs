@@ -69,24 +69,31 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A signed statement "the log had `size` entries and its last hash was `head`".
+/// A signed statement "the log had `size` entries, its last hash was `head` and its Merkle
+/// root was `root`".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub size: u64,
     /// Hash of entry `size`, or [`GENESIS`] for an empty log.
     pub head: String,
+    /// Merkle tree root over the first `size` entries, hex.
+    pub root: String,
     /// When it was signed, in milliseconds since the Unix epoch.
     pub at: i64,
     /// The signer's Ed25519 public key, base64.
     pub public_key: String,
     /// Ed25519 signature over [`Checkpoint::message`], base64.
     pub signature: String,
+    /// Roots of the perfect subtrees the tree of `size` leaves decomposes into, largest first:
+    /// enough to extend the tree without its leaves. Not signed; it must fold to `root`.
+    #[serde(default)]
+    pub frontier: Vec<String>,
 }
 
 impl Checkpoint {
     /// The bytes that are signed.
-    pub fn message(size: u64, head: &str, at: i64) -> Vec<u8> {
-        format!("pierone-audit-checkpoint-v1\n{size}\n{head}\n{at}\n").into_bytes()
+    pub fn message(size: u64, head: &str, root: &str, at: i64) -> Vec<u8> {
+        format!("pierone-audit-checkpoint-v2\n{size}\n{head}\n{root}\n{at}\n").into_bytes()
     }
 
     /// Check the signature with `public_key` (raw 32 bytes). Verifiers should pass a key
@@ -96,7 +103,10 @@ impl Checkpoint {
             .decode(&self.signature)
             .map_err(|e| Error::AuditCheckpointInvalid(format!("signature is not base64: {e}")))?;
         UnparsedPublicKey::new(&ED25519, public_key)
-            .verify(&Checkpoint::message(self.size, &self.head, self.at), &sig)
+            .verify(
+                &Checkpoint::message(self.size, &self.head, &self.root, self.at),
+                &sig,
+            )
             .map_err(|_| {
                 Error::AuditCheckpointInvalid(
                     "the signature does not match the checkpoint and key".into(),
@@ -159,26 +169,116 @@ impl AuditSigner {
         B64.encode(self.key.public_key().as_ref())
     }
 
-    pub fn sign(&self, size: u64, head: &str, at: i64) -> Checkpoint {
-        let sig = self.key.sign(&Checkpoint::message(size, head, at));
+    /// Sign what `tree` has seen: its size, chain head and Merkle root.
+    pub fn sign(&self, tree: &ChainVerifier, at: i64) -> Checkpoint {
+        let (size, head) = tree.head();
+        let root = tree.root();
+        let sig = self.key.sign(&Checkpoint::message(size, head, &root, at));
         Checkpoint {
             size,
             head: head.to_owned(),
+            root,
             at,
             public_key: self.public_key(),
             signature: B64.encode(sig.as_ref()),
+            frontier: tree.frontier(),
         }
     }
 }
 
+type Hash = [u8; 32];
+
+fn sha256(parts: &[&[u8]]) -> Hash {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn leaf_hash(entry_hash: &Hash) -> Hash {
+    sha256(&[&[0], entry_hash])
+}
+
+fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    sha256(&[&[1], left, right])
+}
+
+fn unhex(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn bad_hash(what: &str, s: &str) -> Error {
+    Error::AuditCheckpointInvalid(format!("{what} {s:?} is not a 64-digit hex hash"))
+}
+
+/// A Merkle tree built leaf by leaf in O(log n) memory: it keeps only the roots of the
+/// perfect subtrees the leaves so far decompose into.
+#[derive(Debug, Clone, Default)]
+struct Tree {
+    size: u64,
+    /// Largest subtree first; one per set bit of `size`.
+    frontier: Vec<Hash>,
+}
+
+impl Tree {
+    fn from_frontier(size: u64, frontier: &[String]) -> Result<Tree, Error> {
+        if frontier.len() != size.count_ones() as usize {
+            return Err(Error::AuditCheckpointInvalid(format!(
+                "a tree of {size} leaves has {} subtrees, not {}",
+                size.count_ones(),
+                frontier.len()
+            )));
+        }
+        let frontier = frontier
+            .iter()
+            .map(|h| unhex(h).ok_or_else(|| bad_hash("frontier hash", h)))
+            .collect::<Result<_, _>>()?;
+        Ok(Tree { size, frontier })
+    }
+
+    fn push_leaf(&mut self, leaf: Hash) {
+        let mut h = leaf;
+        let mut s = self.size;
+        // Every trailing one bit is a subtree of the new leaf's size: merge them.
+        while s & 1 == 1 {
+            let left = self.frontier.pop().unwrap_or_default();
+            h = node_hash(&left, &h);
+            s >>= 1;
+        }
+        self.frontier.push(h);
+        self.size += 1;
+    }
+
+    fn root(&self) -> Hash {
+        let mut it = self.frontier.iter().rev();
+        let Some(last) = it.next() else {
+            return sha256(&[]);
+        };
+        it.fold(*last, |acc, left| node_hash(left, &acc))
+    }
+}
+
+fn hex_hash(h: &Hash) -> String {
+    hex(h)
+}
+
 /// Checks a log read in order, one entry at a time, so that a log of any length is verified
-/// in constant memory.
+/// in constant memory; builds its Merkle tree on the way.
 #[derive(Debug, Clone)]
 pub struct ChainVerifier {
     size: u64,
     head: String,
-    /// The head hash once `size` reached the checkpoint's size.
-    at_checkpoint: Option<(u64, Option<String>)>,
+    tree: Tree,
+    /// The head hash and root once `size` reached the checkpoint's size.
+    at_checkpoint: Option<(u64, Option<(String, String)>)>,
 }
 
 impl Default for ChainVerifier {
@@ -192,28 +292,47 @@ impl ChainVerifier {
         ChainVerifier {
             size: 0,
             head: GENESIS.to_owned(),
+            tree: Tree::default(),
             at_checkpoint: None,
         }
     }
 
-    /// Continue after a prefix verified earlier: `size` entries whose last hashed to `head`.
-    /// The next entry must link to `head`, so a log that rewrote that prefix fails.
-    pub fn resume(size: u64, head: &str) -> ChainVerifier {
-        ChainVerifier {
-            size,
-            head: head.to_owned(),
-            at_checkpoint: None,
+    /// Continue after a checkpoint verified earlier. The next entry must link to its head,
+    /// so a log that rewrote that prefix fails.
+    pub fn resume(cp: &Checkpoint) -> Result<ChainVerifier, Error> {
+        let tree = Tree::from_frontier(cp.size, &cp.frontier)?;
+        if hex_hash(&tree.root()) != cp.root {
+            return Err(Error::AuditCheckpointInvalid(
+                "the checkpoint's frontier does not fold to its root".into(),
+            ));
         }
+        Ok(ChainVerifier {
+            size: cp.size,
+            head: cp.head.clone(),
+            tree,
+            at_checkpoint: None,
+        })
     }
 
-    /// Remember the head hash at `size`, to compare with a checkpoint afterwards.
+    /// Remember the head hash and root at `size`, to compare with a checkpoint afterwards.
     pub fn watch(&mut self, size: u64) {
-        self.at_checkpoint = Some((size, (size == self.size).then(|| self.head.clone())));
+        let now = (size == self.size).then(|| (self.head.clone(), self.root()));
+        self.at_checkpoint = Some((size, now));
     }
 
     /// Entries checked so far, and the hash of the last.
     pub fn head(&self) -> (u64, &str) {
         (self.size, &self.head)
+    }
+
+    /// The Merkle root over the entries so far, hex.
+    pub fn root(&self) -> String {
+        hex_hash(&self.tree.root())
+    }
+
+    /// The roots of the perfect subtrees, largest first (see [`Checkpoint::frontier`]).
+    pub fn frontier(&self) -> Vec<String> {
+        self.tree.frontier.iter().map(hex_hash).collect()
     }
 
     /// The next entry: it must be numbered `size + 1`, link to the current head, and hash to
@@ -239,12 +358,14 @@ impl ChainVerifier {
                 e.hash
             )));
         }
+        let raw = unhex(&computed).ok_or_else(|| broken("unreadable hash".into()))?;
+        self.tree.push_leaf(leaf_hash(&raw));
         self.size = e.seq;
         self.head = computed;
         if let Some((size, seen)) = &mut self.at_checkpoint
             && *size == self.size
         {
-            *seen = Some(self.head.clone());
+            *seen = Some((self.head.clone(), hex_hash(&self.tree.root())));
         }
         Ok(())
     }
@@ -253,7 +374,7 @@ impl ChainVerifier {
     pub fn check_checkpoint(&self, cp: &Checkpoint, public_key: &[u8]) -> Result<(), Error> {
         cp.verify_signature(public_key)?;
         let seen = match &self.at_checkpoint {
-            Some((size, seen)) if *size == cp.size => seen.as_deref(),
+            Some((size, seen)) if *size == cp.size => seen.as_ref(),
             _ => None,
         };
         match seen {
@@ -261,13 +382,154 @@ impl ChainVerifier {
                 "the checkpoint signs {} entries but the log has only {}",
                 cp.size, self.size
             ))),
-            Some(h) if h != cp.head => Err(Error::AuditCheckpointInvalid(format!(
+            Some((h, _)) if *h != cp.head => Err(Error::AuditCheckpointInvalid(format!(
                 "entry {} hashes to {h} but the signed head is {}: the log was rewritten",
                 cp.size, cp.head
+            ))),
+            Some((_, r)) if *r != cp.root => Err(Error::AuditCheckpointInvalid(format!(
+                "the entries' Merkle root is {r} but the signed root is {}",
+                cp.root
             ))),
             Some(_) => Ok(()),
         }
     }
+}
+
+/// An entry's place in a signed tree: the sibling hashes from the leaf up (RFC 9162 §2.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    pub seq: u64,
+    pub size: u64,
+    pub path: Vec<String>,
+}
+
+/// The leaf ranges `[lo, hi)` whose subtree roots form the inclusion path of leaf `m` in a
+/// tree of `n` leaves, in path order (nearest the leaf first).
+pub fn inclusion_ranges(m: u64, n: u64) -> Vec<(u64, u64)> {
+    fn walk(m: u64, lo: u64, hi: u64, out: &mut Vec<(u64, u64)>) {
+        if hi - lo <= 1 {
+            return;
+        }
+        let k = (hi - lo - 1).checked_ilog2().map_or(1, |b| 1u64 << b);
+        if m < lo + k {
+            walk(m, lo, lo + k, out);
+            out.push((lo + k, hi));
+        } else {
+            walk(m, lo + k, hi, out);
+            out.push((lo, lo + k));
+        }
+    }
+    let mut out = Vec::new();
+    if m < n {
+        walk(m, 0, n, &mut out);
+    }
+    out
+}
+
+/// Builds an inclusion proof from the entry hashes of a log streamed in order, keeping only
+/// one small tree per path element.
+#[derive(Debug)]
+pub struct InclusionBuilder {
+    seq: u64,
+    size: u64,
+    ranges: Vec<(u64, u64)>,
+    trees: Vec<Tree>,
+    next: u64,
+}
+
+impl InclusionBuilder {
+    /// For entry `seq` (from 1) in the tree of the first `size` entries.
+    pub fn new(seq: u64, size: u64) -> Option<InclusionBuilder> {
+        if seq == 0 || seq > size {
+            return None;
+        }
+        let ranges = inclusion_ranges(seq - 1, size);
+        Some(InclusionBuilder {
+            seq,
+            size,
+            trees: vec![Tree::default(); ranges.len()],
+            ranges,
+            next: 0,
+        })
+    }
+
+    /// The next entry's hash (hex), in order from entry 1 to entry `size`.
+    pub fn push(&mut self, entry_hash: &str) -> Result<(), Error> {
+        let raw = unhex(entry_hash).ok_or_else(|| bad_hash("entry hash", entry_hash))?;
+        let i = self.next;
+        self.next += 1;
+        if let Some(t) = self
+            .ranges
+            .iter()
+            .position(|(lo, hi)| (*lo..*hi).contains(&i))
+        {
+            self.trees[t].push_leaf(leaf_hash(&raw));
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<InclusionProof, Error> {
+        if self.next != self.size {
+            return Err(Error::AuditCheckpointInvalid(format!(
+                "{} of the {} entries were read",
+                self.next, self.size
+            )));
+        }
+        Ok(InclusionProof {
+            seq: self.seq,
+            size: self.size,
+            path: self.trees.iter().map(|t| hex_hash(&t.root())).collect(),
+        })
+    }
+}
+
+/// Whether `entry` is entry `proof.seq` of the tree whose root is `root` (RFC 9162 §2.1.3.2).
+pub fn verify_inclusion(
+    entry: &AuditEntry,
+    proof: &InclusionProof,
+    root: &str,
+) -> Result<(), Error> {
+    let invalid = |why: &str| Error::AuditCheckpointInvalid(format!("inclusion proof: {why}"));
+    if entry.compute_hash() != entry.hash {
+        return Err(Error::AuditChainBroken {
+            seq: entry.seq,
+            why: "its contents do not hash to its recorded hash: the entry was altered".into(),
+        });
+    }
+    if entry.seq != proof.seq || proof.seq == 0 || proof.seq > proof.size {
+        return Err(invalid("it is for another entry or tree"));
+    }
+    let raw = unhex(&entry.hash).ok_or_else(|| bad_hash("entry hash", &entry.hash))?;
+    let (mut f, mut s) = (proof.seq - 1, proof.size - 1);
+    let mut r = leaf_hash(&raw);
+    for p in &proof.path {
+        let p = unhex(p).ok_or_else(|| bad_hash("path hash", p))?;
+        if s == 0 {
+            return Err(invalid("the path is longer than the tree is deep"));
+        }
+        if f & 1 == 1 || f == s {
+            r = node_hash(&p, &r);
+            if f & 1 == 0 {
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, &p);
+        }
+        f >>= 1;
+        s >>= 1;
+    }
+    if s != 0 {
+        return Err(invalid("the path is shorter than the tree is deep"));
+    }
+    if hex_hash(&r) != root {
+        return Err(invalid(
+            "it leads to another root: the entry is not in the signed log",
+        ));
+    }
+    Ok(())
 }
 
 /// The entry following `prev` (or the first entry), with its hash filled in.
@@ -325,6 +587,13 @@ mod tests {
         out
     }
 
+    /// A checkpoint over the first `size` entries.
+    fn signed(signer: &AuditSigner, entries: &[AuditEntry], size: usize) -> Checkpoint {
+        let mut v = ChainVerifier::new();
+        entries[..size].iter().for_each(|e| v.push(e).unwrap());
+        signer.sign(&v, 7)
+    }
+
     fn verify(entries: &[AuditEntry], cp: &Checkpoint, key: &[u8]) -> Result<(), Error> {
         let mut v = ChainVerifier::new();
         v.watch(cp.size);
@@ -334,15 +603,31 @@ mod tests {
         v.check_checkpoint(cp, key)
     }
 
-    #[test]
-    fn an_intact_log_verifies() {
+    fn signer_and_key() -> (AuditSigner, Vec<u8>) {
         let signer = AuditSigner::from_pem(KEY).unwrap();
         let key = decode_public_key(&signer.public_key()).unwrap();
+        (signer, key)
+    }
+
+    /// RFC 9162's definition, written recursively, to check the incremental tree against.
+    fn mth(leaves: &[Hash]) -> Hash {
+        match leaves.len() {
+            0 => sha256(&[]),
+            1 => leaf_hash(&leaves[0]),
+            n => {
+                let k = 1usize << (n - 1).ilog2();
+                node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+            }
+        }
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let (signer, key) = signer_and_key();
         let entries = log(5);
-        let cp = signer.sign(4, &entries[3].hash, 7);
-        verify(&entries, &cp, &key).unwrap();
-        let empty = signer.sign(0, GENESIS, 7);
-        verify(&entries, &empty, &key).unwrap();
+        verify(&entries, &signed(&signer, &entries, 4), &key).unwrap();
+        verify(&entries, &signed(&signer, &entries, 0), &key).unwrap();
+        verify(&entries, &signed(&signer, &entries, 5), &key).unwrap();
     }
 
     #[test]
@@ -371,10 +656,9 @@ mod tests {
 
     #[test]
     fn a_recomputed_chain_fails_the_signed_head() {
-        let signer = AuditSigner::from_pem(KEY).unwrap();
-        let key = decode_public_key(&signer.public_key()).unwrap();
+        let (signer, key) = signer_and_key();
         let entries = log(5);
-        let cp = signer.sign(5, &entries[4].hash, 7);
+        let cp = signed(&signer, &entries, 5);
         // Rewrite entry 2 and recompute every hash after it: the chain is consistent again.
         let mut forged: Vec<AuditEntry> = entries[..1].to_vec();
         for e in &entries[1..] {
@@ -396,38 +680,106 @@ mod tests {
     }
 
     #[test]
-    fn verification_resumes_from_a_trusted_prefix() {
-        let signer = AuditSigner::from_pem(KEY).unwrap();
-        let key = decode_public_key(&signer.public_key()).unwrap();
+    fn a_wrong_key_or_signature_fails() {
+        let (signer, key) = signer_and_key();
+        let entries = log(2);
+        let mut cp = signed(&signer, &entries, 2);
+        assert!(verify(&entries, &cp, &[7u8; 32]).is_err());
+        cp.at += 1;
+        assert!(verify(&entries, &cp, &key).is_err());
+        let mut cp = signed(&signer, &entries, 2);
+        cp.root = "0".repeat(64);
+        assert!(verify(&entries, &cp, &key).is_err(), "the root is signed");
+        assert!(AuditSigner::from_pem("nonsense").is_err());
+    }
+
+    #[test]
+    fn verification_resumes_from_a_checkpoint() {
+        let (signer, key) = signer_and_key();
         let entries = log(6);
-        let mut v = ChainVerifier::resume(3, &entries[2].hash);
-        let cp = signer.sign(6, &entries[5].hash, 9);
-        v.watch(cp.size);
+        let old = signed(&signer, &entries, 3);
+        let new = signed(&signer, &entries, 6);
+        let mut v = ChainVerifier::resume(&old).unwrap();
+        v.watch(new.size);
         entries[3..].iter().try_for_each(|e| v.push(e)).unwrap();
-        v.check_checkpoint(&cp, &key).unwrap();
-        // A checkpoint at the trusted size itself.
-        let mut v = ChainVerifier::resume(3, &entries[2].hash);
+        v.check_checkpoint(&new, &key).unwrap();
+        // A checkpoint at the resumed size itself.
+        let mut v = ChainVerifier::resume(&old).unwrap();
         v.watch(3);
-        v.check_checkpoint(&signer.sign(3, &entries[2].hash, 9), &key)
-            .unwrap();
-        // A log whose prefix changed no longer links to the trusted head.
-        let mut v = ChainVerifier::resume(3, &"f".repeat(64));
+        v.check_checkpoint(&old, &key).unwrap();
+        // A log whose prefix changed no longer links to the remembered head.
+        let mut other = old.clone();
+        other.head = "f".repeat(64);
+        let mut v = ChainVerifier::resume(&other).unwrap();
         let err = v.push(&entries[3]).unwrap_err();
         assert!(
             matches!(err, Error::AuditChainBroken { seq: 4, .. }),
             "{err}"
         );
+        // A frontier that does not fold to the root is refused.
+        let mut bad = old.clone();
+        bad.frontier[0] = "0".repeat(64);
+        assert!(ChainVerifier::resume(&bad).is_err());
     }
 
     #[test]
-    fn a_wrong_key_or_signature_fails() {
-        let signer = AuditSigner::from_pem(KEY).unwrap();
-        let entries = log(2);
-        let mut cp = signer.sign(2, &entries[1].hash, 7);
-        assert!(verify(&entries, &cp, &[7u8; 32]).is_err());
-        let key = decode_public_key(&signer.public_key()).unwrap();
-        cp.at += 1;
-        assert!(verify(&entries, &cp, &key).is_err());
-        assert!(AuditSigner::from_pem("nonsense").is_err());
+    fn the_incremental_tree_is_rfc_9162s_tree() {
+        let entries = log(40);
+        let leaves: Vec<Hash> = entries.iter().map(|e| unhex(&e.hash).unwrap()).collect();
+        let mut v = ChainVerifier::new();
+        assert_eq!(v.root(), hex_hash(&mth(&[])));
+        for (i, e) in entries.iter().enumerate() {
+            v.push(e).unwrap();
+            assert_eq!(v.root(), hex_hash(&mth(&leaves[..=i])), "size {}", i + 1);
+            assert_eq!(v.frontier().len(), (i + 1).count_ones() as usize);
+        }
+    }
+
+    #[test]
+    fn inclusion_proofs_verify_for_every_entry_of_every_size() {
+        let entries = log(33);
+        for size in 1..=33u64 {
+            let mut v = ChainVerifier::new();
+            entries[..size as usize]
+                .iter()
+                .for_each(|e| v.push(e).unwrap());
+            let root = v.root();
+            for seq in 1..=size {
+                let mut b = InclusionBuilder::new(seq, size).unwrap();
+                for e in &entries[..size as usize] {
+                    b.push(&e.hash).unwrap();
+                }
+                let proof = b.finish().unwrap();
+                let e = &entries[seq as usize - 1];
+                verify_inclusion(e, &proof, &root)
+                    .unwrap_or_else(|err| panic!("seq {seq} size {size}: {err}"));
+                // The same proof does not place another entry there.
+                if size > 1 {
+                    let other = &entries[(seq as usize) % size as usize];
+                    let mut moved = proof.clone();
+                    moved.seq = other.seq;
+                    assert!(verify_inclusion(other, &moved, &root).is_err());
+                }
+                // Nor does it prove anything against another root.
+                assert!(verify_inclusion(e, &proof, &"0".repeat(64)).is_err());
+            }
+        }
+        assert!(InclusionBuilder::new(0, 3).is_none());
+        assert!(InclusionBuilder::new(4, 3).is_none());
+    }
+
+    #[test]
+    fn an_altered_entry_has_no_inclusion_proof() {
+        let entries = log(8);
+        let mut v = ChainVerifier::new();
+        entries.iter().for_each(|e| v.push(e).unwrap());
+        let mut b = InclusionBuilder::new(5, 8).unwrap();
+        entries.iter().for_each(|e| b.push(&e.hash).unwrap());
+        let proof = b.finish().unwrap();
+        let mut altered = entries[4].clone();
+        altered.digest = "sha256:ff".into();
+        assert!(verify_inclusion(&altered, &proof, &v.root()).is_err());
+        altered.hash = altered.compute_hash();
+        assert!(verify_inclusion(&altered, &proof, &v.root()).is_err());
     }
 }

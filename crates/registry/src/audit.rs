@@ -12,6 +12,7 @@ use crate::Registry;
 use crate::blobs::query;
 use crate::error::RegistryError;
 use crate::response::{self, Resp};
+use pierone_protocol::audit::InclusionBuilder;
 
 /// Entries per page of `/audit/log` unless the client asks for fewer.
 const MAX_PAGE: usize = 10_000;
@@ -62,6 +63,69 @@ impl Registry {
             .await?
             .ok_or(RegistryError::CheckpointUnknown)?;
         Ok(response::json(StatusCode::OK, "application/json", &cp))
+    }
+
+    /// `GET /audit/proof?seq=N[&size=M]`: the inclusion proof of entry N in the tree of the
+    /// first M entries (default: the latest checkpoint's size), with the entry. Reads the
+    /// log's hashes once, in order, in O(log M) memory.
+    pub(crate) async fn audit_proof(&self, req: &Request<Incoming>) -> Result<Resp, RegistryError> {
+        let q = query(req);
+        let number = |name: &'static str| -> Result<Option<u64>, RegistryError> {
+            q.get(name)
+                .map(|v| {
+                    v.parse().map_err(|_| RegistryError::InvalidQuery {
+                        name,
+                        value: v.clone(),
+                    })
+                })
+                .transpose()
+        };
+        let seq = number("seq")?.ok_or(RegistryError::InvalidQuery {
+            name: "seq",
+            value: String::new(),
+        })?;
+        let size = match number("size")? {
+            Some(s) => s,
+            None => {
+                self.tags
+                    .latest_checkpoint()
+                    .await?
+                    .ok_or(RegistryError::CheckpointUnknown)?
+                    .size
+            }
+        };
+        let (logged, _) = self.tags.audit_head().await?;
+        let mut builder = match InclusionBuilder::new(seq, size) {
+            Some(b) if size <= logged => b,
+            _ => {
+                return Err(RegistryError::InvalidQuery {
+                    name: "seq",
+                    value: format!("{seq} (the tree must hold it: 1 <= seq <= size <= {logged})"),
+                });
+            }
+        };
+        let mut since = 0;
+        let mut entry = None;
+        while since < size {
+            let page = self
+                .tags
+                .audit_entries(since, (size - since).min(MAX_PAGE as u64) as usize, None)
+                .await?;
+            let Some(last) = page.last() else { break };
+            since = last.seq;
+            for e in page {
+                builder.push(&e.hash)?;
+                if e.seq == seq {
+                    entry = Some(e);
+                }
+            }
+        }
+        let proof = builder.finish()?;
+        Ok(response::json(
+            StatusCode::OK,
+            "application/json",
+            &json!({ "seq": proof.seq, "size": proof.size, "path": proof.path, "entry": entry }),
+        ))
     }
 
     /// `GET /.well-known/ready`: 200 when the database and the blob store both answer, else

@@ -433,6 +433,7 @@ impl Registry {
             }
             Route::AuditLog => self.api_get(&m, self.audit_log(&req)).await,
             Route::AuditCheckpoint => self.api_get(&m, self.audit_checkpoint()).await,
+            Route::AuditProof => self.api_get(&m, self.audit_proof(&req)).await,
             Route::OpenApi => self.api_get(&m, async { Ok(self.api_openapi()) }).await,
             Route::Upload(repo, id) => match m {
                 Method::GET => self.upload_status(&repo, &id).await,
@@ -485,7 +486,8 @@ fn access(route: &Route, method: &Method) -> Access {
         | Route::Stats
         | Route::TeamStats
         | Route::AuditLog
-        | Route::AuditCheckpoint => Access::Read { team: None },
+        | Route::AuditCheckpoint
+        | Route::AuditProof => Access::Read { team: None },
         Route::Artifacts(t) => Access::Read {
             team: Some(t.clone()),
         },

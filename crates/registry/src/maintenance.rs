@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pierone_protocol::Digest;
-use pierone_protocol::audit::{ChainVerifier, GENESIS};
+use pierone_protocol::audit::ChainVerifier;
 use pierone_tagstore::{Checkpoint, Millis, OutboxItem, now_millis};
 use serde_json::json;
 
@@ -109,11 +109,11 @@ impl Registry {
         }
         // Sign only an extension of what was signed before: someone who rewrote rows in the
         // database must not get a signature over the rewritten log.
-        let (from, from_head) = last
-            .as_ref()
-            .map_or((0, GENESIS), |l| (l.size, l.head.as_str()));
-        let mut v = ChainVerifier::resume(from, from_head);
-        let mut since = from;
+        let mut v = match &last {
+            Some(l) => ChainVerifier::resume(l)?,
+            None => ChainVerifier::new(),
+        };
+        let mut since = v.head().0;
         loop {
             let page = self.tags.audit_entries(since, 1000, None).await?;
             for e in &page {
@@ -135,7 +135,7 @@ impl Registry {
             }
             .into());
         }
-        let cp = signer.sign(size, &head, now_millis());
+        let cp = signer.sign(&v, now_millis());
         self.tags.put_checkpoint(cp.clone()).await?;
         self.metrics.audit_checkpoints.inc();
         Ok(Some(cp))

@@ -34,6 +34,7 @@ pub enum Route {
     OpenApi,
     AuditLog,
     AuditCheckpoint,
+    AuditProof,
 }
 
 impl Route {
@@ -63,6 +64,7 @@ impl Route {
             Route::OpenApi => "openapi",
             Route::AuditLog => "audit_log",
             Route::AuditCheckpoint => "audit_checkpoint",
+            Route::AuditProof => "audit_proof",
         }
     }
 }
@@ -99,6 +101,7 @@ fn parse_api(path: &str) -> Result<Option<Route>, RegistryError> {
         "/metrics" => return Ok(Some(Route::Metrics)),
         "/audit/log" => return Ok(Some(Route::AuditLog)),
         "/audit/checkpoint" => return Ok(Some(Route::AuditCheckpoint)),
+        "/audit/proof" => return Ok(Some(Route::AuditProof)),
         "/openapi.yaml" => return Ok(Some(Route::OpenApi)),
         _ => {}
     }

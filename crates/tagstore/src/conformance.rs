@@ -510,9 +510,11 @@ pub async fn audit_log_chains_every_tag_write(store: &dyn TagStore) {
     let cp = |size: u64, sig: &str| crate::Checkpoint {
         size,
         head: log[size as usize - 1].hash.clone(),
+        root: format!("root-{size}"),
         at: 1,
         public_key: "k".into(),
         signature: sig.into(),
+        frontier: (0..size.count_ones()).map(|i| format!("f{i}")).collect(),
     };
     store.put_checkpoint(cp(2, "a")).await.unwrap();
     store.put_checkpoint(cp(3, "b")).await.unwrap();

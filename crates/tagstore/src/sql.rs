@@ -97,6 +97,8 @@ mod schema {
             at -> BigInt,
             public_key -> Text,
             signature -> Text,
+            root -> Text,
+            frontier -> Text,
         }
     }
     diesel::table! {
@@ -1322,6 +1324,8 @@ impl TagStore for SqlTagStore {
                     audit_checkpoints::at.eq(cp.at),
                     audit_checkpoints::public_key.eq(&cp.public_key),
                     audit_checkpoints::signature.eq(&cp.signature),
+                    audit_checkpoints::root.eq(&cp.root),
+                    audit_checkpoints::frontier.eq(cp.frontier.join(" ")),
                 ))
                 .on_conflict_do_nothing()
                 .execute(c)
@@ -1332,7 +1336,8 @@ impl TagStore for SqlTagStore {
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, Error> {
         run!(self, |c| {
-            let row: Option<(i64, String, i64, String, String)> = audit_checkpoints::table
+            type Row = (i64, String, i64, String, String, String, String);
+            let row: Option<Row> = audit_checkpoints::table
                 .order(audit_checkpoints::size.desc())
                 .select((
                     audit_checkpoints::size,
@@ -1340,19 +1345,23 @@ impl TagStore for SqlTagStore {
                     audit_checkpoints::at,
                     audit_checkpoints::public_key,
                     audit_checkpoints::signature,
+                    audit_checkpoints::root,
+                    audit_checkpoints::frontier,
                 ))
                 .first(c)
                 .optional()
                 .map_err(db_error)?;
-            Ok(
-                row.map(|(size, head, at, public_key, signature)| Checkpoint {
+            Ok(row.map(
+                |(size, head, at, public_key, signature, root, frontier)| Checkpoint {
                     size: size as u64,
                     head,
+                    root,
                     at,
                     public_key,
                     signature,
-                }),
-            )
+                    frontier: frontier.split_whitespace().map(str::to_owned).collect(),
+                },
+            ))
         })
     }
 

@@ -1,0 +1,2 @@
+ALTER TABLE audit_checkpoints DROP COLUMN frontier;
+ALTER TABLE audit_checkpoints DROP COLUMN root;
