@@ -476,6 +476,28 @@ async fn replicas_share_one_audit_chain_one_outbox_and_collect_garbage_safely() 
     for e in &entries {
         v.push(e).unwrap();
     }
+    // Both replicas signed checkpoints while the pushes ran; every one extends the last,
+    // and none was refused as tampering.
+    let start = std::time::Instant::now();
+    loop {
+        let cp: serde_json::Value = ca.get("/audit/checkpoint").await.json().await.unwrap();
+        if cp["size"] == 17 {
+            assert_eq!(cp["root"].as_str().unwrap(), v.root());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no checkpoint of 17: {cp}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in [&ca, &cb] {
+        let refused = crate::events::metric(c, "pierone_audit_checkpoint_refusals_total").await;
+        assert_eq!(
+            refused, 0.0,
+            "a checkpoint was refused during concurrent pushes"
+        );
+    }
     // Each event delivered, once, though both replicas deliver.
     let start = std::time::Instant::now();
     while delivered.lock().unwrap().len() < 17 {

@@ -113,9 +113,13 @@ impl Registry {
             Some(l) => ChainVerifier::resume(l)?,
             None => ChainVerifier::new(),
         };
+        // Up to the head read above only: pushes go on appending meanwhile.
         let mut since = v.head().0;
-        loop {
-            let page = self.tags.audit_entries(since, 1000, None).await?;
+        while since < size {
+            let page = self
+                .tags
+                .audit_entries(since, (size - since).min(1000) as usize, None)
+                .await?;
             for e in &page {
                 v.push(e)?;
             }
