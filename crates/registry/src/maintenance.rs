@@ -251,8 +251,15 @@ impl Registry {
         let mut after: Option<Digest> = None;
         loop {
             let page = self.blobs.list_blobs(after.as_ref(), 500).await?;
+            // Most blobs are referenced; one query per page rules them out.
+            let digests: Vec<Digest> = page.iter().map(|b| b.digest.clone()).collect();
+            let referenced: std::collections::HashSet<Digest> =
+                self.tags.referenced(&digests).await?.into_iter().collect();
             for b in &page {
                 report.blobs_scanned += 1;
+                if referenced.contains(&b.digest) {
+                    continue;
+                }
                 // Some stores keep whole seconds (S3's LastModified): assume the latest
                 // moment the reported time could mean.
                 let stored_at = b.stored_at + STORED_AT_PRECISION_MS;
@@ -384,8 +391,10 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Background {
                 if pause(&mut stop, r.config.gc.interval).await {
                     return;
                 }
+                let started = std::time::Instant::now();
                 match r.collect_garbage().await {
                     Ok(report) => tracing::info!(
+                        millis = started.elapsed().as_millis() as u64,
                         uploads_expired = report.uploads_expired,
                         blobs_scanned = report.blobs_scanned,
                         blobs_marked = report.blobs_marked,

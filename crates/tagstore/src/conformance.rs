@@ -635,6 +635,16 @@ pub async fn gc_never_takes_what_a_manifest_references(store: &dyn TagStore) {
     let m = manifest("gc-kept");
     let kept = m.references[0].0.clone();
     store.put_manifest(&r, m.clone(), None).await.unwrap();
+    let nobody = Digest::sha256_of(b"gc-nobody");
+    let mut found = store
+        .referenced(&[nobody.clone(), m.digest.clone(), kept.clone(), kept.clone()])
+        .await
+        .unwrap();
+    found.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let mut expected = vec![m.digest.clone(), kept.clone()];
+    expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(found, expected);
+    assert!(store.referenced(&[]).await.unwrap().is_empty());
     assert_eq!(store.gc_mark(&kept, 100).await.unwrap(), None);
     assert_eq!(store.gc_mark(&m.digest, 100).await.unwrap(), None);
     assert!(!store.gc_claim(&kept, 1000, 1000).await.unwrap());

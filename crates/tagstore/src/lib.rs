@@ -384,6 +384,10 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// keeps what they said.)
     async fn outbox_prune(&self, delivered_before: Millis) -> Result<u64, Error>;
 
+    /// Which of `digests` a manifest references (or is): one query for a whole page of
+    /// blobs, so garbage collection touches only the few that may be garbage.
+    async fn referenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error>;
+
     /// Mark `digest` as a garbage candidate unless a manifest references it (or is it). Returns
     /// when it was first marked, `None` when it is referenced (and then unmarked).
     async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error>;

@@ -547,6 +547,18 @@ impl TagStore for MemoryTagStore {
         Ok((before - s.outbox.len()) as u64)
     }
 
+    async fn referenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
+        let s = self.lock();
+        let mut out: Vec<Digest> = digests
+            .iter()
+            .filter(|d| s.is_referenced(d))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        out.dedup();
+        Ok(out)
+    }
+
     async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error> {
         let mut s = self.lock();
         if s.is_referenced(digest) {

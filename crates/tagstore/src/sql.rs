@@ -1478,6 +1478,28 @@ impl TagStore for SqlTagStore {
         })
     }
 
+    async fn referenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
+        let wanted: Vec<String> = digests.iter().map(|d| d.as_str().to_owned()).collect();
+        run!(self, |c| {
+            let mut found: Vec<String> = manifest_references::table
+                .filter(manifest_references::reference.eq_any(&wanted))
+                .select(manifest_references::reference)
+                .distinct()
+                .load(c)
+                .map_err(db_error)?;
+            found.extend(
+                manifests::table
+                    .filter(manifests::digest.eq_any(&wanted))
+                    .select(manifests::digest)
+                    .load::<String>(c)
+                    .map_err(db_error)?,
+            );
+            found.sort();
+            found.dedup();
+            found.iter().map(|d| parse_digest(d)).collect()
+        })
+    }
+
     async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error> {
         let digest = digest.clone();
         run!(self, |c| {
