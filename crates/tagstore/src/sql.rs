@@ -160,7 +160,7 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         // WAL lets readers run beside the one writer; busy_timeout makes writers queue instead
         // of failing; synchronous=FULL because an acknowledged tag is an audit record.
         conn.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
              PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
@@ -286,6 +286,14 @@ impl SqlTagStore {
                 });
             }
             let path = url.strip_prefix("sqlite://").unwrap_or(&url).to_owned();
+            // Switch a new database to WAL once, before the pool opens its connections at
+            // the same time: otherwise they race for the switch and log "database is locked".
+            SqliteConnection::establish(&path)
+                .and_then(|mut c| {
+                    c.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL;")
+                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))
+                })
+                .map_err(|e| Error::Unavailable(format!("{path}: {e}")))?;
             let pool = Pool::builder()
                 .max_size(8)
                 .connection_timeout(Duration::from_secs(10))
