@@ -1,5 +1,6 @@
 //! The Pier One API over HTTP, on a registry seeded by real pushes.
 
+use pierone_protocol::tar_with;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,18 +103,6 @@ async fn push(
     let r = req.send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
     (Digest::sha256_of(&m), digests[0].clone())
-}
-
-fn tar_with(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, content.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap()
 }
 
 #[tokio::test]

@@ -109,13 +109,7 @@ async fn seeded() -> (TestServer, FakeTokenInfo) {
     })
     .await;
     let c = s.client();
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(2);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "hello.txt", &b"hi"[..]).unwrap();
-    let layer = tar.into_inner().unwrap();
+    let layer = pierone_protocol::tar_with(&[("hello.txt", "hi")]);
     for tag in ["1.0", "2.0"] {
         let config = format!(r#"{{"architecture":"amd64","os":"linux","t":"{tag}"}}"#);
         for blob in [config.as_bytes(), &layer[..]] {

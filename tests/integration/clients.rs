@@ -43,15 +43,7 @@ fn write_blob(layout: &Path, data: &[u8]) -> (Digest, usize) {
 /// A one-layer image for `arch` whose single file says `content`; returns the manifest
 /// descriptor as JSON.
 fn image(layout: &Path, arch: &str, content: &str) -> Value {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_cksum();
-    tar.append_data(&mut header, "hello.txt", content.as_bytes())
-        .unwrap();
-    let layer = tar.into_inner().unwrap();
+    let layer = pierone_protocol::tar_with(&[("hello.txt", content)]);
     let (ld, ls) = write_blob(layout, &layer);
     let config = serde_json::to_vec(&json!({
         "architecture": arch, "os": "linux",

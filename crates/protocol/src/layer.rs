@@ -32,21 +32,24 @@ pub fn walk_layer<R: Read, T>(
     Ok(None)
 }
 
+/// A tar archive of `files` (name, content), for tests of anything that reads layers.
+#[cfg(any(test, feature = "test-util"))]
+pub fn tar_with(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        // Appending to a Vec cannot fail.
+        let _ = b.append_data(&mut h, name, content.as_bytes());
+    }
+    b.into_inner().unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tar_with(files: &[(&str, &str)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, content) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(content.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, content.as_bytes()).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
 
     #[test]
     fn walks_plain_and_gzipped_layers() {

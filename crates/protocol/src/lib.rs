@@ -16,6 +16,8 @@ mod upload;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorCode, ErrorInfo, error_body};
+#[cfg(any(test, feature = "test-util"))]
+pub use layer::tar_with;
 pub use layer::walk_layer;
 pub use manifest::{
     Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestKind, media_types, parse_manifest,

@@ -74,17 +74,7 @@ pub(crate) async fn find_scm_source(
 mod tests {
     use super::*;
 
-    fn tar_with(files: &[(&str, &str)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, content) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(content.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, content.as_bytes()).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
+    use pierone_protocol::tar_with;
 
     #[test]
     fn finds_root_scm_source_in_plain_and_gzipped_layers() {
