@@ -368,6 +368,28 @@ async fn oversized_request_heads_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(Config {
+        header_read_timeout: Duration::from_millis(500),
+        ..Config::default()
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(s.host()).await.unwrap();
+    conn.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // A client that sends its head in time is served as usual.
+    assert_eq!(s.client().get("/v2/").await.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_checks_the_backends() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_in(dir.path(), Config::default()).await;

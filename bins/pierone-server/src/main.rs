@@ -191,6 +191,10 @@ struct Args {
     /// Largest request head (request line and headers) accepted, in bytes; longer gets 431.
     #[arg(long, env = "PIERONE_MAX_HEADER_BYTES", default_value_t = 64 << 10)]
     max_header_bytes: usize,
+
+    /// How long a client may take to send a request head before it is disconnected.
+    #[arg(long, env = "PIERONE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
+    header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -441,6 +445,7 @@ async fn serve(args: Args) -> Result<(), String> {
         },
         max_uploads_per_principal: args.max_uploads_per_principal,
         max_header_bytes: args.max_header_bytes,
+        header_read_timeout: args.header_read_timeout,
         ..Config::default()
     };
     let registry = Arc::new(Registry::new(blobs, Arc::new(tags), config));

@@ -72,6 +72,8 @@ pub struct Config {
     pub max_uploads_per_principal: usize,
     /// Largest request head (request line and headers) accepted, in bytes.
     pub max_header_bytes: usize,
+    /// How long a client may take to send a request head before the connection is closed.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             max_uploads_per_principal: 64,
             max_header_bytes: 64 << 10,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -550,8 +553,18 @@ async fn serve(
     builder
         .http1()
         .max_buf_size(registry.config.max_header_bytes.max(HYPER_DEFAULT_BUF));
+    // A client gets this long to send its request head: a slow-loris connection cannot hold
+    // a slot forever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(registry.config.header_read_timeout);
+    // Adaptive flow-control windows: with hyper's fixed 1 MiB window a blob push over HTTP/2
+    // is capped at 1 MiB per round trip, which is slow over a WAN.
     builder
         .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .adaptive_window(true)
         .max_header_list_size(u32::try_from(registry.config.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let grace = registry.config.shutdown_grace;
