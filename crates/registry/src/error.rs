@@ -83,6 +83,11 @@ pub enum RegistryError {
     CheckpointUnknown,
     #[error("request line and headers of {size} bytes exceed the limit of {limit} bytes")]
     HeadTooLarge { size: usize, limit: usize },
+    #[error("TLS: {path}: {why}")]
+    Tls {
+        path: std::path::PathBuf,
+        why: String,
+    },
 }
 
 impl From<pierone_protocol::Error> for RegistryError {
@@ -238,6 +243,10 @@ impl RegistryError {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
             RegistryError::CheckpointUnknown => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            // Only at start-up, never an answer; mapped for completeness.
+            RegistryError::Tls { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+            }
             RegistryError::HeadTooLarge { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 ErrorCode::SizeInvalid,

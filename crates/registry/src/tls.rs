@@ -10,14 +10,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Why TLS could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{path}: {why}")]
-    File { path: PathBuf, why: String },
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
+use crate::RegistryError;
 
 /// How often a handshake may look at the files' modification times.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -26,8 +19,8 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let file_err = |path: &Path, why: String| TlsError::File {
+fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, RegistryError> {
+    let file_err = |path: &Path, why: String| RegistryError::Tls {
         path: path.to_owned(),
         why,
     };
@@ -104,7 +97,7 @@ impl ResolvesServerCert for Reloading {
 
 /// A rustls server configuration for `cert` (PEM chain) and `key` (PEM private key), offering
 /// HTTP/2 and HTTP/1.1 by ALPN, reloading both files when they change.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, RegistryError> {
     let (c, k) = (mtime(cert), mtime(key));
     let first = load(cert, key)?;
     let resolver = Reloading {
@@ -116,7 +109,10 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .map_err(|e| RegistryError::Tls {
+            path: cert.to_owned(),
+            why: e.to_string(),
+        })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
