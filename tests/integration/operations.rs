@@ -175,6 +175,35 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_move_to_an_internal_listener() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops = free.local_addr().unwrap().to_string();
+    drop(free);
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(dir.path(), &["--metrics-listen", &ops]);
+    let c = Client::new(&p.url);
+    assert_eq!(c.get("/v2/").await.status(), StatusCode::OK);
+    let r = c.get("/metrics").await;
+    oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+    let internal = Client::new(&format!("http://{ops}"));
+    let text = internal.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains(r#"pierone_http_requests_total{route="base",method="GET",status="200"} 1"#),
+        "{text}"
+    );
+    assert_eq!(
+        internal.get("/.well-known/ready").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        internal.get("/.well-known/health").await.status(),
+        StatusCode::OK
+    );
+    let r = internal.get("/v2/").await;
+    oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_tie_error_bodies_to_log_lines() {
     let s = TestServer::start().await;
     let c = s.client();

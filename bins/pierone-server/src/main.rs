@@ -148,6 +148,11 @@ struct Args {
     #[arg(long, env = "PIERONE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
+    /// Serve `/metrics` (and the health and readiness probes) on this internal address only,
+    /// instead of on --listen.
+    #[arg(long, env = "PIERONE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
     /// Log format on stderr: `text`, or `json` (one object per line).
     #[arg(long, env = "PIERONE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -446,6 +451,7 @@ async fn serve(args: Args) -> Result<(), String> {
         max_uploads_per_principal: args.max_uploads_per_principal,
         max_header_bytes: args.max_header_bytes,
         header_read_timeout: args.header_read_timeout,
+        metrics_on_main_listener: args.metrics_listen.is_none(),
         ..Config::default()
     };
     let registry = Arc::new(Registry::new(blobs, Arc::new(tags), config));
@@ -462,9 +468,30 @@ async fn serve(args: Args) -> Result<(), String> {
         data_dir = %args.data_dir.display(),
         "pierone-server ready"
     );
+    // One signal stops both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(addr) = args.metrics_listen {
+        let ops = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(metrics_listen = %ops.local_addr().map_err(|e| e.to_string())?, "metrics and probes served here");
+        let (registry, rx) = (registry.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = pierone_registry::run_operations(ops, registry, stopped(rx)).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
     match tls {
-        Some(tls) => pierone_registry::run_tls(listener, registry, tls, shutdown_signal()).await,
-        None => pierone_registry::run(listener, registry, shutdown_signal()).await,
+        Some(tls) => pierone_registry::run_tls(listener, registry, tls, stopped(stop_rx)).await,
+        None => pierone_registry::run(listener, registry, stopped(stop_rx)).await,
     }
     .map_err(|e| e.to_string())
 }

@@ -74,6 +74,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// How long a client may take to send a request head before the connection is closed.
     pub header_read_timeout: Duration,
+    /// Whether `/metrics` is served by [`run`]; turn off when [`run_operations`] serves it on
+    /// an internal address.
+    pub metrics_on_main_listener: bool,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
             max_uploads_per_principal: 64,
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
+            metrics_on_main_listener: true,
         }
     }
 }
@@ -280,6 +284,24 @@ impl Registry {
         resp
     }
 
+    /// Answer a request on the operations listener: metrics, liveness and readiness only,
+    /// without credentials, logs or counting (scrapes would drown both).
+    pub async fn handle_operations(&self, req: Request<Incoming>) -> Response<response::Body> {
+        let id = request_id(req.headers());
+        let answer = match (routes::parse(req.uri().path()), req.method()) {
+            (Ok(Some(Route::Metrics)), &Method::GET) => Ok(self.metrics_response()),
+            (Ok(Some(Route::Health)), &Method::GET) => Ok(self.api_health()),
+            (Ok(Some(Route::Ready)), &Method::GET) => self.ready().await,
+            _ => Err(RegistryError::NoRoute),
+        };
+        let mut resp = answer.unwrap_or_else(|e| response::error(&e, &id));
+        resp.headers_mut().insert(
+            "Docker-Distribution-API-Version",
+            HeaderValue::from_static("registry/2.0"),
+        );
+        resp
+    }
+
     /// Count failures of the backends for `/metrics`.
     fn count_fault(&self, e: &RegistryError) {
         use pierone_blobstore::Error as B;
@@ -430,6 +452,8 @@ impl Registry {
             Route::TeamStats => self.api_get(&m, self.api_team_stats()).await,
             Route::Health => self.api_get(&m, async { Ok(self.api_health()) }).await,
             Route::Ready => self.api_get(&m, self.ready()).await,
+            // With a separate metrics listener, the public one does not expose them.
+            Route::Metrics if !self.config.metrics_on_main_listener => Err(RegistryError::NoRoute),
             Route::Metrics => {
                 self.api_get(&m, async { Ok(self.metrics_response()) })
                     .await
@@ -514,7 +538,27 @@ pub async fn run(
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve(listener, registry, None, shutdown).await
+    serve(listener, registry, None, Listener::Main, shutdown).await
+}
+
+/// Serve only `/metrics`, `/.well-known/health` and `/.well-known/ready` on `listener` (an
+/// internal address for scrapers and probes) until `shutdown` completes. Runs no background
+/// work: [`run`] does that.
+pub async fn run_operations(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve(listener, registry, None, Listener::Operations, shutdown).await
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// The registry and the Pier One API; runs the background work.
+    Main,
+    /// Metrics and probes only.
+    Operations,
 }
 
 /// [`run`] over TLS with `tls` (see [`tls::server_config`]); HTTP/2 and HTTP/1.1 by ALPN.
@@ -528,6 +572,7 @@ pub async fn run_tls(
         listener,
         registry,
         Some(tokio_rustls::TlsAcceptor::from(tls)),
+        Listener::Main,
         shutdown,
     )
     .await
@@ -543,6 +588,7 @@ async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    kind: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -568,7 +614,7 @@ async fn serve(
         .max_header_list_size(u32::try_from(registry.config.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let grace = registry.config.shutdown_grace;
-    let background = maintenance::spawn(&registry);
+    let background = (kind == Listener::Main).then(|| maintenance::spawn(&registry));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -586,7 +632,12 @@ async fn serve(
                 let registry = registry.clone();
                 let svc = service_fn(move |req| {
                     let registry = registry.clone();
-                    async move { Ok::<_, Infallible>(registry.handle(req).await) }
+                    async move {
+                        Ok::<_, Infallible>(match kind {
+                            Listener::Main => registry.handle(req).await,
+                            Listener::Operations => registry.handle_operations(req).await,
+                        })
+                    }
                 });
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
@@ -626,6 +677,8 @@ async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; dropping connections"),
     }
-    background.stop(grace).await;
+    if let Some(b) = background {
+        b.stop(grace).await;
+    }
     Ok(())
 }
