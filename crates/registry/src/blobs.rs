@@ -100,6 +100,34 @@ fn upload_location(repo: &RepoName, id: &UploadId) -> String {
     format!("/v2/{repo}/blobs/uploads/{id}")
 }
 
+/// The answer to a blob GET or HEAD: the whole blob of `size` bytes, or `range` of it.
+fn blob_response(
+    digest: &Digest,
+    size: u64,
+    range: Option<std::ops::Range<u64>>,
+    body: response::Body,
+) -> Resp {
+    let (status, len) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),
+        None => (StatusCode::OK, size),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_LENGTH, len.into());
+    h.insert(CONTENT_TYPE, header_value("application/octet-stream"));
+    h.insert("Docker-Content-Digest", header_value(digest.as_str()));
+    h.insert(ACCEPT_RANGES, header_value("bytes"));
+    h.insert("ETag", header_value(&format!("\"{digest}\"")));
+    if let Some(r) = range {
+        h.insert(
+            CONTENT_RANGE,
+            header_value(&format!("bytes {}-{}/{size}", r.start, r.end - 1)),
+        );
+    }
+    r
+}
+
 fn new_upload_id() -> UploadId {
     UploadId::from_random(*uuid::Uuid::new_v4().as_bytes())
 }
@@ -112,11 +140,20 @@ impl Registry {
         req: &Request<Incoming>,
         with_body: bool,
     ) -> Result<Resp, RegistryError> {
-        let size = self
-            .blobs
-            .stat(digest)
-            .await?
-            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+        let unknown = || RegistryError::BlobUnknown(digest.clone());
+        let ranged = req.headers().contains_key(RANGE);
+        // A whole-blob GET is one store read, which also reports the size: no stat first
+        // (on S3 that saves a HEAD request per pull).
+        if with_body && !ranged && self.blobs.redirect_url(digest).await?.is_none() {
+            let read = self.blobs.get(digest, None).await?.ok_or_else(unknown)?;
+            return Ok(blob_response(
+                digest,
+                read.total_size,
+                None,
+                response::stream(read.body),
+            ));
+        }
+        let size = self.blobs.stat(digest).await?.ok_or_else(unknown)?;
         if with_body && let Some(url) = self.blobs.redirect_url(digest).await? {
             // The store serves the bytes itself (a presigned S3 URL): pull traffic bypasses
             // the registry, which still decided who may read.
@@ -131,35 +168,17 @@ impl Registry {
             Some(v) => parse_range(v, size)?,
             None => None,
         };
-        let (status, len) = match &range {
-            Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),
-            None => (StatusCode::OK, size),
-        };
         let body = if with_body {
             let read = self
                 .blobs
                 .get(digest, range.clone())
                 .await?
-                .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+                .ok_or_else(unknown)?;
             response::stream(read.body)
         } else {
             response::empty()
         };
-        let mut r = Response::new(body);
-        *r.status_mut() = status;
-        let h = r.headers_mut();
-        h.insert(CONTENT_LENGTH, len.into());
-        h.insert(CONTENT_TYPE, header_value("application/octet-stream"));
-        h.insert("Docker-Content-Digest", header_value(digest.as_str()));
-        h.insert(ACCEPT_RANGES, header_value("bytes"));
-        h.insert("ETag", header_value(&format!("\"{digest}\"")));
-        if let Some(r) = range {
-            h.insert(
-                CONTENT_RANGE,
-                header_value(&format!("bytes {}-{}/{size}", r.start, r.end - 1)),
-            );
-        }
-        Ok(r)
+        Ok(blob_response(digest, size, range, body))
     }
 
     /// Stream `body` into upload `id` at `offset`, hashing as it goes. Returns the hasher
