@@ -694,6 +694,33 @@ pub async fn gc_never_takes_what_a_manifest_references(store: &dyn TagStore) {
     assert_eq!(store.gc_mark(&uploaded, 200).await.unwrap(), Some(200));
 }
 
+/// A manifest write and a collector's claim racing for one marked blob: exactly one wins,
+/// never both (a committed manifest whose blob is then deleted) and never neither.
+pub async fn gc_claim_and_manifest_write_race_has_one_winner(store: &dyn TagStore) {
+    let r = repo("gcrace");
+    let (mut kept, mut taken) = (0, 0);
+    for i in 0..40 {
+        let blob = Digest::sha256_of(format!("gc-race-{i}").as_bytes());
+        assert_eq!(store.gc_mark(&blob, 0).await.unwrap(), Some(0));
+        let mut m = manifest(&format!("gc-race-{i}"));
+        m.references = vec![(blob.clone(), 1)];
+        let (put, claim) = tokio::join!(
+            store.put_manifest(&r, m.clone(), None),
+            store.gc_claim(&blob, 0, 1)
+        );
+        match (put, claim.unwrap()) {
+            (Ok(_), false) => kept += 1,
+            (Err(Error::BlobCollected(d)), true) => {
+                assert_eq!(d, blob);
+                assert_eq!(store.get_manifest(&r, &m.digest).await.unwrap(), None);
+                taken += 1;
+            }
+            (put, claimed) => panic!("round {i}: manifest {put:?}, claimed {claimed}"),
+        }
+    }
+    assert_eq!(kept + taken, 40);
+}
+
 pub async fn expired_uploads_are_listed_oldest_first(store: &dyn TagStore) {
     let r = repo("expire");
     let now = crate::now_millis();
@@ -738,6 +765,7 @@ macro_rules! conformance_tests {
             audit_appends_race_into_one_chain,
             outbox_hands_each_event_to_one_deliverer,
             gc_never_takes_what_a_manifest_references,
+            gc_claim_and_manifest_write_race_has_one_winner,
             expired_uploads_are_listed_oldest_first
         );
     };
