@@ -168,13 +168,19 @@ async fn verify(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     // What was verified last time: the checkpoint itself (size, head, root, frontier, key).
-    let trusted: Option<Checkpoint> = match state {
+    // The remembered checkpoint, and the verifier resumed from it.
+    let (trusted, mut v): (Option<Checkpoint>, ChainVerifier) = match state {
         Some(path) => match std::fs::read(path) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| state_error(path, e))?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Ok(bytes) => {
+                let cp: Checkpoint =
+                    serde_json::from_slice(&bytes).map_err(|e| state_error(path, e))?;
+                let v = ChainVerifier::resume(&cp).map_err(|e| state_error(path, e))?;
+                (Some(cp), v)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, ChainVerifier::new()),
             Err(e) => return Err(state_error(path, e)),
         },
-        None => None,
+        None => (None, ChainVerifier::new()),
     };
     // A key given now wins; else the one remembered; else the one the registry presents.
     let pinned = public_key.or_else(|| trusted.as_ref().map(|t| t.public_key.clone()));
@@ -195,10 +201,6 @@ async fn verify(
         .transpose()
         .map_err(|e| Error::Usage(e.to_string()))?;
     let failed = |e: pierone_protocol::Error| Error::AuditFailed(e.to_string());
-    let mut v = match &trusted {
-        Some(t) => ChainVerifier::resume(t).map_err(|e| state_error(state_path(state), e))?,
-        None => ChainVerifier::new(),
-    };
     let start = v.head().0;
     if let Some(cp) = &checkpoint {
         if cp.size < start {
@@ -259,10 +261,6 @@ async fn verify(
             .map_err(|e| state_error(path, e))?;
     }
     Ok(())
-}
-
-fn state_path(state: Option<&std::path::Path>) -> &std::path::Path {
-    state.unwrap_or(std::path::Path::new("state"))
 }
 
 /// Prove that `team/artifact:tag` names what the signed log says: find its latest

@@ -266,10 +266,6 @@ impl Tree {
     }
 }
 
-fn hex_hash(h: &Hash) -> String {
-    hex(h)
-}
-
 /// Checks a log read in order, one entry at a time, so that a log of any length is verified
 /// in constant memory; builds its Merkle tree on the way.
 #[derive(Debug, Clone)]
@@ -301,7 +297,7 @@ impl ChainVerifier {
     /// so a log that rewrote that prefix fails.
     pub fn resume(cp: &Checkpoint) -> Result<ChainVerifier, Error> {
         let tree = Tree::from_frontier(cp.size, &cp.frontier)?;
-        if hex_hash(&tree.root()) != cp.root {
+        if hex(&tree.root()) != cp.root {
             return Err(Error::AuditCheckpointInvalid(
                 "the checkpoint's frontier does not fold to its root".into(),
             ));
@@ -327,12 +323,12 @@ impl ChainVerifier {
 
     /// The Merkle root over the entries so far, hex.
     pub fn root(&self) -> String {
-        hex_hash(&self.tree.root())
+        hex(&self.tree.root())
     }
 
     /// The roots of the perfect subtrees, largest first (see [`Checkpoint::frontier`]).
     pub fn frontier(&self) -> Vec<String> {
-        self.tree.frontier.iter().map(hex_hash).collect()
+        self.tree.frontier.iter().map(|h| hex(h)).collect()
     }
 
     /// The next entry: it must be numbered `size + 1`, link to the current head, and hash to
@@ -365,7 +361,7 @@ impl ChainVerifier {
         if let Some((size, seen)) = &mut self.at_checkpoint
             && *size == self.size
         {
-            *seen = Some((self.head.clone(), hex_hash(&self.tree.root())));
+            *seen = Some((self.head.clone(), hex(&self.tree.root())));
         }
         Ok(())
     }
@@ -478,7 +474,7 @@ impl InclusionBuilder {
         Ok(InclusionProof {
             seq: self.seq,
             size: self.size,
-            path: self.trees.iter().map(|t| hex_hash(&t.root())).collect(),
+            path: self.trees.iter().map(|t| hex(&t.root())).collect(),
         })
     }
 }
@@ -509,11 +505,10 @@ pub fn verify_inclusion(
         }
         if f & 1 == 1 || f == s {
             r = node_hash(&p, &r);
-            if f & 1 == 0 {
-                while f & 1 == 0 && f != 0 {
-                    f >>= 1;
-                    s >>= 1;
-                }
+            // A right edge: climb past the levels where this node has no sibling.
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
             }
         } else {
             r = node_hash(&r, &p);
@@ -524,7 +519,7 @@ pub fn verify_inclusion(
     if s != 0 {
         return Err(invalid("the path is shorter than the tree is deep"));
     }
-    if hex_hash(&r) != root {
+    if hex(&r) != root {
         return Err(invalid(
             "it leads to another root: the entry is not in the signed log",
         ));
@@ -727,10 +722,10 @@ mod tests {
         let entries = log(40);
         let leaves: Vec<Hash> = entries.iter().map(|e| unhex(&e.hash).unwrap()).collect();
         let mut v = ChainVerifier::new();
-        assert_eq!(v.root(), hex_hash(&mth(&[])));
+        assert_eq!(v.root(), hex(&mth(&[])));
         for (i, e) in entries.iter().enumerate() {
             v.push(e).unwrap();
-            assert_eq!(v.root(), hex_hash(&mth(&leaves[..=i])), "size {}", i + 1);
+            assert_eq!(v.root(), hex(&mth(&leaves[..=i])), "size {}", i + 1);
             assert_eq!(v.frontier().len(), (i + 1).count_ones() as usize);
         }
     }

@@ -9,10 +9,11 @@ use pierone_protocol::{Digest, RepoName, Tag};
 use serde_json::json;
 
 use crate::Registry;
-use crate::blobs::query;
+use crate::blobs::{query, query_number};
 use crate::error::RegistryError;
 use crate::response::{self, Resp};
 use pierone_protocol::audit::InclusionBuilder;
+use pierone_tagstore::AuditEntry;
 
 /// Entries per page of `/audit/log` unless the client asks for fewer.
 const MAX_PAGE: usize = 10_000;
@@ -23,16 +24,10 @@ impl Registry {
     /// `GET /audit/log?since=N&limit=M[&repository=R&tag=T]`: entries after `since`, in order.
     pub(crate) async fn audit_log(&self, req: &Request<Incoming>) -> Result<Resp, RegistryError> {
         let q = query(req);
-        let number = |name: &'static str, default: u64| -> Result<u64, RegistryError> {
-            q.get(name).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| RegistryError::InvalidQuery {
-                    name,
-                    value: v.clone(),
-                })
-            })
-        };
-        let since = number("since", 0)?;
-        let limit = (number("limit", MAX_PAGE as u64)? as usize).clamp(1, MAX_PAGE);
+        let since = query_number(&q, "since")?.unwrap_or(0);
+        let limit = query_number(&q, "limit")?
+            .unwrap_or(MAX_PAGE)
+            .clamp(1, MAX_PAGE);
         let tag = match (q.get("repository"), q.get("tag")) {
             (Some(r), Some(t)) => Some((r.parse::<RepoName>()?, t.parse::<Tag>()?)),
             (None, None) => None,
@@ -70,21 +65,11 @@ impl Registry {
     /// log's hashes once, in order, in O(log M) memory.
     pub(crate) async fn audit_proof(&self, req: &Request<Incoming>) -> Result<Resp, RegistryError> {
         let q = query(req);
-        let number = |name: &'static str| -> Result<Option<u64>, RegistryError> {
-            q.get(name)
-                .map(|v| {
-                    v.parse().map_err(|_| RegistryError::InvalidQuery {
-                        name,
-                        value: v.clone(),
-                    })
-                })
-                .transpose()
-        };
-        let seq = number("seq")?.ok_or(RegistryError::InvalidQuery {
+        let seq: u64 = query_number(&q, "seq")?.ok_or(RegistryError::InvalidQuery {
             name: "seq",
             value: String::new(),
         })?;
-        let size = match number("size")? {
+        let size = match query_number(&q, "size")? {
             Some(s) => s,
             None => {
                 self.tags
@@ -104,28 +89,41 @@ impl Registry {
                 });
             }
         };
-        let mut since = 0;
         let mut entry = None;
-        while since < size {
-            let page = self
-                .tags
-                .audit_entries(since, (size - since).min(MAX_PAGE as u64) as usize, None)
-                .await?;
-            let Some(last) = page.last() else { break };
-            since = last.seq;
-            for e in page {
-                builder.push(&e.hash)?;
-                if e.seq == seq {
-                    entry = Some(e);
-                }
+        self.each_audit_entry(0, size, |e| {
+            builder.push(&e.hash)?;
+            if e.seq == seq {
+                entry = Some(e);
             }
-        }
+            Ok(())
+        })
+        .await?;
         let proof = builder.finish()?;
         Ok(response::json(
             StatusCode::OK,
             "application/json",
             &json!({ "seq": proof.seq, "size": proof.size, "path": proof.path, "entry": entry }),
         ))
+    }
+
+    /// Hand entries `since + 1 ..= until` to `each`, in order, a page at a time.
+    pub(crate) async fn each_audit_entry(
+        &self,
+        since: u64,
+        until: u64,
+        mut each: impl FnMut(AuditEntry) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        let mut since = since;
+        while since < until {
+            let want = (until - since).min(MAX_PAGE as u64) as usize;
+            let page = self.tags.audit_entries(since, want, None).await?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            since = last.seq;
+            page.into_iter().try_for_each(&mut each)?;
+        }
+        Ok(())
     }
 
     /// `GET /.well-known/ready`: 200 when the database and the blob store both answer, else

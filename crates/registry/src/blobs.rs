@@ -28,6 +28,21 @@ pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Query parameter `name` as a number; `None` when absent, `InvalidQuery` when not a number.
+pub(crate) fn query_number<T: std::str::FromStr>(
+    q: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<T>, RegistryError> {
+    q.get(name)
+        .map(|v| {
+            v.parse().map_err(|_| RegistryError::InvalidQuery {
+                name,
+                value: v.clone(),
+            })
+        })
+        .transpose()
+}
+
 pub(crate) fn content_length(req: &Request<Incoming>) -> Option<u64> {
     req.headers()
         .get(CONTENT_LENGTH)

@@ -306,53 +306,19 @@ impl Registry {
     fn count_fault(&self, e: &RegistryError) {
         use pierone_blobstore::Error as B;
         use pierone_tagstore::Error as T;
-        let kind = |kind| metrics::KindLabels { kind };
-        match e {
-            RegistryError::Tags(T::Unavailable(_)) => {
-                self.metrics
-                    .database_errors
-                    .get_or_create(&kind("unavailable"))
-                    .inc();
-            }
-            RegistryError::Tags(T::Query(_)) => {
-                self.metrics
-                    .database_errors
-                    .get_or_create(&kind("query"))
-                    .inc();
-            }
-            RegistryError::Tags(T::Corrupt(_)) => {
-                self.metrics
-                    .database_errors
-                    .get_or_create(&kind("corrupt"))
-                    .inc();
-            }
-            RegistryError::Blobs(B::Io { .. }) => {
-                self.metrics
-                    .blob_store_errors
-                    .get_or_create(&kind("io"))
-                    .inc();
-            }
-            RegistryError::Blobs(B::Backend(_)) => {
-                self.metrics
-                    .blob_store_errors
-                    .get_or_create(&kind("backend"))
-                    .inc();
-            }
-            RegistryError::Blobs(B::Throttled(_)) => {
-                self.metrics
-                    .blob_store_errors
-                    .get_or_create(&kind("throttled"))
-                    .inc();
-            }
-            RegistryError::Blobs(B::Unavailable(_)) => {
-                self.metrics
-                    .blob_store_errors
-                    .get_or_create(&kind("unavailable"))
-                    .inc();
-            }
+        let m = &self.metrics;
+        let (family, kind) = match e {
+            RegistryError::Tags(T::Unavailable(_)) => (&m.database_errors, "unavailable"),
+            RegistryError::Tags(T::Query(_)) => (&m.database_errors, "query"),
+            RegistryError::Tags(T::Corrupt(_)) => (&m.database_errors, "corrupt"),
+            RegistryError::Blobs(B::Io { .. }) => (&m.blob_store_errors, "io"),
+            RegistryError::Blobs(B::Backend(_)) => (&m.blob_store_errors, "backend"),
+            RegistryError::Blobs(B::Throttled(_)) => (&m.blob_store_errors, "throttled"),
+            RegistryError::Blobs(B::Unavailable(_)) => (&m.blob_store_errors, "unavailable"),
             // Client mistakes and refusals are not faults of a backend.
-            _ => {}
-        }
+            _ => return,
+        };
+        family.get_or_create(&metrics::KindLabels { kind }).inc();
     }
 
     /// Take one of `principal`'s upload slots, or refuse with 429.

@@ -6,24 +6,14 @@ use hyper::{Request, StatusCode};
 use pierone_protocol::RepoName;
 
 use crate::Registry;
-use crate::blobs::query;
+use crate::blobs::{query, query_number};
 use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value};
 
 /// The page size and cursor of a listing request.
 fn page(req: &Request<Incoming>) -> Result<(Option<usize>, Option<String>), RegistryError> {
     let q = query(req);
-    let n = match q.get("n") {
-        None => None,
-        Some(v) => Some(
-            v.parse::<usize>()
-                .map_err(|_| RegistryError::InvalidQuery {
-                    name: "n",
-                    value: v.clone(),
-                })?,
-        ),
-    };
-    Ok((n, q.get("last").cloned()))
+    Ok((query_number(&q, "n")?, q.get("last").cloned()))
 }
 
 /// Add `Link: <...>; rel="next"` when a full page suggests there may be more.

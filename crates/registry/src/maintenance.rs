@@ -114,20 +114,9 @@ impl Registry {
             None => ChainVerifier::new(),
         };
         // Up to the head read above only: pushes go on appending meanwhile.
-        let mut since = v.head().0;
-        while since < size {
-            let page = self
-                .tags
-                .audit_entries(since, (size - since).min(1000) as usize, None)
-                .await?;
-            for e in &page {
-                v.push(e)?;
-            }
-            match page.last() {
-                Some(e) => since = e.seq,
-                None => break,
-            }
-        }
+        let from = v.head().0;
+        self.each_audit_entry(from, size, |e| Ok(v.push(&e)?))
+            .await?;
         if v.head() != (size, head.as_str()) {
             return Err(pierone_protocol::Error::AuditChainBroken {
                 seq: size,

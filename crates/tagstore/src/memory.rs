@@ -42,6 +42,13 @@ struct OutboxRow {
 }
 
 impl State {
+    /// Drop `digest`'s mark unless a collector has already claimed it.
+    fn unmark(&mut self, digest: &Digest) {
+        if self.gc.get(digest).is_some_and(|(_, claimed)| !claimed) {
+            self.gc.remove(digest);
+        }
+    }
+
     fn is_referenced(&self, digest: &Digest) -> bool {
         self.manifests.contains_key(digest)
             || self
@@ -105,7 +112,7 @@ impl TagStore for MemoryTagStore {
                 }
             }
             for (r, _) in &manifest.references {
-                s.gc.remove(r);
+                s.unmark(r);
             }
         }
         s.repositories.entry(repo.as_str().to_owned()).or_insert(());
@@ -562,9 +569,7 @@ impl TagStore for MemoryTagStore {
     async fn gc_mark(&self, digest: &Digest, now: Millis) -> Result<Option<Millis>, Error> {
         let mut s = self.lock();
         if s.is_referenced(digest) {
-            if s.gc.get(digest).is_some_and(|(_, claimed)| !claimed) {
-                s.gc.remove(digest);
-            }
+            s.unmark(digest);
             return Ok(None);
         }
         Ok(Some(s.gc.entry(digest.clone()).or_insert((now, false)).0))
@@ -607,10 +612,7 @@ impl TagStore for MemoryTagStore {
     }
 
     async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error> {
-        let mut s = self.lock();
-        if s.gc.get(digest).is_some_and(|(_, claimed)| !claimed) {
-            s.gc.remove(digest);
-        }
+        self.lock().unmark(digest);
         Ok(())
     }
 }

@@ -553,12 +553,7 @@ macro_rules! backend_ops {
             /// refuse if collection already claimed it. The delete runs before the check so
             /// that, on PostgreSQL, it waits for a concurrent claim's commit and sees its result.
             fn rescue_from_gc(c: &mut Conn, digest: &Digest) -> Result<(), TxError> {
-                diesel::delete(
-                    gc_candidates::table
-                        .filter(gc_candidates::digest.eq(digest.as_str()))
-                        .filter(gc_candidates::state.eq("marked")),
-                )
-                .execute(c)?;
+                unmark(c, digest.as_str())?;
                 let claimed: Option<String> = gc_candidates::table
                     .find(digest.as_str())
                     .select(gc_candidates::state)
@@ -570,22 +565,39 @@ macro_rules! backend_ops {
                 Ok(())
             }
 
-            /// Whether a manifest is `digest` or references it.
-            pub(super) fn is_referenced(c: &mut Conn, digest: &str) -> Result<bool, DieselError> {
-                let by_ref: Option<String> = manifest_references::table
-                    .filter(manifest_references::reference.eq(digest))
-                    .select(manifest_references::manifest)
-                    .first(c)
-                    .optional()?;
-                if by_ref.is_some() {
-                    return Ok(true);
-                }
-                let manifest: Option<String> = manifests::table
-                    .find(digest)
-                    .select(manifests::digest)
-                    .first(c)
-                    .optional()?;
-                Ok(manifest.is_some())
+            /// Which of `digests` a manifest is or references.
+            pub(super) fn referenced(
+                c: &mut Conn,
+                digests: &[&str],
+            ) -> Result<Vec<String>, DieselError> {
+                let mut found: Vec<String> = manifest_references::table
+                    .filter(manifest_references::reference.eq_any(digests))
+                    .select(manifest_references::reference)
+                    .distinct()
+                    .load(c)?;
+                found.extend(
+                    manifests::table
+                        .filter(manifests::digest.eq_any(digests))
+                        .select(manifests::digest)
+                        .load::<String>(c)?,
+                );
+                found.sort();
+                found.dedup();
+                Ok(found)
+            }
+
+            fn is_referenced(c: &mut Conn, digest: &str) -> Result<bool, DieselError> {
+                Ok(!referenced(c, &[digest])?.is_empty())
+            }
+
+            /// Drop `digest`'s mark unless a collector has already claimed it.
+            pub(super) fn unmark(c: &mut Conn, digest: &str) -> Result<usize, DieselError> {
+                diesel::delete(
+                    gc_candidates::table
+                        .filter(gc_candidates::digest.eq(digest))
+                        .filter(gc_candidates::state.eq("marked")),
+                )
+                .execute(c)
             }
 
             pub(super) fn gc_mark_tx(
@@ -595,12 +607,7 @@ macro_rules! backend_ops {
             ) -> Result<Option<Millis>, TxError> {
                 c.$tx(|c| {
                     if is_referenced(c, digest)? {
-                        diesel::delete(
-                            gc_candidates::table
-                                .filter(gc_candidates::digest.eq(digest))
-                                .filter(gc_candidates::state.eq("marked")),
-                        )
-                        .execute(c)?;
+                        unmark(c, digest)?;
                         return Ok(None);
                     }
                     diesel::insert_into(gc_candidates::table)
@@ -1489,22 +1496,12 @@ impl TagStore for SqlTagStore {
     async fn referenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
         let wanted: Vec<String> = digests.iter().map(|d| d.as_str().to_owned()).collect();
         run!(self, |c| {
-            let mut found: Vec<String> = manifest_references::table
-                .filter(manifest_references::reference.eq_any(&wanted))
-                .select(manifest_references::reference)
-                .distinct()
-                .load(c)
-                .map_err(db_error)?;
-            found.extend(
-                manifests::table
-                    .filter(manifests::digest.eq_any(&wanted))
-                    .select(manifests::digest)
-                    .load::<String>(c)
-                    .map_err(db_error)?,
-            );
-            found.sort();
-            found.dedup();
-            found.iter().map(|d| parse_digest(d)).collect()
+            let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            ops::referenced(c, &wanted)
+                .map_err(db_error)?
+                .iter()
+                .map(|d| parse_digest(d))
+                .collect()
         })
     }
 
@@ -1555,14 +1552,7 @@ impl TagStore for SqlTagStore {
     async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error> {
         let digest = digest.clone();
         run!(self, |c| {
-            diesel::delete(
-                gc_candidates::table
-                    .filter(gc_candidates::digest.eq(digest.as_str()))
-                    .filter(gc_candidates::state.eq("marked")),
-            )
-            .execute(c)
-            .map(drop)
-            .map_err(db_error)
+            ops::unmark(c, digest.as_str()).map(drop).map_err(db_error)
         })
     }
 }
