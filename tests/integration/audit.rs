@@ -227,7 +227,7 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
     let r = c.put_manifest("team/app", "1.3", OCI_MANIFEST, &m).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let start = std::time::Instant::now();
-    while crate::events::metric(&c, "pierone_audit_checkpoint_refusals_total").await < 2.0 {
+    while crate::util::metric(&c, "pierone_audit_checkpoint_refusals_total").await < 2.0 {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "no refusal counted"

@@ -9,7 +9,7 @@ use pierone_tagstore::{SqlTagStore, TagStore};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::util::{Client, OCI_MANIFEST, Seen, TestServer, fake_service, header};
+use crate::util::{Client, OCI_MANIFEST, Seen, TestServer, fake_service, header, metric};
 
 /// A webhook receiver answering `status(n)` to its n-th request (from 1), keeping the bodies
 /// it accepted with 2xx.
@@ -147,22 +147,6 @@ fn referenced(manifest: &[u8]) -> Vec<String> {
         out.push(l["digest"].as_str().unwrap().to_owned());
     }
     out
-}
-
-pub async fn metric(c: &Client, name: &str) -> f64 {
-    let text = c.get("/metrics").await.text().await.unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

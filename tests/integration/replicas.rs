@@ -492,7 +492,7 @@ async fn replicas_share_one_audit_chain_one_outbox_and_collect_garbage_safely() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for c in [&ca, &cb] {
-        let refused = crate::events::metric(c, "pierone_audit_checkpoint_refusals_total").await;
+        let refused = crate::util::metric(c, "pierone_audit_checkpoint_refusals_total").await;
         assert_eq!(
             refused, 0.0,
             "a checkpoint was refused during concurrent pushes"

@@ -2,34 +2,14 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use pierone_protocol::{Digest, Hasher};
 use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{Client, OCI_MANIFEST, Process, TestServer, header, location, oci_error};
-
-/// Deterministic pseudo-random bytes, generated in chunks so tests never hold a big blob.
-fn chunk(seed: u64, index: u64, len: usize) -> Bytes {
-    let mut x = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    Bytes::from(v)
-}
-
-fn digest_of_chunks(seed: u64, n: u64, len: usize) -> Digest {
-    let mut h = Hasher::new(pierone_protocol::Algorithm::Sha256);
-    for i in 0..n {
-        h.update(&chunk(seed, i, len));
-    }
-    h.finish()
-}
+use crate::util::{
+    Client, OCI_MANIFEST, Process, TestServer, chunk, digest_of_chunks, header, location,
+    oci_error, trickle,
+};
 
 /// A streamed request body of `n` chunks, optionally pausing after `pause_after` chunks.
 fn body_stream(seed: u64, n: u64, len: usize, pause_after: Option<u64>) -> reqwest::Body {
@@ -136,21 +116,10 @@ async fn graceful_shutdown_lets_in_flight_uploads_finish() {
     let d = digest_of_chunks(7, 8, 64 * 1024);
     let url = format!("/v2/team/app/blobs/uploads/?digest={d}");
     // A slow body: 8 chunks, 50 ms apart.
-    let body = futures_util::stream::unfold(0u64, |i| async move {
-        if i == 8 {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        Some((Ok::<_, std::io::Error>(chunk(7, i, 64 * 1024)), i + 1))
-    });
+    let body = trickle(7, 8, 64 * 1024, Duration::from_millis(50));
     let push = tokio::spawn({
         let c = c.clone();
-        async move {
-            c.req(Method::POST, &url)
-                .body(reqwest::Body::wrap_stream(body))
-                .send()
-                .await
-        }
+        async move { c.req(Method::POST, &url).body(body).send().await }
     });
     tokio::time::sleep(Duration::from_millis(120)).await;
     let url = s.url.clone();

@@ -420,3 +420,65 @@ impl FakeTokenInfo {
 pub fn token_json(uid: &str, realm: &str, scopes: &[&str], expires_in: i64) -> Value {
     json!({"uid": uid, "realm": realm, "scope": scopes, "expires_in": expires_in})
 }
+
+/// Deterministic pseudo-random bytes, generated in chunks so tests never hold a big blob.
+pub fn chunk(seed: u64, index: u64, len: usize) -> Bytes {
+    let mut x = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+/// The digest of chunks `0..n` of `seed`.
+pub fn digest_of_chunks(seed: u64, n: u64, len: usize) -> Digest {
+    let mut h = pierone_protocol::Hasher::new(pierone_protocol::Algorithm::Sha256);
+    for i in 0..n {
+        h.update(&chunk(seed, i, len));
+    }
+    h.finish()
+}
+
+/// A request body of chunks `0..n` of `seed`, each sent `gap` after the one before: a client
+/// still uploading while the test does something else.
+pub fn trickle(seed: u64, n: u64, len: usize, gap: Duration) -> reqwest::Body {
+    let s = futures_util::stream::unfold(0u64, move |i| async move {
+        if i == n {
+            return None;
+        }
+        tokio::time::sleep(gap).await;
+        Some((Ok::<_, std::io::Error>(chunk(seed, i, len)), i + 1))
+    });
+    reqwest::Body::wrap_stream(s)
+}
+
+/// The sum of the samples of `name` whose labels include `labels`, in a Prometheus text
+/// scrape (which must parse); `None` when there is no such sample.
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{text}"));
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name} is {other:?}"),
+        })
+        .collect();
+    (!found.is_empty()).then(|| found.iter().sum())
+}
+
+/// The current value of the counter or gauge `name` (0 when it has no sample yet).
+pub async fn metric(c: &Client, name: &str) -> f64 {
+    let text = c.get("/metrics").await.text().await.unwrap();
+    metric_in(&text, name, &[]).unwrap_or(0.0)
+}
