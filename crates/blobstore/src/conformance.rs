@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
 
-use crate::{BlobStore, ByteStream, Error};
+use crate::{BlobStore, ByteStream, Error, UploadPart};
 
 /// A [`ByteStream`] of the given chunks.
 pub fn stream_of(chunks: &[&[u8]]) -> ByteStream {
@@ -64,15 +64,32 @@ fn uid(s: &str) -> UploadId {
 pub async fn put(store: &dyn BlobStore, data: &[u8]) -> Digest {
     let id = uid("put");
     let digest = Digest::sha256_of(data);
-    store
-        .write_upload(&id, 0, stream_of(&[data]))
+    store.create_upload(&id).await.expect("create");
+    let part = store
+        .write_part(&id, stream_of(&[data]))
         .await
         .expect("write");
+    assert_eq!(part.len, data.len() as u64);
     store
-        .commit_upload(&id, data.len() as u64, &digest)
+        .commit_upload(&id, &[part], &digest)
         .await
         .expect("commit");
     digest
+}
+
+/// Everything a stream yields, concatenated.
+pub async fn collect(mut body: ByteStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk.expect("read chunk"));
+    }
+    out
+}
+
+async fn part(store: &dyn BlobStore, id: &UploadId, data: &[u8]) -> UploadPart {
+    let p = store.write_part(id, stream_of(&[data])).await.unwrap();
+    assert_eq!(p.len, data.len() as u64);
+    p
 }
 
 pub async fn missing_blob_is_none(store: &dyn BlobStore) {
@@ -111,99 +128,180 @@ pub async fn ranges(store: &dyn BlobStore) {
     ));
 }
 
-pub async fn chunked_upload_resumes_at_offset(store: &dyn BlobStore) {
-    let id = uid("chunks");
-    assert_eq!(
-        store
-            .write_upload(&id, 0, stream_of(&[b"abc", b"def"]))
-            .await
-            .unwrap(),
-        6
-    );
-    assert_eq!(
-        store
-            .write_upload(&id, 6, stream_of(&[b"ghi"]))
-            .await
-            .unwrap(),
-        3
-    );
-    // A request whose progress was never recorded: the next write starts again at 9.
-    assert_eq!(
-        store
-            .write_upload(&id, 9, stream_of(&[b"XXXX"]))
-            .await
-            .unwrap(),
-        4
-    );
-    assert_eq!(
-        store
-            .write_upload(&id, 9, stream_of(&[b"jk"]))
-            .await
-            .unwrap(),
-        2
-    );
-    let d = Digest::sha256_of(b"abcdefghijk");
-    store.commit_upload(&id, 11, &d).await.unwrap();
-    assert_eq!(read_all(store, &d, None).await.unwrap(), b"abcdefghijk");
-}
-
-pub async fn offset_past_stored_data_is_refused(store: &dyn BlobStore) {
-    let id = uid("gap");
-    store
-        .write_upload(&id, 0, stream_of(&[b"abc"]))
+/// An upload is the concatenation of exactly the parts its commit names, in order: a part
+/// that was written but never recorded (a request that lost a race, or whose progress was
+/// never stored) is not published, wherever it lies.
+pub async fn commit_publishes_exactly_the_recorded_parts(store: &dyn BlobStore) {
+    let id = uid("parts");
+    store.create_upload(&id).await.unwrap();
+    let p1 = store
+        .write_part(&id, stream_of(&[b"abc", b"def"]))
         .await
         .unwrap();
+    assert_eq!(p1.len, 6);
+    let p2 = part(store, &id, b"ghi").await;
+    let _unrecorded = part(store, &id, b"XXXX").await;
+    let p4 = part(store, &id, b"jk").await;
+    let keys = [&p1.key, &p2.key, &p4.key, &_unrecorded.key];
+    for (i, k) in keys.iter().enumerate() {
+        assert!(!keys[..i].contains(k), "part keys are unique");
+    }
+    let recorded = [p1, p2, p4];
+    let read = store.read_upload(&id, &recorded).await.unwrap();
+    assert_eq!(collect(read).await, b"abcdefghijk");
+    let d = Digest::sha256_of(b"abcdefghijk");
+    store.commit_upload(&id, &recorded, &d).await.unwrap();
+    assert_eq!(read_all(store, &d, None).await.unwrap(), b"abcdefghijk");
+    // The upload is gone with every part, recorded or not.
     assert!(matches!(
-        store.write_upload(&id, 10, stream_of(&[b"x"])).await,
-        Err(Error::UploadTruncated {
-            stored: 3,
-            expected: 10,
-            ..
-        })
-    ));
-    let unknown = uid("nosuch");
-    assert!(matches!(
-        store.write_upload(&unknown, 5, stream_of(&[b"x"])).await,
+        store.commit_upload(&id, &recorded, &d).await,
         Err(Error::UploadUnknown(_))
     ));
+}
+
+/// A refused part can be discarded, and the upload goes on as if it had never been sent.
+pub async fn discarded_part_is_not_published(store: &dyn BlobStore) {
+    let id = uid("discard");
+    store.create_upload(&id).await.unwrap();
+    let p1 = part(store, &id, b"abc").await;
+    let refused = part(store, &id, b"ZZZZZZ").await;
+    store.discard_part(&id, &refused).await.unwrap();
+    // Discarding twice, or a part that is gone, is harmless.
+    store.discard_part(&id, &refused).await.unwrap();
+    let p3 = part(store, &id, b"def").await;
+    let d = Digest::sha256_of(b"abcdef");
+    store.commit_upload(&id, &[p1, p3], &d).await.unwrap();
+    assert_eq!(read_all(store, &d, None).await.unwrap(), b"abcdef");
+}
+
+/// Commit checks every part against its record and publishes nothing when one differs.
+pub async fn parts_must_match_their_record(store: &dyn BlobStore) {
+    let id = uid("record");
+    store.create_upload(&id).await.unwrap();
+    let p = part(store, &id, b"abc").await;
+    let d = Digest::sha256_of(b"abcd");
+    let longer = UploadPart {
+        key: p.key.clone(),
+        len: 4,
+    };
     assert!(matches!(
-        store
-            .commit_upload(&unknown, 0, &Digest::sha256_of(b""))
-            .await,
-        Err(Error::UploadUnknown(_))
+        store.commit_upload(&id, &[longer.clone()], &d).await,
+        Err(Error::PartSizeMismatch { .. })
     ));
+    assert!(store.read_upload(&id, &[longer]).await.is_err());
+    let unknown = UploadPart {
+        key: "999999".into(),
+        len: 3,
+    };
+    assert!(matches!(
+        store.commit_upload(&id, &[unknown], &d).await,
+        Err(Error::PartUnknown { .. } | Error::PartSizeMismatch { .. })
+    ));
+    assert_eq!(store.stat(&d).await.unwrap(), None);
+    // The upload is intact after the refusals.
+    let abc = Digest::sha256_of(b"abc");
+    store.commit_upload(&id, &[p], &abc).await.unwrap();
+    assert_eq!(read_all(store, &abc, None).await.unwrap(), b"abc");
+
+    // A store that keeps no per-upload state (S3) cannot tell an upload that was never
+    // created; the caller's session is what makes one real. Either way nothing is published.
+    let never = uid("nosuch");
+    let stray = store.write_part(&never, stream_of(&[b"x"])).await;
+    assert!(
+        matches!(stray, Ok(_) | Err(Error::UploadUnknown(_))),
+        "{stray:?}"
+    );
+    assert_eq!(store.stat(&Digest::sha256_of(b"x")).await.unwrap(), None);
+    store.abort_upload(&never).await.unwrap();
 }
 
 pub async fn failed_body_publishes_nothing(store: &dyn BlobStore) {
     let id = uid("broken");
-    let r = store.write_upload(&id, 0, failing_stream(&[b"part"])).await;
+    store.create_upload(&id).await.unwrap();
+    let r = store.write_part(&id, failing_stream(&[b"part"])).await;
     assert!(matches!(r, Err(Error::Body(_))), "{r:?}");
     let d = Digest::sha256_of(b"part");
     assert_eq!(store.stat(&d).await.unwrap(), None);
+    // The next request's part holds its own bytes only.
+    let p = part(store, &id, b"whole").await;
+    let whole = Digest::sha256_of(b"whole");
+    store
+        .commit_upload(&id, std::slice::from_ref(&p), &whole)
+        .await
+        .unwrap();
+    assert_eq!(read_all(store, &whole, None).await.unwrap(), b"whole");
     store.abort_upload(&id).await.unwrap();
     // Abort is idempotent, and an aborted upload cannot be committed.
+    let id = uid("aborted");
+    store.create_upload(&id).await.unwrap();
+    let p = part(store, &id, b"gone").await;
+    store.abort_upload(&id).await.unwrap();
     store.abort_upload(&id).await.unwrap();
     assert!(
         store
-            .commit_upload(&id, 0, &Digest::sha256_of(b""))
+            .commit_upload(&id, &[p], &Digest::sha256_of(b"gone"))
             .await
             .is_err()
     );
 }
 
-pub async fn commit_shorter_than_stored_uses_prefix(store: &dyn BlobStore) {
-    let id = uid("prefix");
-    store
-        .write_upload(&id, 0, stream_of(&[b"abcdef"]))
-        .await
-        .unwrap();
-    let d = Digest::sha256_of(b"abc");
-    store.commit_upload(&id, 3, &d).await.unwrap();
-    assert_eq!(read_all(store, &d, None).await.unwrap(), b"abc");
-    assert!(matches!(
-        store.commit_upload(&id, 3, &d).await,
-        Err(Error::UploadUnknown(_))
+/// Two requests on one upload at once, one of them stalled mid-body while the other
+/// completes (a hostile client racing its own session): each part holds exactly its own
+/// request's bytes, or the store refused the second request while the first was writing.
+pub async fn racing_parts_keep_their_own_bytes(store: &dyn BlobStore) {
+    let id = uid("race");
+    store.create_upload(&id).await.unwrap();
+    let a_bytes = [b"A".repeat(70_000), b"a".repeat(70_000)].concat();
+    let b_bytes = b"B".repeat(100_000);
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let first = Bytes::copy_from_slice(&a_bytes[..70_000]);
+    let rest = Bytes::copy_from_slice(&a_bytes[70_000..]);
+    let stalled: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(
+        futures_util::stream::once(async move {
+            let _ = wait.await;
+            Ok(rest)
+        }),
     ));
+    let a = store.write_part(&id, stalled);
+    let b = async {
+        // Let the stalled request start writing first.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let r = store.write_part(&id, stream_of(&[&b_bytes])).await;
+        let _ = go.send(());
+        r
+    };
+    let (a, b) = tokio::join!(a, b);
+    let a = a.unwrap();
+    assert_eq!(
+        collect(
+            store
+                .read_upload(&id, std::slice::from_ref(&a))
+                .await
+                .unwrap()
+        )
+        .await,
+        a_bytes
+    );
+    match b {
+        Ok(b) => {
+            assert_ne!(a.key, b.key);
+            assert_eq!(
+                collect(
+                    store
+                        .read_upload(&id, std::slice::from_ref(&b))
+                        .await
+                        .unwrap()
+                )
+                .await,
+                b_bytes
+            );
+        }
+        Err(Error::UploadBusy(_)) => {}
+        Err(e) => panic!("second request: {e}"),
+    }
+    let d = Digest::sha256_of(&a_bytes);
+    store.commit_upload(&id, &[a], &d).await.unwrap();
+    assert_eq!(read_all(store, &d, None).await.unwrap(), a_bytes);
 }
 
 pub async fn commit_is_idempotent_per_digest(store: &dyn BlobStore) {
@@ -233,11 +331,9 @@ pub async fn sha512_blobs(store: &dyn BlobStore) {
     h.update(b"512");
     let d = h.finish();
     let id = uid("sha512");
-    store
-        .write_upload(&id, 0, stream_of(&[b"512"]))
-        .await
-        .unwrap();
-    store.commit_upload(&id, 3, &d).await.unwrap();
+    store.create_upload(&id).await.unwrap();
+    let p = part(store, &id, b"512").await;
+    store.commit_upload(&id, &[p], &d).await.unwrap();
     assert_eq!(read_all(store, &d, None).await.unwrap(), b"512");
 }
 
@@ -255,39 +351,39 @@ pub async fn large_upload_commits_immediately(store: &dyn BlobStore) {
             h.update(c);
         }
         let d = h.finish();
-        let n = store
-            .write_upload(&id, 0, Box::pin(futures_util::stream::iter(chunks)))
+        store.create_upload(&id).await.unwrap();
+        let p = store
+            .write_part(&id, Box::pin(futures_util::stream::iter(chunks)))
             .await
             .unwrap();
+        let n = p.len;
         assert_eq!(n, 48 * MIB as u64);
-        store.commit_upload(&id, n, &d).await.unwrap();
+        store.commit_upload(&id, &[p], &d).await.unwrap();
         assert_eq!(store.stat(&d).await.unwrap(), Some(n));
     }
 }
 
 /// An upload sent as several large requests (what chunked clients do with big layers) is
-/// assembled in order, including when it is committed shorter than it was written.
+/// assembled in order, including when a large request between them was never recorded.
 pub async fn large_chunks_assemble_in_order(store: &dyn BlobStore) {
     const MIB: usize = 1 << 20;
     let id = uid("big-chunks");
-    let chunks: Vec<Vec<u8>> = (0..3u8)
+    store.create_upload(&id).await.unwrap();
+    let chunks: Vec<Vec<u8>> = (0..4u8)
         .map(|i| vec![i + 1; 6 * MIB + usize::from(i)])
         .collect();
-    let mut offset = 0u64;
+    let mut parts = Vec::new();
     for c in &chunks {
-        let n = store
-            .write_upload(&id, offset, stream_of(&[c]))
-            .await
-            .unwrap();
-        offset += n;
+        parts.push(part(store, &id, c).await);
     }
-    let all: Vec<u8> = chunks.concat();
-    let keep = all.len() - 3;
-    let d = Digest::sha256_of(&all[..keep]);
-    store.commit_upload(&id, keep as u64, &d).await.unwrap();
+    // The third request lost a race: its part stays unrecorded.
+    parts.remove(2);
+    let all: Vec<u8> = [&chunks[0][..], &chunks[1], &chunks[3]].concat();
+    let d = Digest::sha256_of(&all);
+    store.commit_upload(&id, &parts, &d).await.unwrap();
     let got = read_all(store, &d, None).await.unwrap();
-    assert_eq!(got.len(), keep);
-    assert!(got == all[..keep], "bytes assembled in order");
+    assert_eq!(got.len(), all.len());
+    assert!(got == all, "bytes assembled in order");
 }
 
 pub async fn blobs_are_listed_in_pages_and_deleted(store: &dyn BlobStore) {
@@ -350,10 +446,11 @@ macro_rules! conformance_tests {
             missing_blob_is_none,
             upload_then_read,
             ranges,
-            chunked_upload_resumes_at_offset,
-            offset_past_stored_data_is_refused,
+            commit_publishes_exactly_the_recorded_parts,
+            discarded_part_is_not_published,
+            parts_must_match_their_record,
             failed_body_publishes_nothing,
-            commit_shorter_than_stored_uses_prefix,
+            racing_parts_keep_their_own_bytes,
             commit_is_idempotent_per_digest,
             concurrent_uploads_are_independent,
             sha512_blobs,

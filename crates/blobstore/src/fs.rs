@@ -1,19 +1,27 @@
 //! The filesystem blob store: blobs under `blobs/<alg>/<2 hex>/<hex>`, uploads under `uploads/`.
 //!
-//! A blob appears by `rename(2)` of a fully written, fsynced upload file, which is atomic on
-//! POSIX filesystems: a reader opens either nothing or the whole blob, and a crash leaves at
-//! worst an upload file that the session's recorded offset still describes.
+//! An upload is one file that only ever grows by whole parts: a request takes the file's
+//! exclusive lock, appends its body at the end, and names its part by the position it started
+//! at. Nothing below a part's end is ever rewritten while the upload lives (a failed or refused
+//! request only cuts its own bytes off the end, under the lock), so a recorded part keeps its
+//! bytes. Commit checks the recorded parts against the file: when they cover it from byte 0
+//! without gaps (every sequential push) the file itself is cut to their end, fsynced and
+//! renamed into place; otherwise exactly the recorded ranges are copied into a new file, which
+//! is published instead. `rename(2)` is atomic on POSIX filesystems: a reader opens either
+//! nothing or the whole blob.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
 
-use crate::{BlobEntry, BlobRead, BlobStore, ByteStream, Error, checked_range};
+use crate::{BlobEntry, BlobRead, BlobStore, ByteStream, Error, UploadPart, checked_range};
 
 /// Size of the chunks a read is streamed in: large enough to keep syscalls off the profile,
 /// small enough that many concurrent pulls stay cheap in memory.
@@ -73,13 +81,16 @@ fn not_found(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound
 }
 
-/// Open an upload file for writing and take an exclusive lock on it, so that two requests
-/// for one upload (even from two processes) cannot interleave their bytes.
-fn open_locked(path: &Path, id: &UploadId, create: bool) -> Result<std::fs::File, Error> {
+/// Open an upload file and take an exclusive lock on it, so that two requests for one upload
+/// (even from two processes) cannot interleave their bytes.
+///
+/// The lock is only good while the path still names the locked file: a commit renames the
+/// file into place as the blob, and a request that opened it just before must not append to
+/// a published blob. So after locking, the path is checked to be the same inode.
+fn open_locked(path: &Path, id: &UploadId) -> Result<std::fs::File, Error> {
     let file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
-        .create(create)
-        .truncate(false)
         .open(path)
         .map_err(|e| {
             if not_found(&e) {
@@ -91,14 +102,87 @@ fn open_locked(path: &Path, id: &UploadId, create: bool) -> Result<std::fs::File
                 }
             }
         })?;
+    lock_checked(file, path, id)
+}
+
+/// Lock `file`, opened from `path`, and check that `path` still names it.
+fn lock_checked(file: std::fs::File, path: &Path, id: &UploadId) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::MetadataExt;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::UploadBusy(id.clone())),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::Io {
-            op: "lock upload file",
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(Error::UploadBusy(id.clone())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(Error::Io {
+                op: "lock upload file",
+                source: e,
+            });
+        }
+    }
+    let locked = file.metadata().map_err(Error::io("stat upload file"))?;
+    match std::fs::metadata(path) {
+        Ok(m) if m.ino() == locked.ino() && m.dev() == locked.dev() => Ok(file),
+        Ok(_) => Err(Error::UploadUnknown(id.clone())),
+        Err(e) if not_found(&e) => Err(Error::UploadUnknown(id.clone())),
+        Err(e) => Err(Error::Io {
+            op: "stat upload file",
             source: e,
         }),
     }
+}
+
+/// Defence in depth before publishing: the file holds exactly the bytes the parts add up to.
+fn check_size(file: &std::fs::File, size: u64) -> Result<(), Error> {
+    let len = file
+        .metadata()
+        .map_err(Error::io("stat upload file"))?
+        .len();
+    if len != size {
+        return Err(Error::Backend(format!(
+            "upload file holds {len} bytes where its parts add up to {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// Where part `part` starts in its upload file: the key is that position.
+fn part_start(id: &UploadId, part: &UploadPart) -> Result<u64, Error> {
+    part.key.parse().map_err(|_| Error::PartUnknown {
+        id: id.clone(),
+        key: part.key.clone(),
+    })
+}
+
+/// The byte ranges of the upload file that `parts` name, each checked to lie within the
+/// `stored` bytes of the file and not to overlap one another.
+fn recorded_ranges(
+    id: &UploadId,
+    parts: &[UploadPart],
+    stored: u64,
+) -> Result<Vec<Range<u64>>, Error> {
+    let mut ranges: Vec<Range<u64>> = Vec::with_capacity(parts.len());
+    for p in parts {
+        let start = part_start(id, p)?;
+        let end = start.checked_add(p.len).filter(|e| *e <= stored);
+        let Some(end) = end else {
+            return Err(Error::PartSizeMismatch {
+                id: id.clone(),
+                key: p.key.clone(),
+                stored: stored.saturating_sub(start),
+                expected: p.len,
+            });
+        };
+        ranges.push(start..end);
+    }
+    // Parts are appended in turn and never overlap; two recorded parts that do were not
+    // written by this store, and publishing them would repeat bytes.
+    let mut sorted: Vec<&Range<u64>> = ranges.iter().filter(|r| !r.is_empty()).collect();
+    sorted.sort_by_key(|r| r.start);
+    if sorted.windows(2).any(|w| w[0].end > w[1].start) {
+        return Err(Error::Backend(format!(
+            "recorded parts of upload {id} overlap"
+        )));
+    }
+    Ok(ranges)
 }
 
 /// Flushes a file's dirty pages on its own thread whenever kicked, coalescing kicks that
@@ -213,37 +297,38 @@ impl BlobStore for FsBlobStore {
         Ok(Some(BlobRead { total_size, body }))
     }
 
-    async fn write_upload(
-        &self,
-        id: &UploadId,
-        offset: u64,
-        mut data: ByteStream,
-    ) -> Result<u64, Error> {
+    async fn create_upload(&self, id: &UploadId) -> Result<(), Error> {
+        let path = self.upload_path(id);
+        tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map(drop)
+                .map_err(Error::io("create upload file"))
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))?
+    }
+
+    async fn write_part(&self, id: &UploadId, mut data: ByteStream) -> Result<UploadPart, Error> {
         let path = self.upload_path(id);
         let id = id.clone();
         let fsync = self.fsync;
+        // Set once the whole body has been handed over. A writer that finds the channel closed
+        // without it (the body failed, or the request was dropped mid-body) cuts its bytes off
+        // again while it still holds the lock, so a partial part never stays in the file.
+        let complete = Arc::new(AtomicBool::new(false));
+        let done = complete.clone();
         // One blocking thread owns the file for the whole request: the async side only moves
         // `Bytes` handles, so hashing (in the stream) and writing run in parallel, and there is
         // no per-chunk hop through the blocking pool.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
-            let mut file = open_locked(&path, &id, offset == 0)?;
-            let stored = file
-                .metadata()
-                .map_err(Error::io("stat upload file"))?
-                .len();
-            if stored < offset {
-                return Err(Error::UploadTruncated {
-                    id,
-                    stored,
-                    expected: offset,
-                });
-            }
-            if stored > offset {
-                file.set_len(offset)
-                    .map_err(Error::io("truncate upload file"))?;
-            }
-            file.seek(SeekFrom::Start(offset))
+        let writer = tokio::task::spawn_blocking(move || -> Result<UploadPart, Error> {
+            let mut file = open_locked(&path, &id)?;
+            let start = file
+                .seek(SeekFrom::End(0))
                 .map_err(Error::io("seek in upload file"))?;
             // Started at the first kick: most uploads are small and never need it.
             let mut flusher: Option<Flusher> = None;
@@ -265,13 +350,26 @@ impl BlobStore for FsBlobStore {
                         unflushed = 0;
                     }
                 }
-                Ok::<(), Error>(())
+                if done.load(Ordering::Acquire) {
+                    Ok(())
+                } else {
+                    Err(Error::Body(std::io::Error::other(
+                        "request body ended early",
+                    )))
+                }
             })();
             if let Some(f) = flusher {
                 f.finish();
             }
+            if result.is_err() {
+                file.set_len(start)
+                    .map_err(Error::io("cut a failed part off the upload file"))?;
+            }
             result?;
-            Ok(written)
+            Ok(UploadPart {
+                key: start.to_string(),
+                len: written,
+            })
         });
         let mut body_error = None;
         while let Some(chunk) = data.next().await {
@@ -288,34 +386,94 @@ impl BlobStore for FsBlobStore {
                 }
             }
         }
+        if body_error.is_none() {
+            complete.store(true, Ordering::Release);
+        }
         drop(tx);
-        let written = writer
+        let part = writer
             .await
-            .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))??;
+            .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))?;
         match body_error {
             Some(e) => Err(Error::Body(e)),
-            None => Ok(written),
+            None => part,
         }
     }
 
-    async fn commit_upload(&self, id: &UploadId, size: u64, digest: &Digest) -> Result<(), Error> {
-        let upload = self.upload_path(id);
-        let target = self.blob_path(digest);
+    async fn discard_part(&self, id: &UploadId, part: &UploadPart) -> Result<(), Error> {
+        let path = self.upload_path(id);
         let id = id.clone();
-        let fsync = self.fsync;
+        let part = part.clone();
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
-            let file = open_locked(&upload, &id, false)?;
+            let file = match open_locked(&path, &id) {
+                Ok(f) => f,
+                // Gone with its upload, or another request is appending after it: the bytes
+                // stay unrecorded, which is all that matters.
+                Err(Error::UploadUnknown(_) | Error::UploadBusy(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let start = part_start(&id, &part)?;
             let stored = file
                 .metadata()
                 .map_err(Error::io("stat upload file"))?
                 .len();
-            if stored < size {
-                return Err(Error::UploadTruncated {
-                    id,
-                    stored,
-                    expected: size,
-                });
+            // Only the last part may go: below the end, cutting would take recorded parts with
+            // it.
+            if start.checked_add(part.len) == Some(stored) {
+                file.set_len(start)
+                    .map_err(Error::io("cut a refused part off the upload file"))?;
             }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))?
+    }
+
+    async fn read_upload(&self, id: &UploadId, parts: &[UploadPart]) -> Result<ByteStream, Error> {
+        let path = self.upload_path(id);
+        let id = id.clone();
+        let parts = parts.to_vec();
+        // Read under the lock so that the ranges are checked against the file they are read
+        // from; the reader threads keep their own descriptors.
+        let ranges = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let file = open_locked(&path, &id)?;
+            let stored = file
+                .metadata()
+                .map_err(Error::io("stat upload file"))?
+                .len();
+            let ranges = recorded_ranges(&id, &parts, stored)?;
+            Ok((file, ranges))
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))??;
+        let (file, ranges) = ranges;
+        // One range at a time: the readers share the descriptor's file offset (and with it
+        // the lock), so the next starts only once the one before has finished.
+        let streams = futures_util::stream::iter(ranges).map(move |r| match file.try_clone() {
+            Ok(f) => spawn_reader(f, r.start, r.end - r.start),
+            Err(e) => Box::pin(futures_util::stream::iter([Err(e)])) as ByteStream,
+        });
+        Ok(Box::pin(streams.flatten()))
+    }
+
+    async fn commit_upload(
+        &self,
+        id: &UploadId,
+        parts: &[UploadPart],
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        let upload = self.upload_path(id);
+        let target = self.blob_path(digest);
+        let id = id.clone();
+        let parts = parts.to_vec();
+        let fsync = self.fsync;
+        tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            let mut file = open_locked(&upload, &id)?;
+            let stored = file
+                .metadata()
+                .map_err(Error::io("stat upload file"))?
+                .len();
+            let ranges = recorded_ranges(&id, &parts, stored)?;
+            let size: u64 = ranges.iter().map(|r| r.end - r.start).sum();
             if target.exists() {
                 // Same digest, same content: keep the blob readers may already be streaming,
                 // but restart its age, which garbage collection reads from the mtime.
@@ -326,16 +484,57 @@ impl BlobStore for FsBlobStore {
                     .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 return std::fs::remove_file(&upload).map_err(Error::io("remove upload file"));
             }
-            if stored > size {
-                file.set_len(size)
-                    .map_err(Error::io("truncate upload file"))?;
-            }
-            if fsync {
-                file.sync_all().map_err(Error::io("fsync upload file"))?;
-            }
+            let mut next = 0;
+            let in_place = ranges.iter().all(|r| {
+                let follows = r.start == next;
+                next = r.end;
+                follows
+            });
             let dir = target.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(Error::io("create blob directory"))?;
-            std::fs::rename(&upload, &target).map_err(Error::io("publish blob"))?;
+            if in_place {
+                // Every sequential push: the parts are the file's first `size` bytes, and what
+                // follows them (a refused or unrecorded request's bytes) is cut off.
+                if stored > size {
+                    file.set_len(size)
+                        .map_err(Error::io("truncate upload file"))?;
+                }
+                if fsync {
+                    file.sync_all().map_err(Error::io("fsync upload file"))?;
+                }
+                check_size(&file, size)?;
+                std::fs::rename(&upload, &target).map_err(Error::io("publish blob"))?;
+            } else {
+                // A request between the recorded parts was refused or never recorded: copy
+                // exactly the recorded ranges into a new file and publish that.
+                let assembled = upload.with_extension(format!("assemble-{}", std::process::id()));
+                let result = (|| {
+                    let mut out = std::fs::File::create(&assembled)
+                        .map_err(Error::io("create assembled upload"))?;
+                    for r in &ranges {
+                        file.seek(SeekFrom::Start(r.start))
+                            .map_err(Error::io("seek in upload file"))?;
+                        let copied = std::io::copy(&mut (&file).take(r.end - r.start), &mut out)
+                            .map_err(Error::io("assemble upload"))?;
+                        if copied != r.end - r.start {
+                            return Err(Error::Backend(format!(
+                                "upload {id} ended inside a recorded part"
+                            )));
+                        }
+                    }
+                    if fsync {
+                        out.sync_all()
+                            .map_err(Error::io("fsync assembled upload"))?;
+                    }
+                    check_size(&out, size)?;
+                    std::fs::rename(&assembled, &target).map_err(Error::io("publish blob"))
+                })();
+                if result.is_err() {
+                    let _ = std::fs::remove_file(&assembled);
+                }
+                result?;
+                std::fs::remove_file(&upload).map_err(Error::io("remove upload file"))?;
+            }
             if fsync {
                 // Persist the new directory entry too; without this a power loss could forget
                 // a blob that a manifest, committed afterwards, already references.
@@ -473,22 +672,42 @@ mod tests {
     });
 
     #[tokio::test]
-    async fn leftover_bytes_past_the_offset_are_discarded() {
+    async fn a_stale_request_cannot_append_to_a_published_blob() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).await.unwrap();
-        let id: UploadId = "crashy".parse().unwrap();
-        // Simulate a crash: bytes on disk beyond what the session recorded (3).
-        std::fs::write(dir.path().join("uploads/crashy"), b"abcGARBAGE").unwrap();
-        store
-            .write_upload(&id, 3, crate::conformance::stream_of(&[b"def"]))
+        let id: UploadId = "stale".parse().unwrap();
+        store.create_upload(&id).await.unwrap();
+        // A request opened the upload file just before a commit renamed it into place.
+        let stale = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("uploads/stale"))
+            .unwrap();
+        let part = store
+            .write_part(&id, crate::conformance::stream_of(&[b"abc"]))
             .await
             .unwrap();
-        let digest = Digest::sha256_of(b"abcdef");
-        store.commit_upload(&id, 6, &digest).await.unwrap();
-        assert_eq!(
-            std::fs::read(store.blob_path(&digest)).unwrap(),
-            b"abcdef".to_vec()
-        );
-        assert!(!dir.path().join("uploads/crashy").exists());
+        let digest = Digest::sha256_of(b"abc");
+        store.commit_upload(&id, &[part], &digest).await.unwrap();
+        // The lock is free now, but the path no longer names the file.
+        assert!(matches!(
+            lock_checked(stale, &dir.path().join("uploads/stale"), &id),
+            Err(Error::UploadUnknown(_))
+        ));
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), b"abc");
+    }
+
+    #[tokio::test]
+    async fn recorded_parts_must_not_overlap() {
+        let id: UploadId = "overlap".parse().unwrap();
+        let p = |key: &str, len| UploadPart {
+            key: key.into(),
+            len,
+        };
+        assert!(recorded_ranges(&id, &[p("0", 5), p("5", 5)], 10).is_ok());
+        assert!(recorded_ranges(&id, &[p("0", 6), p("5", 5)], 10).is_err());
+        assert!(recorded_ranges(&id, &[p("0", 5), p("0", 5)], 10).is_err());
+        assert!(recorded_ranges(&id, &[p("8", 5)], 10).is_err());
+        assert!(recorded_ranges(&id, &[p("x", 1)], 10).is_err());
+        assert!(recorded_ranges(&id, &[p("18446744073709551615", 2)], 10).is_err());
     }
 }

@@ -4,18 +4,26 @@
 //!
 //! - **No reader observes a partial blob.** A blob becomes visible under its digest only through
 //!   [`BlobStore::commit_upload`], atomically, after the caller has verified the digest.
-//! - **Uploads are resumable by offset.** The caller records how many bytes of an upload it has
-//!   accepted (in the metadata store). [`BlobStore::write_upload`] starts at that offset and
-//!   discards anything stored beyond it, so bytes from a request that died before its progress
-//!   was recorded can never leak into a blob.
+//! - **Every request writes a part of its own.** [`BlobStore::write_part`] stores one request's
+//!   bytes under a new key that no other request can write to, and returns it as an
+//!   [`UploadPart`]. Two requests racing on one upload can never change each other's bytes
+//!   (a store may also refuse the second with [`Error::UploadBusy`]). A part's bytes never
+//!   change once written; only [`BlobStore::discard_part`] and the end of the upload remove
+//!   them.
+//! - **Commit publishes exactly the parts it is given.** The caller records in its upload
+//!   session which parts it accepted (compare-and-set in the metadata store) and hands exactly
+//!   those to [`BlobStore::commit_upload`], which publishes their concatenation, in order, after
+//!   checking that each is stored with its recorded length. Bytes of refused, failed or
+//!   unrecorded requests are never part of a blob. So the bytes published under a digest are
+//!   exactly the bytes the caller hashed.
 //! - **Commit is idempotent and deduplicating.** Committing content whose digest is already
 //!   stored discards the upload and keeps the existing blob.
 //! - **Nothing is buffered whole.** Reads and writes are streams of bounded chunks.
 //! - **A blob's age restarts when it is stored again.** [`BlobEntry::stored_at`] is the time
 //!   of the latest commit of that digest, so garbage collection's grace period counts from the
 //!   last push that needed the blob.
-//! - **Only garbage collection deletes.** [`BlobStore::delete_blob`] exists for it alone; no
-//!   API request reaches it.
+//! - **Only garbage collection and quarantine delete.** [`BlobStore::delete_blob`] exists for
+//!   them alone; no API request reaches it.
 //!
 //! The store does not hash: verification belongs to the caller, which hashes while it receives
 //! and only then commits. [`conformance`] checks all of this, and every implementation runs it.
@@ -30,6 +38,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
+pub use pierone_protocol::UploadPart;
 use pierone_protocol::{Digest, UploadId};
 
 pub use fs::FsBlobStore;
@@ -67,9 +76,14 @@ pub enum Error {
     Body(#[source] std::io::Error),
     #[error("upload {0} has no data in the blob store")]
     UploadUnknown(UploadId),
-    #[error("upload {id} holds {stored} bytes, fewer than the {expected} its session recorded")]
-    UploadTruncated {
+    #[error("part {key} of upload {id} is not stored")]
+    PartUnknown { id: UploadId, key: String },
+    #[error(
+        "part {key} of upload {id} holds {stored} bytes, not the {expected} its session recorded"
+    )]
+    PartSizeMismatch {
         id: UploadId,
+        key: String,
         stored: u64,
         expected: u64,
     },
@@ -128,20 +142,33 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
         range: Option<Range<u64>>,
     ) -> Result<Option<BlobRead>, Error>;
 
-    /// Write `data` to upload `id` starting at byte `offset`, creating the upload when `offset`
-    /// is 0. Data previously stored at or beyond `offset` is discarded first. Returns the
-    /// number of bytes written. On error, the upload may hold any prefix of `data`; the caller's
-    /// recorded offset stays authoritative.
-    async fn write_upload(
+    /// Prepare upload `id` to receive parts. Uploads that were never created are unknown to
+    /// [`BlobStore::write_part`] on stores that keep per-upload state.
+    async fn create_upload(&self, id: &UploadId) -> Result<(), Error>;
+
+    /// Write `data` as a new part of upload `id`, under a key no other request writes to.
+    /// On error nothing of `data` is left where a commit could publish it.
+    async fn write_part(&self, id: &UploadId, data: ByteStream) -> Result<UploadPart, Error>;
+
+    /// Drop a part whose progress was refused (its request lost a race). Best effort: a part
+    /// that stays is never published, and goes with its upload.
+    async fn discard_part(&self, id: &UploadId, part: &UploadPart) -> Result<(), Error>;
+
+    /// Stream the concatenation of `parts` of upload `id` (to hash it with another algorithm
+    /// before committing, for example). Fails like [`BlobStore::commit_upload`] when a part is
+    /// not stored as recorded.
+    async fn read_upload(&self, id: &UploadId, parts: &[UploadPart]) -> Result<ByteStream, Error>;
+
+    /// Publish the concatenation of `parts` of upload `id` as blob `digest`, atomically, and
+    /// forget the upload with all its parts. The caller must already have verified that those
+    /// bytes hash to `digest`. Every part must be stored with its recorded length
+    /// ([`Error::PartUnknown`], [`Error::PartSizeMismatch`] otherwise, and nothing is published).
+    async fn commit_upload(
         &self,
         id: &UploadId,
-        offset: u64,
-        data: ByteStream,
-    ) -> Result<u64, Error>;
-
-    /// Publish the first `size` bytes of upload `id` as blob `digest`, atomically, and forget
-    /// the upload. The caller must already have verified that those bytes hash to `digest`.
-    async fn commit_upload(&self, id: &UploadId, size: u64, digest: &Digest) -> Result<(), Error>;
+        parts: &[UploadPart],
+        digest: &Digest,
+    ) -> Result<(), Error>;
 
     /// Forget an upload's data. Succeeds when there is none.
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error>;
@@ -153,8 +180,8 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
         limit: usize,
     ) -> Result<Vec<BlobEntry>, Error>;
 
-    /// Remove a blob; `false` when it was not stored. Only garbage collection calls this, after
-    /// the metadata store has claimed the digest.
+    /// Remove a blob; `false` when it was not stored. Only garbage collection (after the
+    /// metadata store has claimed the digest) and quarantine call this.
     async fn delete_blob(&self, digest: &Digest) -> Result<bool, Error>;
 
     /// A URL from which a client may download the blob directly, bypassing the registry, when

@@ -9,20 +9,16 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use pierone_protocol::{Digest, UploadId};
 
-use crate::{BlobEntry, BlobRead, BlobStore, ByteStream, Error, checked_range};
+use crate::{BlobEntry, BlobRead, BlobStore, ByteStream, Error, UploadPart, checked_range};
 
 #[derive(Debug, Default)]
 struct Inner {
     /// By digest string, for ordered listing; with the time of the latest commit.
     blobs: BTreeMap<String, (Digest, Bytes, i64)>,
-    uploads: HashMap<UploadId, Upload>,
-}
-
-#[derive(Debug, Default)]
-struct Upload {
-    data: Vec<u8>,
-    // Mirrors the file lock of the filesystem store, so both behave alike under the suite.
-    writing: bool,
+    /// Each upload's parts by key. Requests on one upload may run at once: every part is its
+    /// own buffer, so they cannot touch each other's bytes.
+    uploads: HashMap<UploadId, HashMap<String, Bytes>>,
+    next_part: u64,
 }
 
 /// Blobs held in process memory. Cloning shares the same store.
@@ -75,91 +71,68 @@ impl BlobStore for MemoryBlobStore {
         }))
     }
 
-    async fn write_upload(
-        &self,
-        id: &UploadId,
-        offset: u64,
-        mut data: ByteStream,
-    ) -> Result<u64, Error> {
-        {
-            let mut inner = self.lock();
-            let upload = if offset == 0 {
-                inner.uploads.entry(id.clone()).or_default()
-            } else {
-                inner
-                    .uploads
-                    .get_mut(id)
-                    .ok_or_else(|| Error::UploadUnknown(id.clone()))?
-            };
-            if upload.writing {
-                return Err(Error::UploadBusy(id.clone()));
-            }
-            let stored = upload.data.len() as u64;
-            if stored < offset {
-                return Err(Error::UploadTruncated {
-                    id: id.clone(),
-                    stored,
-                    expected: offset,
-                });
-            }
-            upload.data.truncate(offset as usize);
-            upload.writing = true;
-        }
-        // Clears the writing flag however this future ends, including when it is dropped
-        // because the client went away.
-        struct Writing<'a>(&'a MemoryBlobStore, &'a UploadId);
-        impl Drop for Writing<'_> {
-            fn drop(&mut self) {
-                if let Some(u) = self.0.lock().uploads.get_mut(self.1) {
-                    u.writing = false;
-                }
-            }
-        }
-        let _writing = Writing(self, id);
-        let mut written = 0u64;
-        let mut result = Ok(());
-        while let Some(chunk) = data.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    written += chunk.len() as u64;
-                    if let Some(u) = self.lock().uploads.get_mut(id) {
-                        u.data.extend_from_slice(&chunk);
-                    }
-                }
-                Err(e) => {
-                    result = Err(Error::Body(e));
-                    break;
-                }
-            }
-        }
-        result.map(|()| written)
+    async fn create_upload(&self, id: &UploadId) -> Result<(), Error> {
+        self.lock().uploads.entry(id.clone()).or_default();
+        Ok(())
     }
 
-    async fn commit_upload(&self, id: &UploadId, size: u64, digest: &Digest) -> Result<(), Error> {
+    async fn write_part(&self, id: &UploadId, mut data: ByteStream) -> Result<UploadPart, Error> {
+        let key = {
+            let mut inner = self.lock();
+            if !inner.uploads.contains_key(id) {
+                return Err(Error::UploadUnknown(id.clone()));
+            }
+            inner.next_part += 1;
+            format!("m{}", inner.next_part)
+        };
+        // Collected outside the lock, so a stalled body blocks nobody; the part becomes
+        // visible only whole.
+        let mut buf = Vec::new();
+        while let Some(chunk) = data.next().await {
+            buf.extend_from_slice(&chunk.map_err(Error::Body)?);
+        }
+        let len = buf.len() as u64;
         let mut inner = self.lock();
-        let upload = inner
+        let parts = inner
             .uploads
-            .get(id)
+            .get_mut(id)
             .ok_or_else(|| Error::UploadUnknown(id.clone()))?;
-        if upload.writing {
-            return Err(Error::UploadBusy(id.clone()));
+        parts.insert(key.clone(), Bytes::from(buf));
+        Ok(UploadPart { key, len })
+    }
+
+    async fn discard_part(&self, id: &UploadId, part: &UploadPart) -> Result<(), Error> {
+        if let Some(parts) = self.lock().uploads.get_mut(id) {
+            parts.remove(&part.key);
         }
-        let stored = upload.data.len() as u64;
-        if stored < size {
-            return Err(Error::UploadTruncated {
-                id: id.clone(),
-                stored,
-                expected: size,
-            });
+        Ok(())
+    }
+
+    async fn read_upload(&self, id: &UploadId, parts: &[UploadPart]) -> Result<ByteStream, Error> {
+        let chunks = self.recorded(id, parts)?;
+        Ok(Box::pin(futures_util::stream::iter(
+            chunks.into_iter().map(Ok),
+        )))
+    }
+
+    async fn commit_upload(
+        &self,
+        id: &UploadId,
+        parts: &[UploadPart],
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        let chunks = self.recorded(id, parts)?;
+        let mut inner = self.lock();
+        if inner.uploads.remove(id).is_none() {
+            // Committed or aborted by another request since `recorded` looked.
+            return Err(Error::UploadUnknown(id.clone()));
         }
-        let mut upload = inner.uploads.remove(id).unwrap_or_default();
-        upload.data.truncate(size as usize);
         let now = now_millis();
         inner
             .blobs
             .entry(digest.as_str().to_owned())
             .and_modify(|b| b.2 = now)
-            .or_insert_with(|| (digest.clone(), Bytes::from(upload.data), now));
+            .or_insert_with(|| (digest.clone(), Bytes::from(chunks.concat()), now));
         Ok(())
     }
 
@@ -190,6 +163,35 @@ impl BlobStore for MemoryBlobStore {
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error> {
         self.lock().uploads.remove(id);
         Ok(())
+    }
+}
+
+impl MemoryBlobStore {
+    /// The bytes of `parts`, each checked against its recorded length.
+    fn recorded(&self, id: &UploadId, parts: &[UploadPart]) -> Result<Vec<Bytes>, Error> {
+        let inner = self.lock();
+        let stored = inner
+            .uploads
+            .get(id)
+            .ok_or_else(|| Error::UploadUnknown(id.clone()))?;
+        parts
+            .iter()
+            .map(|p| {
+                let bytes = stored.get(&p.key).ok_or_else(|| Error::PartUnknown {
+                    id: id.clone(),
+                    key: p.key.clone(),
+                })?;
+                if bytes.len() as u64 != p.len {
+                    return Err(Error::PartSizeMismatch {
+                        id: id.clone(),
+                        key: p.key.clone(),
+                        stored: bytes.len() as u64,
+                        expected: p.len,
+                    });
+                }
+                Ok(bytes.clone())
+            })
+            .collect()
     }
 }
 

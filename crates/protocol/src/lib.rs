@@ -24,4 +24,4 @@ pub use manifest::{
 };
 pub use name::RepoName;
 pub use reference::{Reference, Tag};
-pub use upload::UploadId;
+pub use upload::{UploadId, UploadPart};

@@ -1,4 +1,4 @@
-//! Upload session identifiers.
+//! Upload session identifiers, and the parts an upload is made of.
 
 use std::fmt;
 use std::str::FromStr;
@@ -51,6 +51,24 @@ impl fmt::Display for UploadId {
 impl fmt::Debug for UploadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "UploadId({})", self.0)
+    }
+}
+
+/// One request's bytes of an upload, as a blob store wrote them.
+///
+/// Every request that carries upload data writes a part of its own; the upload session records
+/// the parts whose progress it accepted, in order, and only those parts are ever published.
+/// `key` is the store's name for the part (opaque to everyone else), `len` its size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadPart {
+    pub key: String,
+    pub len: u64,
+}
+
+impl UploadPart {
+    /// The total size of `parts`, or `None` if it overflows (which no real store can hold).
+    pub fn total(parts: &[UploadPart]) -> Option<u64> {
+        parts.iter().try_fold(0u64, |sum, p| sum.checked_add(p.len))
     }
 }
 

@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::BodyStream;
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use hyper::{Request, Response, StatusCode};
-use pierone_protocol::{Algorithm, Digest, Hasher, RepoName, UploadId};
+use pierone_blobstore::Error as BlobError;
+use pierone_protocol::{Algorithm, Digest, Hasher, RepoName, UploadId, UploadPart};
 use pierone_tagstore::{UploadSession, now_millis};
 
 use crate::Registry;
@@ -74,7 +75,7 @@ fn parse_range(value: &str, size: u64) -> Result<Option<std::ops::Range<u64>>, R
             if e < s {
                 return Err(bad());
             }
-            (s, (e + 1).min(size))
+            (s, e.saturating_add(1).min(size))
         }
     };
     if start >= size || start >= end {
@@ -196,15 +197,16 @@ impl Registry {
         Ok(blob_response(digest, size, range, body))
     }
 
-    /// Stream `body` into upload `id` at `offset`, hashing as it goes. Returns the hasher
-    /// over everything up to the new end and the number of bytes written.
+    /// Stream `body` into a new part of upload `id`, hashing as it goes; `offset` is where the
+    /// part would start (for the size limit). Returns the hasher over everything up to the
+    /// part's end, and the part.
     async fn receive(
         &self,
         id: &UploadId,
         offset: u64,
         hasher: Hasher,
         body: Incoming,
-    ) -> Result<(Hasher, u64), RegistryError> {
+    ) -> Result<(Hasher, UploadPart), RegistryError> {
         let progress = Arc::new(Mutex::new(Progress {
             hasher: Some(hasher),
             received: offset,
@@ -231,7 +233,7 @@ impl Registry {
                 };
                 std::future::ready(r)
             });
-        let written = self.blobs.write_upload(id, offset, Box::pin(stream)).await;
+        let part = self.blobs.write_part(id, Box::pin(stream)).await;
         let mut st = progress.lock().unwrap_or_else(|e| e.into_inner());
         if st.too_large {
             return Err(RegistryError::BodyTooLarge {
@@ -239,9 +241,9 @@ impl Registry {
                 limit: st.limit,
             });
         }
-        let written = written?;
+        let part = part?;
         let hasher = st.hasher.take().ok_or(RegistryError::UploadUnknown)?;
-        Ok((hasher, written))
+        Ok((hasher, part))
     }
 
     fn check_declared_size(
@@ -261,23 +263,31 @@ impl Registry {
         Ok(())
     }
 
-    /// Verify and publish the first `size` bytes of upload `id` as `expected`.
+    /// Verify that `parts` of upload `id` hash to `expected` and publish them.
+    ///
+    /// `hasher` covers exactly those parts (each was recorded together with the hash state
+    /// over everything up to its end). When the client closes with another algorithm than the
+    /// one hashed while streaming, the stored parts are hashed again, streaming, before
+    /// anything is published.
     async fn commit(
         &self,
         repo: &RepoName,
         id: &UploadId,
         hasher: Hasher,
-        size: u64,
+        parts: &[UploadPart],
         expected: &Digest,
     ) -> Result<Resp, RegistryError> {
-        if hasher.algorithm() != expected.algorithm() {
-            self.discard(id).await;
-            return Err(RegistryError::DigestAlgorithmMismatch {
-                upload: hasher.algorithm().as_str(),
-                requested: expected.algorithm().as_str(),
-            });
-        }
-        let actual = hasher.finish();
+        let actual = if hasher.algorithm() == expected.algorithm() {
+            hasher.finish()
+        } else {
+            match self.rehash(id, parts, expected.algorithm()).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.discard(id).await;
+                    return Err(e);
+                }
+            }
+        };
         if &actual != expected {
             self.discard(id).await;
             return Err(RegistryError::DigestMismatch {
@@ -285,10 +295,42 @@ impl Registry {
                 actual,
             });
         }
-        self.blobs.commit_upload(id, size, expected).await?;
+        if let Err(e) = self.blobs.commit_upload(id, parts, expected).await {
+            if matches!(
+                e,
+                BlobError::PartUnknown { .. } | BlobError::PartSizeMismatch { .. }
+            ) {
+                // The recorded parts are not what the store holds: nothing was published,
+                // and the upload can never be finished.
+                tracing::error!(upload = %id, error = %e, "upload parts do not match their record");
+                self.discard(id).await;
+            }
+            return Err(e.into());
+        }
         self.tags.delete_upload(id).await?;
         self.wanted(expected).await;
         Ok(created(&blob_location(repo, expected), expected))
+    }
+
+    /// The digest of the stored `parts` of upload `id` under `algorithm`, read as a stream.
+    async fn rehash(
+        &self,
+        id: &UploadId,
+        parts: &[UploadPart],
+        algorithm: Algorithm,
+    ) -> Result<Digest, RegistryError> {
+        let mut body = self.blobs.read_upload(id, parts).await?;
+        let mut h = Hasher::new(algorithm);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| {
+                RegistryError::Blobs(BlobError::Io {
+                    op: "read upload to hash it",
+                    source,
+                })
+            })?;
+            h.update(&chunk);
+        }
+        Ok(h.finish())
     }
 
     /// A push just stored or mounted `digest`: take it off garbage collection's list. Failing
@@ -308,6 +350,13 @@ impl Registry {
         }
         if let Err(e) = self.tags.delete_upload(id).await {
             tracing::warn!(upload = %id, error = %e, "could not discard upload session");
+        }
+    }
+
+    /// Drop a part that was not recorded; one that stays is never published either.
+    async fn discard_part(&self, id: &UploadId, part: &UploadPart) {
+        if let Err(e) = self.blobs.discard_part(id, part).await {
+            tracing::warn!(upload = %id, error = %e, "could not discard a refused part");
         }
     }
 
@@ -338,7 +387,8 @@ impl Registry {
             let digest: Digest = d.parse()?;
             self.check_declared_size(0, &req)?;
             let id = new_upload_id();
-            let (hasher, written) = match self
+            self.blobs.create_upload(&id).await?;
+            let (hasher, part) = match self
                 .receive(&id, 0, Hasher::new(digest.algorithm()), req.into_body())
                 .await
             {
@@ -348,7 +398,7 @@ impl Registry {
                     return Err(e);
                 }
             };
-            return self.commit(repo, &id, hasher, written, &digest).await;
+            return self.commit(repo, &id, hasher, &[part], &digest).await;
         }
         let algorithm = match q.get("digest-algorithm").map(String::as_str) {
             None | Some("sha256") => Algorithm::Sha256,
@@ -361,15 +411,15 @@ impl Registry {
         };
         let id = new_upload_id();
         let now = now_millis();
-        // Create the (empty) data first: a session row never points at data that is missing.
-        self.blobs
-            .write_upload(&id, 0, Box::pin(futures_util::stream::empty()))
-            .await?;
+        // Prepare the data first: a session row never points at an upload the store lacks.
+        self.blobs.create_upload(&id).await?;
         self.tags
             .create_upload(UploadSession {
                 id: id.clone(),
                 repo: repo.clone(),
+                owner: owner_of(principal),
                 received: 0,
+                parts: Vec::new(),
                 hash_state: Hasher::new(algorithm).save(),
                 created_at: now,
                 updated_at: now,
@@ -378,22 +428,30 @@ impl Registry {
         Ok(accepted(StatusCode::ACCEPTED, repo, &id, 0))
     }
 
-    /// The live session `id` of `repo`.
+    /// The live session `id` of `repo`, if `principal` started it. Anyone else is told it
+    /// does not exist, like a session of another repository.
     async fn session(
         &self,
         repo: &RepoName,
         id: &UploadId,
+        principal: &Principal,
     ) -> Result<UploadSession, RegistryError> {
         let s = self
             .tags
             .get_upload(id)
             .await?
             .ok_or(RegistryError::UploadUnknown)?;
-        if &s.repo != repo {
+        if &s.repo != repo || s.owner != owner_of(principal) {
             return Err(RegistryError::UploadUnknown);
         }
         let ttl = i64::try_from(self.config.upload_ttl.as_millis()).unwrap_or(i64::MAX);
         if now_millis().saturating_sub(s.updated_at) > ttl {
+            self.discard(id).await;
+            return Err(RegistryError::UploadUnknown);
+        }
+        if UploadPart::total(&s.parts) != Some(s.received) {
+            // A session whose parts do not add up to its offset (one started before parts
+            // were recorded) can never be published safely.
             self.discard(id).await;
             return Err(RegistryError::UploadUnknown);
         }
@@ -404,51 +462,105 @@ impl Registry {
         &self,
         repo: &RepoName,
         id: &UploadId,
+        principal: &Principal,
     ) -> Result<Resp, RegistryError> {
-        let s = self.session(repo, id).await?;
+        let s = self.session(repo, id, principal).await?;
         Ok(accepted(StatusCode::NO_CONTENT, repo, id, s.received))
+    }
+
+    /// Check a chunk's `Content-Range` against the session's offset and the declared length;
+    /// the range, when there is one, to hold the received part to afterwards.
+    fn chunk_range(
+        req: &Request<Incoming>,
+        received: u64,
+    ) -> Result<Option<(u64, u64)>, RegistryError> {
+        let Some(cr) = req.headers().get(CONTENT_RANGE) else {
+            return Ok(None);
+        };
+        let (start, end) = parse_content_range(cr.to_str().unwrap_or("?"))?;
+        if start != received {
+            return Err(RegistryError::ChunkOutOfOrder { start, received });
+        }
+        let span = end - start + 1;
+        if let Some(len) = content_length(req)
+            && len != span
+        {
+            return Err(RegistryError::ChunkLengthMismatch {
+                declared: span,
+                actual: len,
+            });
+        }
+        Ok(Some((start, end)))
+    }
+
+    /// A part received for a chunk with a `Content-Range` must be exactly that long (a body
+    /// sent without `Content-Length` is only known once it has arrived).
+    async fn check_part_range(
+        &self,
+        id: &UploadId,
+        range: Option<(u64, u64)>,
+        part: &UploadPart,
+    ) -> Result<(), RegistryError> {
+        if let Some((start, end)) = range
+            && part.len != end - start + 1
+        {
+            self.discard_part(id, part).await;
+            return Err(RegistryError::ChunkLengthMismatch {
+                declared: end - start + 1,
+                actual: part.len,
+            });
+        }
+        Ok(())
     }
 
     pub(crate) async fn upload_chunk(
         &self,
         repo: &RepoName,
         id: &UploadId,
+        principal: &Principal,
         req: Request<Incoming>,
     ) -> Result<Resp, RegistryError> {
-        let s = self.session(repo, id).await?;
-        if let Some(cr) = req.headers().get(CONTENT_RANGE) {
-            let (start, end) = parse_content_range(cr.to_str().unwrap_or("?"))?;
-            if start != s.received {
-                return Err(RegistryError::ChunkOutOfOrder {
-                    start,
-                    received: s.received,
-                });
-            }
-            if let Some(len) = content_length(&req)
-                && len != end - start + 1
-            {
-                return Err(RegistryError::ChunkLengthMismatch {
-                    declared: len,
-                    actual: end - start + 1,
-                });
-            }
-        }
+        let s = self.session(repo, id, principal).await?;
+        let range = Self::chunk_range(&req, s.received)?;
         self.check_declared_size(s.received, &req)?;
         let hasher = Hasher::restore(&s.hash_state)?;
-        let (hasher, written) = self
+        let (hasher, part) = self
             .receive(id, s.received, hasher, req.into_body())
             .await?;
-        let received = s.received + written;
-        self.tags
-            .advance_upload(id, s.received, received, hasher.save())
-            .await?;
-        Ok(accepted(StatusCode::ACCEPTED, repo, id, received))
+        self.check_part_range(id, range, &part).await?;
+        let received = s.received + part.len;
+        let record = if part.len == 0 {
+            self.discard_part(id, &part).await;
+            None
+        } else {
+            Some(part.clone())
+        };
+        match self
+            .tags
+            .advance_upload(id, s.received, record, hasher.save())
+            .await
+        {
+            Ok(()) => Ok(accepted(StatusCode::ACCEPTED, repo, id, received)),
+            Err(
+                e @ (pierone_tagstore::Error::UploadOffsetConflict { .. }
+                | pierone_tagstore::Error::UploadUnknown(_)),
+            ) => {
+                // Another request on this session got there first: this part is not the
+                // upload's, and goes.
+                self.discard_part(id, &part).await;
+                Err(e.into())
+            }
+            // Whether the part was recorded is unknown: it stays, and is published only if
+            // it was.
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(crate) async fn finish_upload(
         &self,
         repo: &RepoName,
         id: &UploadId,
+        principal: &Principal,
         req: Request<Incoming>,
     ) -> Result<Resp, RegistryError> {
         let q = query(&req);
@@ -456,33 +568,44 @@ impl Registry {
             .get("digest")
             .ok_or(RegistryError::DigestMissing)?
             .parse()?;
-        let s = self.session(repo, id).await?;
+        let s = self.session(repo, id, principal).await?;
+        let range = Self::chunk_range(&req, s.received)?;
         self.check_declared_size(s.received, &req)?;
         let hasher = Hasher::restore(&s.hash_state)?;
+        let mut parts = s.parts;
         // Without Content-Length or Transfer-Encoding, HTTP/1 has no body: the usual close.
         let has_body = !hyper::body::Body::is_end_stream(req.body());
-        let (hasher, size) = if has_body {
-            let (hasher, written) = self
+        let hasher = if has_body {
+            let (hasher, part) = self
                 .receive(id, s.received, hasher, req.into_body())
                 .await?;
-            (hasher, s.received + written)
+            self.check_part_range(id, range, &part).await?;
+            parts.push(part);
+            hasher
         } else {
-            (hasher, s.received)
+            hasher
         };
-        self.commit(repo, id, hasher, size, &digest).await
+        self.commit(repo, id, hasher, &parts, &digest).await
     }
 
     pub(crate) async fn cancel_upload(
         &self,
         repo: &RepoName,
         id: &UploadId,
+        principal: &Principal,
     ) -> Result<Resp, RegistryError> {
-        self.session(repo, id).await?;
+        self.session(repo, id, principal).await?;
         self.discard(id).await;
         let mut r = Response::new(response::empty());
         *r.status_mut() = StatusCode::NO_CONTENT;
         Ok(r)
     }
+}
+
+/// Whose an upload session is: realm and uid, so that an employee and a service of the same
+/// name are two owners.
+fn owner_of(principal: &Principal) -> String {
+    format!("{}/{}", principal.realm(), principal.uid())
 }
 
 fn created(location: &str, digest: &Digest) -> Resp {
@@ -517,6 +640,11 @@ mod tests {
         assert_eq!(parse_range("bytes=-10", 100).unwrap(), Some(90..100));
         assert_eq!(parse_range("bytes=50-500", 100).unwrap(), Some(50..100));
         assert_eq!(parse_range("items=0-1", 100).unwrap(), None);
+        // The largest end a client can name is the whole blob, not an overflow.
+        assert_eq!(
+            parse_range("bytes=0-18446744073709551615", 100).unwrap(),
+            Some(0..100)
+        );
         for bad in ["bytes=100-", "bytes=5-2", "bytes=x-1", "bytes=", "bytes=-0"] {
             assert!(parse_range(bad, 100).is_err(), "{bad}");
         }

@@ -34,13 +34,6 @@ pub enum RegistryError {
     },
     #[error("content hashes to {actual}, not to the digest given, {expected}")]
     DigestMismatch { expected: Digest, actual: Digest },
-    #[error(
-        "the upload was hashed with {upload}; start it with ?digest-algorithm={requested} to close it with a {requested} digest"
-    )]
-    DigestAlgorithmMismatch {
-        upload: &'static str,
-        requested: &'static str,
-    },
     #[error("the digest query parameter is required to close an upload")]
     DigestMissing,
     #[error(
@@ -49,7 +42,7 @@ pub enum RegistryError {
     ChunkOutOfOrder { start: u64, received: u64 },
     #[error("Content-Range {0:?} is malformed; expected <start>-<end>")]
     ContentRangeInvalid(String),
-    #[error("Content-Length {declared} does not match the {actual} bytes the range names")]
+    #[error("the chunk's Content-Range names {declared} bytes, but its body has {actual}")]
     ChunkLengthMismatch { declared: u64, actual: u64 },
     #[error("requested range is outside the blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
@@ -148,7 +141,9 @@ impl RegistryError {
                     (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
                 }
                 B::Body(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
-                B::UploadUnknown(_) | B::UploadTruncated { .. } => {
+                // Parts that are not stored as recorded: the upload can never be finished, and
+                // the client must start again.
+                B::UploadUnknown(_) | B::PartUnknown { .. } | B::PartSizeMismatch { .. } => {
                     (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown)
                 }
                 B::UploadBusy(_) => (
@@ -198,9 +193,9 @@ impl RegistryError {
             RegistryError::DescriptorSizeMismatch { .. } => {
                 (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
             }
-            RegistryError::DigestMismatch { .. }
-            | RegistryError::DigestAlgorithmMismatch { .. }
-            | RegistryError::DigestMissing => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+            RegistryError::DigestMismatch { .. } | RegistryError::DigestMissing => {
+                (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
+            }
             RegistryError::ChunkOutOfOrder { .. } => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::BlobUploadInvalid,
@@ -209,9 +204,12 @@ impl RegistryError {
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::BlobUploadInvalid,
             ),
-            RegistryError::ChunkLengthMismatch { .. } => {
-                (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid)
-            }
+            // The chunk does not fit the range it claims: like an out-of-order chunk, nothing
+            // of it was recorded.
+            RegistryError::ChunkLengthMismatch { .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUploadInvalid,
+            ),
             RegistryError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
             }

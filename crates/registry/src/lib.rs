@@ -429,10 +429,10 @@ impl Registry {
             Route::AuditProof => self.api_get(&m, self.audit_proof(&req)).await,
             Route::OpenApi => self.api_get(&m, async { Ok(self.api_openapi()) }).await,
             Route::Upload(repo, id) => match m {
-                Method::GET => self.upload_status(&repo, &id).await,
-                Method::PATCH => self.upload_chunk(&repo, &id, req).await,
-                Method::PUT => self.finish_upload(&repo, &id, req).await,
-                Method::DELETE => self.cancel_upload(&repo, &id).await,
+                Method::GET => self.upload_status(&repo, &id, &principal).await,
+                Method::PATCH => self.upload_chunk(&repo, &id, &principal, req).await,
+                Method::PUT => self.finish_upload(&repo, &id, &principal, req).await,
+                Method::DELETE => self.cancel_upload(&repo, &id, &principal).await,
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
         }

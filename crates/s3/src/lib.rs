@@ -4,20 +4,22 @@
 //! # Layout
 //!
 //! - `<prefix>blobs/<alg>/<2 hex>/<hex>`: published blobs, written once, never modified.
-//! - `<prefix>uploads/<id>/<offset, 20 digits>`: one *segment* object per accepted request of
-//!   an upload, holding the bytes from that offset. Each request streams its body into an S3
-//!   multipart upload (parts of [`S3Config::part_size`], at least 5 MiB), completed only when
-//!   the body ends, so a segment is visible whole or not at all.
+//! - `<prefix>uploads/<id>/<random>`: one *segment* object per request of an upload, under a
+//!   key of its own that no other request writes (the key is the [`UploadPart`] key). Each
+//!   request streams its body into an S3 multipart upload (parts of [`S3Config::part_size`],
+//!   at least 5 MiB), completed only when the body ends, so a segment is visible whole or not
+//!   at all.
 //!
 //! # Guarantees (those of [`BlobStore`])
 //!
 //! - A blob appears under its digest only through [`BlobStore::commit_upload`], by one
 //!   `CopyObject` (a single segment) or one `CompleteMultipartUpload` (several), each atomic in
 //!   S3: no reader ever sees part of a blob.
-//! - Upload state lives in the bucket (segments) and, with the caller, in the database (offset
-//!   and hash state): any replica can continue an upload. A segment that starts at or beyond
-//!   the offset the caller recorded came from a request whose progress was never recorded and
-//!   is deleted before writing.
+//! - Upload state lives in the bucket (segments) and, with the caller, in the database (which
+//!   segments make the upload, and the hash state): any replica can continue an upload. A
+//!   commit assembles exactly the segments it is given, each checked against its recorded
+//!   size, so a segment written by a request that lost a race (on any replica) is never
+//!   published; it is deleted with its upload.
 //! - Memory per upload is bounded by two parts (one filling, one in flight), whatever the blob
 //!   size.
 //!
@@ -39,7 +41,9 @@ use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
-use pierone_blobstore::{BlobEntry, BlobRead, BlobStore, ByteStream, Error, checked_range};
+use pierone_blobstore::{
+    BlobEntry, BlobRead, BlobStore, ByteStream, Error, UploadPart, checked_range,
+};
 use pierone_protocol::{Digest, UploadId};
 
 /// Settings of an [`S3BlobStore`].
@@ -102,11 +106,10 @@ where
     }
 }
 
-/// A segment of an upload: its key, first byte and length.
+/// A segment of an upload: its key and length.
 #[derive(Debug, Clone)]
 struct Segment {
     key: String,
-    start: u64,
     len: u64,
 }
 
@@ -135,8 +138,8 @@ impl S3BlobStore {
         format!("{}uploads/{}/", self.config.prefix, id.as_str())
     }
 
-    fn segment_key(&self, id: &UploadId, offset: u64) -> String {
-        format!("{}{offset:020}", self.upload_prefix(id))
+    fn segment_key(&self, id: &UploadId, part: &str) -> String {
+        format!("{}{part}", self.upload_prefix(id))
     }
 
     /// Every object under `prefix`, with sizes.
@@ -169,20 +172,68 @@ impl S3BlobStore {
         }
     }
 
-    /// The upload's segments in order of offset.
-    async fn segments(&self, id: &UploadId) -> Result<Vec<Segment>, Error> {
+    /// The stored segments of upload `id` that `parts` name, in the order given, each checked
+    /// against its recorded size.
+    async fn recorded_segments(
+        &self,
+        id: &UploadId,
+        parts: &[UploadPart],
+    ) -> Result<(Vec<Segment>, Vec<String>), Error> {
         let prefix = self.upload_prefix(id);
-        let mut segs: Vec<Segment> = self
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .filter_map(|(key, len)| {
-                let start = key.strip_prefix(&prefix)?.parse().ok()?;
-                Some(Segment { key, start, len })
+        let stored: std::collections::HashMap<String, u64> =
+            self.list(&prefix).await?.into_iter().collect();
+        if stored.is_empty() && !parts.is_empty() {
+            return Err(Error::UploadUnknown(id.clone()));
+        }
+        let mut segs = Vec::with_capacity(parts.len());
+        for p in parts {
+            let key = self.segment_key(id, &p.key);
+            // Keys are ours alone: a key that does not look like one was not recorded by us.
+            if !valid_part_key(&p.key) {
+                return Err(Error::PartUnknown {
+                    id: id.clone(),
+                    key: p.key.clone(),
+                });
+            }
+            let Some(&len) = stored.get(&key) else {
+                return Err(Error::PartUnknown {
+                    id: id.clone(),
+                    key: p.key.clone(),
+                });
+            };
+            if len != p.len {
+                return Err(Error::PartSizeMismatch {
+                    id: id.clone(),
+                    key: p.key.clone(),
+                    stored: len,
+                    expected: p.len,
+                });
+            }
+            segs.push(Segment { key, len });
+        }
+        Ok((segs, stored.into_keys().collect()))
+    }
+
+    /// Stream the bytes of `segs`, one after the other.
+    fn stream_segments(&self, segs: Vec<Segment>) -> ByteStream {
+        let store = self.clone();
+        let stream = futures_util::stream::iter(segs.into_iter().filter(|s| s.len > 0))
+            .then(move |s| {
+                let store = store.clone();
+                async move {
+                    let resp = store
+                        .client
+                        .get_object()
+                        .bucket(&store.config.bucket)
+                        .key(&s.key)
+                        .send()
+                        .await
+                        .map_err(|e| std::io::Error::other(classify("read segment", e)))?;
+                    Ok::<_, std::io::Error>(body_stream(resp.body))
+                }
             })
-            .collect();
-        segs.sort_by_key(|s| s.start);
-        Ok(segs)
+            .try_flatten();
+        Box::pin(stream)
     }
 
     async fn delete_keys(&self, keys: Vec<String>) -> Result<(), Error> {
@@ -409,6 +460,12 @@ impl Multipart {
     }
 }
 
+/// Whether `key` is a part key this store hands out (32 hex digits), so that no recorded
+/// value can reach outside its upload's prefix.
+fn valid_part_key(key: &str) -> bool {
+    key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn body_stream(body: S3Body) -> ByteStream {
     Box::pin(futures_util::stream::unfold(body, |mut b| async move {
         b.next()
@@ -488,60 +545,43 @@ impl BlobStore for S3BlobStore {
         }))
     }
 
-    async fn write_upload(
-        &self,
-        id: &UploadId,
-        offset: u64,
-        data: ByteStream,
-    ) -> Result<u64, Error> {
-        let segments = self.segments(id).await?;
-        if offset > 0 && segments.is_empty() {
-            return Err(Error::UploadUnknown(id.clone()));
-        }
-        // Segments from requests whose progress was never recorded go first.
-        let (keep, stale): (Vec<Segment>, Vec<Segment>) =
-            segments.into_iter().partition(|s| s.start < offset);
-        let stored = keep.iter().map(|s| s.start + s.len).max().unwrap_or(0);
-        if stored != offset {
-            return Err(Error::UploadTruncated {
-                id: id.clone(),
-                stored,
-                expected: offset,
-            });
-        }
-        if !stale.is_empty() {
-            self.delete_keys(stale.into_iter().map(|s| s.key).collect())
-                .await?;
-        }
-        self.put_stream(&self.segment_key(id, offset), data).await
+    async fn create_upload(&self, _id: &UploadId) -> Result<(), Error> {
+        // Segments are objects of their own: there is nothing to prepare.
+        Ok(())
     }
 
-    async fn commit_upload(&self, id: &UploadId, size: u64, digest: &Digest) -> Result<(), Error> {
-        let segments = self.segments(id).await?;
-        if segments.is_empty() {
-            return Err(Error::UploadUnknown(id.clone()));
+    async fn write_part(&self, id: &UploadId, data: ByteStream) -> Result<UploadPart, Error> {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let len = self.put_stream(&self.segment_key(id, &key), data).await?;
+        Ok(UploadPart { key, len })
+    }
+
+    async fn discard_part(&self, id: &UploadId, part: &UploadPart) -> Result<(), Error> {
+        if !valid_part_key(&part.key) {
+            return Ok(());
         }
-        let mut expect = 0;
-        for s in &segments {
-            if s.start != expect {
-                break;
-            }
-            expect += s.len;
-        }
-        if expect < size {
-            return Err(Error::UploadTruncated {
-                id: id.clone(),
-                stored: expect,
-                expected: size,
-            });
-        }
+        self.delete_keys(vec![self.segment_key(id, &part.key)])
+            .await
+    }
+
+    async fn read_upload(&self, id: &UploadId, parts: &[UploadPart]) -> Result<ByteStream, Error> {
+        let (segs, _) = self.recorded_segments(id, parts).await?;
+        Ok(self.stream_segments(segs))
+    }
+
+    async fn commit_upload(
+        &self,
+        id: &UploadId,
+        parts: &[UploadPart],
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        // An upload without parts is the empty blob (the caller verified its digest).
+        let (whole, all_keys) = self.recorded_segments(id, parts).await?;
+        let size: u64 = whole.iter().map(|s| s.len).sum();
         let target = self.blob_key(digest);
         if self.stat(digest).await?.is_none() {
-            let whole: Vec<&Segment> = segments
-                .iter()
-                .filter(|s| s.start < size && s.len > 0)
-                .collect();
-            let single = whole.len() == 1 && whole[0].start == 0 && whole[0].len == size;
+            let whole: Vec<Segment> = whole.into_iter().filter(|s| s.len > 0).collect();
+            let single = whole.len() == 1;
             if whole.is_empty() {
                 // The empty blob: nothing to copy.
                 self.put_stream(&target, Box::pin(futures_util::stream::empty()))
@@ -567,12 +607,11 @@ impl BlobStore for S3BlobStore {
                 let mut m = Multipart::start(self, &target).await?;
                 let copied: Result<(), Error> = async {
                     for s in &whole {
-                        let len = (s.start + s.len).min(size) - s.start;
                         // A part copy is limited to 5 GiB: split bigger segments evenly.
-                        let pieces = len.div_ceil(4 << 30).max(1);
-                        let piece = len.div_ceil(pieces);
+                        let pieces = s.len.div_ceil(4 << 30).max(1);
+                        let piece = s.len.div_ceil(pieces);
                         for k in 0..pieces {
-                            let range = k * piece..((k + 1) * piece).min(len);
+                            let range = k * piece..((k + 1) * piece).min(s.len);
                             m.copy_part(self, &s.key, range).await?;
                         }
                     }
@@ -585,38 +624,27 @@ impl BlobStore for S3BlobStore {
                 }
             } else {
                 // Segments too small to be parts (clients sending chunks under 5 MiB): stream
-                // them, in order and trimmed to `size`, into one object that appears when
-                // complete.
-                let store = self.clone();
-                let segs: Vec<Segment> = whole.into_iter().cloned().collect();
-                let stream = futures_util::stream::iter(segs)
-                    .then(move |s| {
-                        let store = store.clone();
-                        async move {
-                            let end = (s.start + s.len).min(size);
-                            let resp = store
-                                .client
-                                .get_object()
-                                .bucket(&store.config.bucket)
-                                .key(&s.key)
-                                .range(format!("bytes=0-{}", end - s.start - 1))
-                                .send()
-                                .await
-                                .map_err(|e| std::io::Error::other(classify("read segment", e)))?;
-                            Ok::<_, std::io::Error>(body_stream(resp.body))
-                        }
-                    })
-                    .try_flatten();
-                let written = self.put_stream(&target, Box::pin(stream)).await?;
+                // them, in order, into one object that appears when complete.
+                let written = self
+                    .put_stream(&target, self.stream_segments(whole))
+                    .await?;
                 if written != size {
                     return Err(Error::Backend(format!(
                         "segments held {written} bytes where {size} were expected"
                     )));
                 }
             }
+            // Defence in depth: what S3 now holds under the digest is the recorded size.
+            match self.stat(digest).await? {
+                Some(n) if n == size => {}
+                other => {
+                    return Err(Error::Backend(format!(
+                        "published {other:?} bytes where the parts add up to {size}"
+                    )));
+                }
+            }
         }
-        let keys = segments.into_iter().map(|s| s.key).collect();
-        if let Err(e) = self.delete_keys(keys).await {
+        if let Err(e) = self.delete_keys(all_keys).await {
             tracing::warn!(upload = %id, error = %e, "published, but could not delete the segments");
         }
         Ok(())
@@ -624,10 +652,10 @@ impl BlobStore for S3BlobStore {
 
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error> {
         let keys = self
-            .segments(id)
+            .list(&self.upload_prefix(id))
             .await?
             .into_iter()
-            .map(|s| s.key)
+            .map(|(key, _)| key)
             .collect::<Vec<_>>();
         if keys.is_empty() {
             return Ok(());

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use pierone_protocol::{Digest, Hasher, RepoName, Tag, UploadId};
+use pierone_protocol::{Digest, Hasher, RepoName, Tag, UploadId, UploadPart};
 
 use crate::{
     Error, Mutability, NewManifest, ScmSource, TagOutcome, TagStore, TagWrite, UploadSession,
@@ -224,47 +224,118 @@ pub async fn referrers_follow_subject(store: &dyn TagStore) {
     );
 }
 
+fn session(id: &UploadId, r: &RepoName, at: i64) -> UploadSession {
+    UploadSession {
+        id: id.clone(),
+        repo: r.clone(),
+        owner: "alice".into(),
+        received: 0,
+        parts: Vec::new(),
+        hash_state: Hasher::new(pierone_protocol::Algorithm::Sha256).save(),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn part(key: &str, len: u64) -> UploadPart {
+    UploadPart {
+        key: key.into(),
+        len,
+    }
+}
+
 pub async fn uploads_advance_by_compare_and_set(store: &dyn TagStore) {
     let r = repo("up");
     let id: UploadId = format!("u{}", r.artifact().replace('/', "-"))
         .parse()
         .unwrap();
-    let h = Hasher::new(pierone_protocol::Algorithm::Sha256);
+    store.create_upload(session(&id, &r, 1)).await.unwrap();
     store
-        .create_upload(UploadSession {
-            id: id.clone(),
-            repo: r.clone(),
-            received: 0,
-            hash_state: h.save(),
-            created_at: 1,
-            updated_at: 1,
-        })
-        .await
-        .unwrap();
-    store
-        .advance_upload(&id, 0, 10, vec![1, 2, 3])
+        .advance_upload(&id, 0, Some(part("p1", 10)), vec![1, 2, 3])
         .await
         .unwrap();
     let s = store.get_upload(&id).await.unwrap().unwrap();
     assert_eq!(
-        (s.received, s.hash_state.as_slice(), &s.repo),
-        (10, &[1u8, 2, 3][..], &r)
+        (
+            s.received,
+            s.hash_state.as_slice(),
+            &s.repo,
+            s.owner.as_str()
+        ),
+        (10, &[1u8, 2, 3][..], &r, "alice")
     );
+    assert_eq!(s.parts, vec![part("p1", 10)]);
+    // A request that read the session before the first one advanced it is refused, and its
+    // part is not recorded.
     assert!(matches!(
-        store.advance_upload(&id, 0, 20, vec![]).await,
+        store
+            .advance_upload(&id, 0, Some(part("loser", 20)), vec![])
+            .await,
         Err(Error::UploadOffsetConflict {
             expected: 0,
             actual: 10,
             ..
         })
     ));
+    // An empty request records no part.
+    store.advance_upload(&id, 10, None, vec![4]).await.unwrap();
+    store
+        .advance_upload(&id, 10, Some(part("p2", 5)), vec![5])
+        .await
+        .unwrap();
+    let s = store.get_upload(&id).await.unwrap().unwrap();
+    assert_eq!(s.received, 15);
+    assert_eq!(s.hash_state, vec![5]);
+    assert_eq!(s.parts, vec![part("p1", 10), part("p2", 5)]);
     assert!(store.delete_upload(&id).await.unwrap());
     assert!(!store.delete_upload(&id).await.unwrap());
     assert_eq!(store.get_upload(&id).await.unwrap(), None);
     assert!(matches!(
-        store.advance_upload(&id, 10, 20, vec![]).await,
+        store
+            .advance_upload(&id, 15, Some(part("p3", 1)), vec![])
+            .await,
         Err(Error::UploadUnknown(_))
     ));
+    // A new session under the same id starts without the old parts.
+    store.create_upload(session(&id, &r, 2)).await.unwrap();
+    assert_eq!(store.get_upload(&id).await.unwrap().unwrap().parts, vec![]);
+    store.delete_upload(&id).await.unwrap();
+}
+
+/// 16 requests that read the same session race to record their parts: exactly one does, and
+/// the session names its part alone.
+pub async fn upload_part_race_has_one_winner(store: &dyn TagStore) {
+    let r = repo("uprace");
+    let id: UploadId = format!("r{}", r.artifact().replace('/', "-"))
+        .parse()
+        .unwrap();
+    store.create_upload(session(&id, &r, 1)).await.unwrap();
+    let futs = (0..16u64).map(|i| {
+        let id = id.clone();
+        async move {
+            store
+                .advance_upload(&id, 0, Some(part(&format!("k{i}"), 100 + i)), vec![i as u8])
+                .await
+                .map(|()| i)
+        }
+    });
+    let results = futures_util::future::join_all(futs).await;
+    let winners: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for r in &results {
+        assert!(
+            matches!(r, Ok(_) | Err(Error::UploadOffsetConflict { .. })),
+            "{r:?}"
+        );
+    }
+    let w = winners[0];
+    let s = store.get_upload(&id).await.unwrap().unwrap();
+    assert_eq!(s.parts, vec![part(&format!("k{w}"), 100 + w)]);
+    assert_eq!((s.received, s.hash_state), (100 + w, vec![w as u8]));
+    store.delete_upload(&id).await.unwrap();
 }
 
 /// 32 writers race to put different manifests on one immutable tag: exactly one wins.
@@ -727,14 +798,7 @@ pub async fn expired_uploads_are_listed_oldest_first(store: &dyn TagStore) {
     for (i, age) in [(0, 10_000), (1, 5_000), (2, 0)] {
         let id: UploadId = format!("expire-{i}-{now}").parse().unwrap();
         store
-            .create_upload(UploadSession {
-                id,
-                repo: r.clone(),
-                received: 0,
-                hash_state: Hasher::new(pierone_protocol::Algorithm::Sha256).save(),
-                created_at: now - age,
-                updated_at: now - age,
-            })
+            .create_upload(session(&id, &r, now - age))
             .await
             .unwrap();
     }
@@ -758,6 +822,7 @@ macro_rules! conformance_tests {
             listing_paginates,
             referrers_follow_subject,
             uploads_advance_by_compare_and_set,
+            upload_part_race_has_one_winner,
             concurrent_tag_race_has_one_winner,
             pier_one_views,
             scm_sources_are_recorded,

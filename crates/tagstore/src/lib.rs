@@ -22,7 +22,9 @@
 //!   unreferenced; a manifest write that references a marked blob removes the mark in its
 //!   transaction, and one that finds it claimed is refused with [`Error::BlobCollected`].
 //! - **Upload progress is compare-and-set.** [`TagStore::advance_upload`] succeeds only from the
-//!   offset the caller read, so two requests racing on one upload cannot both advance it.
+//!   offset the caller read, so two requests racing on one upload cannot both advance it, and
+//!   it records the request's blob-store part in the same step: the recorded parts are always
+//!   exactly those whose progress (and hash) was accepted.
 //!
 //! [`conformance`] checks these for every implementation.
 
@@ -32,7 +34,7 @@ mod policy;
 mod sql;
 
 use bytes::Bytes;
-use pierone_protocol::{Digest, RepoName, Tag, UploadId};
+use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 
 pub use pierone_protocol::audit::{AuditEntry, Checkpoint};
 
@@ -218,13 +220,18 @@ pub struct TeamStats {
     pub tags: u64,
 }
 
-/// An upload session: how far the client has got, and the hash of what it sent so far.
+/// An upload session: how far the client has got, which parts of the blob store hold what it
+/// sent, and the hash of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadSession {
     pub id: UploadId,
     pub repo: RepoName,
-    /// Bytes accepted so far.
+    /// Who started it (the principal's uid); only they may continue or cancel it.
+    pub owner: String,
+    /// Bytes accepted so far: the sum of `parts`.
     pub received: u64,
+    /// The blob store's parts that make the upload, in order. Only these are ever published.
+    pub parts: Vec<UploadPart>,
     /// Serialised [`pierone_protocol::Hasher`] over those bytes.
     pub hash_state: Vec<u8>,
     pub created_at: Millis,
@@ -315,12 +322,15 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
 
     async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadSession>, Error>;
 
-    /// Move upload `id` from `expected` bytes to `received` bytes with a new hash state.
+    /// Append `part` to upload `id` and store the hash state over everything up to its end,
+    /// only if the upload is still at `expected` bytes (compare-and-set): of two requests that
+    /// read the same session, exactly one records its part. `None` records no part (an empty
+    /// request) and only refreshes the session.
     async fn advance_upload(
         &self,
         id: &UploadId,
         expected: u64,
-        received: u64,
+        part: Option<UploadPart>,
         hash_state: Vec<u8>,
     ) -> Result<(), Error>;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use pierone_protocol::{Digest, RepoName, Tag, UploadId};
+use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 
 use crate::{
     AuditEntry, Checkpoint, Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest,
@@ -394,7 +394,7 @@ impl TagStore for MemoryTagStore {
         &self,
         id: &UploadId,
         expected: u64,
-        received: u64,
+        part: Option<UploadPart>,
         hash_state: Vec<u8>,
     ) -> Result<(), Error> {
         let mut s = self.lock();
@@ -409,7 +409,12 @@ impl TagStore for MemoryTagStore {
                 actual: u.received,
             });
         }
-        u.received = received;
+        if let Some(part) = part {
+            u.received = expected
+                .checked_add(part.len)
+                .ok_or_else(|| Error::Corrupt("upload size overflows".into()))?;
+            u.parts.push(part);
+        }
         u.hash_state = hash_state;
         u.updated_at = now_millis();
         Ok(())

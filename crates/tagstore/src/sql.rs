@@ -14,7 +14,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use pierone_protocol::{Digest, RepoName, Tag, UploadId};
+use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 
 use crate::{
     AuditEntry, Checkpoint, Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest,
@@ -129,6 +129,15 @@ mod schema {
             hash_state -> Binary,
             created_at -> BigInt,
             updated_at -> BigInt,
+            owner -> Text,
+        }
+    }
+    diesel::table! {
+        upload_parts (upload_id, start) {
+            upload_id -> Text,
+            start -> BigInt,
+            part_key -> Text,
+            size -> BigInt,
         }
     }
     diesel::table! {
@@ -1148,29 +1157,45 @@ impl TagStore for SqlTagStore {
 
     async fn create_upload(&self, s: UploadSession) -> Result<(), Error> {
         run!(self, |c| {
-            diesel::insert_into(uploads::table)
-                .values((
-                    uploads::id.eq(s.id.as_str()),
-                    uploads::repository.eq(s.repo.as_str()),
-                    uploads::received.eq(s.received as i64),
-                    uploads::hash_state.eq(&s.hash_state),
-                    uploads::created_at.eq(s.created_at),
-                    uploads::updated_at.eq(s.updated_at),
-                ))
-                .execute(c)
-                .map(drop)
-                .map_err(db_error)
+            c.transaction(|c| {
+                diesel::insert_into(uploads::table)
+                    .values((
+                        uploads::id.eq(s.id.as_str()),
+                        uploads::repository.eq(s.repo.as_str()),
+                        uploads::owner.eq(&s.owner),
+                        uploads::received.eq(s.received as i64),
+                        uploads::hash_state.eq(&s.hash_state),
+                        uploads::created_at.eq(s.created_at),
+                        uploads::updated_at.eq(s.updated_at),
+                    ))
+                    .execute(c)?;
+                let mut start = 0i64;
+                for p in &s.parts {
+                    diesel::insert_into(upload_parts::table)
+                        .values((
+                            upload_parts::upload_id.eq(s.id.as_str()),
+                            upload_parts::start.eq(start),
+                            upload_parts::part_key.eq(&p.key),
+                            upload_parts::size.eq(p.len as i64),
+                        ))
+                        .execute(c)?;
+                    start += p.len as i64;
+                }
+                Ok::<(), DieselError>(())
+            })
+            .map_err(db_error)
         })
     }
 
     async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadSession>, Error> {
         let id = id.clone();
         run!(self, |c| {
-            type Row = (String, i64, Vec<u8>, i64, i64);
+            type Row = (String, String, i64, Vec<u8>, i64, i64);
             let row: Option<Row> = uploads::table
                 .find(id.as_str())
                 .select((
                     uploads::repository,
+                    uploads::owner,
                     uploads::received,
                     uploads::hash_state,
                     uploads::created_at,
@@ -1179,19 +1204,36 @@ impl TagStore for SqlTagStore {
                 .first(c)
                 .optional()
                 .map_err(db_error)?;
-            row.map(|(repo, received, hash_state, created_at, updated_at)| {
-                Ok(UploadSession {
-                    repo: repo
-                        .parse()
-                        .map_err(|e| Error::Corrupt(format!("upload repository: {e}")))?,
-                    id: id.clone(),
-                    received: received as u64,
-                    hash_state,
-                    created_at,
-                    updated_at,
-                })
-            })
-            .transpose()
+            let Some((repo, owner, received, hash_state, created_at, updated_at)) = row else {
+                return Ok(None);
+            };
+            // Parts are written once and keyed by where they start, so those below the offset
+            // read above are exactly the ones recorded with it, whatever happened since.
+            let parts: Vec<(String, i64)> = upload_parts::table
+                .filter(upload_parts::upload_id.eq(id.as_str()))
+                .filter(upload_parts::start.lt(received))
+                .order(upload_parts::start.asc())
+                .select((upload_parts::part_key, upload_parts::size))
+                .load(c)
+                .map_err(db_error)?;
+            Ok(Some(UploadSession {
+                repo: repo
+                    .parse()
+                    .map_err(|e| Error::Corrupt(format!("upload repository: {e}")))?,
+                id: id.clone(),
+                owner,
+                received: received as u64,
+                parts: parts
+                    .into_iter()
+                    .map(|(key, len)| UploadPart {
+                        key,
+                        len: len as u64,
+                    })
+                    .collect(),
+                hash_state,
+                created_at,
+                updated_at,
+            }))
         })
     }
 
@@ -1199,23 +1241,47 @@ impl TagStore for SqlTagStore {
         &self,
         id: &UploadId,
         expected: u64,
-        received: u64,
+        part: Option<UploadPart>,
         hash_state: Vec<u8>,
     ) -> Result<(), Error> {
         let id = id.clone();
+        let received = match &part {
+            Some(p) => expected
+                .checked_add(p.len)
+                .filter(|r| i64::try_from(*r).is_ok())
+                .ok_or_else(|| Error::Corrupt("upload size overflows".into()))?,
+            None => expected,
+        };
         run!(self, |c| {
-            let n = diesel::update(
-                uploads::table
-                    .filter(uploads::id.eq(id.as_str()))
-                    .filter(uploads::received.eq(expected as i64)),
-            )
-            .set((
-                uploads::received.eq(received as i64),
-                uploads::hash_state.eq(&hash_state),
-                uploads::updated_at.eq(now_millis()),
-            ))
-            .execute(c)
-            .map_err(db_error)?;
+            let n = c
+                .transaction(|c| {
+                    let n = diesel::update(
+                        uploads::table
+                            .filter(uploads::id.eq(id.as_str()))
+                            .filter(uploads::received.eq(expected as i64)),
+                    )
+                    .set((
+                        uploads::received.eq(received as i64),
+                        uploads::hash_state.eq(&hash_state),
+                        uploads::updated_at.eq(now_millis()),
+                    ))
+                    .execute(c)?;
+                    // The part goes in with the offset that counts it, or not at all.
+                    if n == 1
+                        && let Some(p) = &part
+                    {
+                        diesel::insert_into(upload_parts::table)
+                            .values((
+                                upload_parts::upload_id.eq(id.as_str()),
+                                upload_parts::start.eq(expected as i64),
+                                upload_parts::part_key.eq(&p.key),
+                                upload_parts::size.eq(p.len as i64),
+                            ))
+                            .execute(c)?;
+                    }
+                    Ok::<usize, DieselError>(n)
+                })
+                .map_err(db_error)?;
             if n == 1 {
                 return Ok(());
             }
@@ -1239,10 +1305,14 @@ impl TagStore for SqlTagStore {
     async fn delete_upload(&self, id: &UploadId) -> Result<bool, Error> {
         let id = id.clone();
         run!(self, |c| {
-            diesel::delete(uploads::table.find(id.as_str()))
-                .execute(c)
-                .map(|n| n > 0)
-                .map_err(db_error)
+            c.transaction(|c| {
+                diesel::delete(upload_parts::table.filter(upload_parts::upload_id.eq(id.as_str())))
+                    .execute(c)?;
+                diesel::delete(uploads::table.find(id.as_str()))
+                    .execute(c)
+                    .map(|n| n > 0)
+            })
+            .map_err(db_error)
         })
     }
 
@@ -1252,7 +1322,7 @@ impl TagStore for SqlTagStore {
         limit: usize,
     ) -> Result<Vec<UploadSession>, Error> {
         run!(self, |c| {
-            type Row = (String, String, i64, Vec<u8>, i64, i64);
+            type Row = (String, String, String, i64, Vec<u8>, i64, i64);
             let rows: Vec<Row> = uploads::table
                 .filter(uploads::updated_at.lt(idle_before))
                 .order(uploads::updated_at.asc())
@@ -1260,6 +1330,7 @@ impl TagStore for SqlTagStore {
                 .select((
                     uploads::id,
                     uploads::repository,
+                    uploads::owner,
                     uploads::received,
                     uploads::hash_state,
                     uploads::created_at,
@@ -1267,21 +1338,26 @@ impl TagStore for SqlTagStore {
                 ))
                 .load(c)
                 .map_err(db_error)?;
+            // Expiry only needs to know which uploads to drop, not their parts.
             rows.into_iter()
-                .map(|(id, repo, received, hash_state, created_at, updated_at)| {
-                    Ok(UploadSession {
-                        id: id
-                            .parse()
-                            .map_err(|e| Error::Corrupt(format!("upload id: {e}")))?,
-                        repo: repo
-                            .parse()
-                            .map_err(|e| Error::Corrupt(format!("upload repository: {e}")))?,
-                        received: received as u64,
-                        hash_state,
-                        created_at,
-                        updated_at,
-                    })
-                })
+                .map(
+                    |(id, repo, owner, received, hash_state, created_at, updated_at)| {
+                        Ok(UploadSession {
+                            id: id
+                                .parse()
+                                .map_err(|e| Error::Corrupt(format!("upload id: {e}")))?,
+                            repo: repo
+                                .parse()
+                                .map_err(|e| Error::Corrupt(format!("upload repository: {e}")))?,
+                            owner,
+                            received: received as u64,
+                            parts: Vec::new(),
+                            hash_state,
+                            created_at,
+                            updated_at,
+                        })
+                    },
+                )
                 .collect()
         })
     }

@@ -1,0 +1,2 @@
+ALTER TABLE uploads DROP COLUMN owner;
+DROP TABLE upload_parts;
