@@ -11,6 +11,7 @@ mod blobs;
 mod cli;
 mod clients;
 mod events;
+mod integrity;
 mod manifests;
 mod operations;
 mod replicas;
