@@ -446,3 +446,215 @@ async fn range_to_the_largest_end_is_the_whole_blob() {
     assert_eq!(header(&r, "Content-Range").as_deref(), Some("bytes 0-9/10"));
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"0123456789");
 }
+
+/// OCI conformance (v1.1.1): reading a manifest whose reference is neither a tag nor a digest
+/// is a miss, 404 `MANIFEST_UNKNOWN`; pushing to one stays invalid.
+#[tokio::test]
+async fn manifest_with_an_invalid_reference_is_unknown() {
+    let s = TestServer::start().await;
+    let c = s.client();
+    for m in [Method::GET, Method::HEAD] {
+        let r = c
+            .req(m.clone(), "/v2/team/app/manifests/.INVALID_MANIFEST_NAME")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{m}");
+        if m == Method::GET {
+            oci_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+        }
+    }
+    let r = c
+        .req(Method::PUT, "/v2/team/app/manifests/.INVALID_MANIFEST_NAME")
+        .header("Content-Type", crate::util::OCI_MANIFEST)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+/// A memory blob store whose `stat` of one digest, once it has answered, waits to be
+/// released: a manifest PUT held between its check that the blobs exist and its write.
+#[derive(Debug)]
+struct PausingStat {
+    inner: MemoryBlobStore,
+    digest: Digest,
+    pause: std::sync::Mutex<
+        Option<(
+            tokio::sync::oneshot::Sender<()>,
+            tokio::sync::oneshot::Receiver<()>,
+        )>,
+    >,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for PausingStat {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, pierone_blobstore::Error> {
+        let r = self.inner.stat(digest).await;
+        if digest == &self.digest {
+            let pause = self.pause.lock().unwrap().take();
+            if let Some((reached, release)) = pause {
+                let _ = reached.send(());
+                let _ = release.await;
+            }
+        }
+        r
+    }
+    async fn get(
+        &self,
+        digest: &Digest,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<pierone_blobstore::BlobRead>, pierone_blobstore::Error> {
+        self.inner.get(digest, range).await
+    }
+    async fn create_upload(
+        &self,
+        id: &pierone_protocol::UploadId,
+    ) -> Result<(), pierone_blobstore::Error> {
+        self.inner.create_upload(id).await
+    }
+    async fn write_part(
+        &self,
+        id: &pierone_protocol::UploadId,
+        data: pierone_blobstore::ByteStream,
+    ) -> Result<pierone_protocol::UploadPart, pierone_blobstore::Error> {
+        self.inner.write_part(id, data).await
+    }
+    async fn discard_part(
+        &self,
+        id: &pierone_protocol::UploadId,
+        part: &pierone_protocol::UploadPart,
+    ) -> Result<(), pierone_blobstore::Error> {
+        self.inner.discard_part(id, part).await
+    }
+    async fn read_upload(
+        &self,
+        id: &pierone_protocol::UploadId,
+        parts: &[pierone_protocol::UploadPart],
+    ) -> Result<pierone_blobstore::ByteStream, pierone_blobstore::Error> {
+        self.inner.read_upload(id, parts).await
+    }
+    async fn commit_upload(
+        &self,
+        id: &pierone_protocol::UploadId,
+        parts: &[pierone_protocol::UploadPart],
+        digest: &Digest,
+    ) -> Result<(), pierone_blobstore::Error> {
+        self.inner.commit_upload(id, parts, digest).await
+    }
+    async fn abort_upload(
+        &self,
+        id: &pierone_protocol::UploadId,
+    ) -> Result<(), pierone_blobstore::Error> {
+        self.inner.abort_upload(id).await
+    }
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<pierone_blobstore::BlobEntry>, pierone_blobstore::Error> {
+        self.inner.list_blobs(after, limit).await
+    }
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool, pierone_blobstore::Error> {
+        self.inner.delete_blob(digest).await
+    }
+}
+
+/// Garbage collection against a manifest PUT, deterministically: the PUT has checked that
+/// its layer exists, then the collector claims, deletes and records the old unreferenced
+/// layer, then the PUT's transaction runs. It must be refused (the client pushes the layer
+/// again), never tag a manifest whose layer is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_between_a_manifests_check_and_its_write() {
+    let layer = b"a layer nobody references yet".to_vec();
+    let layer_digest = Digest::sha256_of(&layer);
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    let blobs = Arc::new(PausingStat {
+        inner: MemoryBlobStore::new(),
+        digest: layer_digest.clone(),
+        pause: std::sync::Mutex::new(Some((reached_tx, release_rx))),
+    });
+    let registry = Arc::new(Registry::new(
+        blobs,
+        Arc::new(MemoryTagStore::new()),
+        Config {
+            gc: pierone_registry::GcConfig {
+                interval: Duration::from_secs(3600),
+                grace: Duration::ZERO,
+            },
+            ..Config::default()
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(pierone_registry::run(
+        listener,
+        registry.clone(),
+        std::future::pending(),
+    ));
+    let c = Client::new(&url);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = c.push_blob("team/app", &config).await;
+    assert_eq!(c.push_blob("team/app", &layer).await, layer_digest);
+    // Older than the grace period, to the second some stores keep.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::util::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest.as_str(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest.as_str(), "size": layer.len()}],
+    })
+    .to_string();
+    let put = {
+        let c = c.clone();
+        let manifest = manifest.clone();
+        tokio::spawn(async move {
+            c.put_manifest(
+                "team/app",
+                "1.0",
+                crate::util::OCI_MANIFEST,
+                manifest.as_bytes(),
+            )
+            .await
+        })
+    };
+    reached.await.unwrap();
+    let report = registry.collect_garbage().await.unwrap();
+    assert!(report.blobs_deleted >= 1, "{report:?}");
+    let r = c
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{layer_digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "the layer was collected");
+    release.send(()).unwrap();
+    let r = put.await.unwrap();
+    oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+    let r = c
+        .req(Method::GET, "/v2/team/app/manifests/1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "no tag names a missing layer"
+    );
+    // The client pushes the blobs again, and the same manifest is accepted.
+    c.push_blob("team/app", &config).await;
+    c.push_blob("team/app", &layer).await;
+    let r = c
+        .put_manifest(
+            "team/app",
+            "1.0",
+            crate::util::OCI_MANIFEST,
+            manifest.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    server.abort();
+}

@@ -561,3 +561,40 @@ async fn racing_patches_across_replicas_never_poison_a_digest() {
     crate::integrity::racing_patches_round(&ca, &cb, false).await;
     crate::integrity::racing_patches_round(&cb, &ca, true).await;
 }
+
+/// Blobs in S3 with the default SQLite metadata: the server creates its data directory for
+/// `pierone.db` itself (it used to refuse to start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_blobs_with_default_sqlite_metadata() {
+    let s3 = TestS3::start("pierone").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("not/yet/there");
+    let p = Process::start_with_env(
+        &data,
+        &[
+            "--blob-store",
+            "s3",
+            "--s3-bucket",
+            &s3.bucket,
+            "--s3-endpoint",
+            &s3.endpoint,
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    let c = Client::new(&p.url);
+    let d = c.push_blob("team/app", b"in the bucket").await;
+    assert_eq!(
+        c.get(&format!("/v2/team/app/blobs/{d}"))
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        b"in the bucket"
+    );
+    assert!(data.join("pierone.db").exists());
+}

@@ -399,7 +399,12 @@ async fn serve(args: Args) -> Result<(), String> {
     let blobs = blob_store(&args).await?;
     let db = match &args.database_url {
         Some(url) => url.clone(),
-        None => format!("sqlite://{}", args.data_dir.join("pierone.db").display()),
+        None => {
+            // With blobs in S3 nothing else creates the data directory.
+            std::fs::create_dir_all(&args.data_dir)
+                .map_err(|e| format!("data directory {}: {e}", args.data_dir.display()))?;
+            format!("sqlite://{}", args.data_dir.join("pierone.db").display())
+        }
     };
     let tags = SqlTagStore::open(&db).await.map_err(|e| {
         // Never print a password that may be in the URL.

@@ -18,6 +18,8 @@ pub enum RegistryError {
     BlobUnknown(Digest),
     #[error("manifest {1} is not in repository {0}")]
     ManifestUnknown(RepoName, Reference),
+    #[error("{1:?} is neither a tag nor a digest, so repository {0} has no such manifest")]
+    ManifestReferenceUnknown(RepoName, String),
     #[error("repository {0} is not known")]
     NameUnknown(RepoName),
     #[error("blob upload is unknown, finished or expired; start a new one")]
@@ -160,6 +162,10 @@ impl RegistryError {
                 }
                 T::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
                 T::BlobCollected(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
+                // Only when a write stalled for minutes: the client retries.
+                T::StaleCheck { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
+                }
                 T::UploadOffsetConflict { .. } => (
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     ErrorCode::BlobUploadInvalid,
@@ -182,7 +188,7 @@ impl RegistryError {
                 }
             },
             RegistryError::BlobUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
-            RegistryError::ManifestUnknown(..) => {
+            RegistryError::ManifestUnknown(..) | RegistryError::ManifestReferenceUnknown(..) => {
                 (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
             }
             RegistryError::NameUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),

@@ -397,6 +397,16 @@ impl Registry {
                 Method::DELETE => Err(RegistryError::DeleteRefused("deleting a manifest or tag")),
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
+            Route::ManifestBadReference(repo, reference) => match m {
+                Method::GET | Method::HEAD => {
+                    Err(RegistryError::ManifestReferenceUnknown(repo, reference))
+                }
+                Method::PUT => Err(RegistryError::Protocol(
+                    pierone_protocol::Error::InvalidTag(reference),
+                )),
+                Method::DELETE => Err(RegistryError::DeleteRefused("deleting a manifest or tag")),
+                other => Err(RegistryError::MethodNotAllowed(other)),
+            },
             Route::Blob(repo, digest) => match m {
                 Method::GET => self.get_blob(&repo, &digest, &req, true).await,
                 Method::HEAD => self.get_blob(&repo, &digest, &req, false).await,
@@ -464,6 +474,7 @@ fn access(route: &Route, method: &Method) -> Access {
         Route::Tags(repo)
         | Route::Referrers(repo, _)
         | Route::Manifest(repo, _)
+        | Route::ManifestBadReference(repo, _)
         | Route::Blob(repo, _) => {
             if read {
                 Access::Read {

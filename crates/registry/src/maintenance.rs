@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pierone_protocol::Digest;
 use pierone_protocol::audit::ChainVerifier;
-use pierone_tagstore::{Checkpoint, Millis, OutboxItem, now_millis};
+use pierone_tagstore::{Checkpoint, GC_TOMBSTONE_MS, Millis, OutboxItem, now_millis};
 use serde_json::json;
 
 use crate::{Registry, RegistryError};
@@ -229,8 +229,9 @@ impl Registry {
                 report.blobs_deleted += 1;
                 report.bytes_freed += size;
             }
-            self.tags.gc_forget(&digest).await?;
+            self.tags.gc_deleted(&digest, now_millis()).await?;
         }
+        self.tags.gc_prune(now - GC_TOMBSTONE_MS).await?;
         report.events_pruned = self.tags.outbox_prune(now - DELIVERED_KEPT_MS).await?;
         let grace = self.config.gc.grace;
         let old_before = now - grace.as_millis() as Millis;
@@ -270,7 +271,7 @@ impl Registry {
                     continue;
                 }
                 let deleted = self.blobs.delete_blob(&b.digest).await;
-                self.tags.gc_forget(&b.digest).await?;
+                self.tags.gc_deleted(&b.digest, now_millis()).await?;
                 if deleted? {
                     report.blobs_deleted += 1;
                     report.bytes_freed += b.size;

@@ -9,7 +9,9 @@ use pierone_protocol::{
     Digest, Hasher, MAX_MANIFEST_SIZE, ManifestKind, Reference, RepoName, Tag, media_types,
     parse_manifest,
 };
-use pierone_tagstore::{ManifestRecord, Mutability, NewManifest, ScmSource, TagOutcome, TagWrite};
+use pierone_tagstore::{
+    ManifestRecord, Mutability, NewManifest, ScmSource, TagOutcome, TagWrite, now_millis,
+};
 
 use crate::Registry;
 use crate::blobs::{content_length, query};
@@ -191,7 +193,10 @@ impl Registry {
         let parsed = parse_manifest(content_type.as_deref(), &body)?;
 
         // Everything the manifest points at must already be here: a pulled tag must never
-        // lead to a missing blob.
+        // lead to a missing blob. Garbage collection may delete a blob between this check and
+        // the write; the write then finds its tombstone, provided it comes within
+        // MAX_CHECK_AGE_MS of `checked_at` (the tag store refuses it otherwise).
+        let checked_at = now_millis();
         let blob_checks =
             parsed
                 .blobs()
@@ -235,6 +240,7 @@ impl Registry {
                 .chain(parsed.manifests.iter())
                 .map(|d| (d.digest.clone(), d.size))
                 .collect(),
+            checked_at,
         };
         let tag_name = tag.as_ref().map(|t| t.tag.clone());
         let outcome = self.tags.put_manifest(repo, new, tag).await?;

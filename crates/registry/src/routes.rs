@@ -14,6 +14,9 @@ pub enum Route {
     Catalog,
     Tags(RepoName),
     Manifest(RepoName, Reference),
+    /// A manifest path whose reference is neither a tag nor a digest. Reading it is a miss
+    /// (404 `MANIFEST_UNKNOWN`, as the OCI conformance suite expects); writing it is invalid.
+    ManifestBadReference(RepoName, String),
     Blob(RepoName, Digest),
     UploadStart(RepoName),
     Upload(RepoName, UploadId),
@@ -44,7 +47,7 @@ impl Route {
             Route::Base => "base",
             Route::Catalog => "catalog",
             Route::Tags(_) => "tags_list",
-            Route::Manifest(..) => "manifest",
+            Route::Manifest(..) | Route::ManifestBadReference(..) => "manifest",
             Route::Blob(..) => "blob",
             Route::UploadStart(_) => "upload_start",
             Route::Upload(..) => "upload",
@@ -158,8 +161,11 @@ pub fn parse(path: &str) -> Result<Option<Route>, RegistryError> {
         return Ok(Some(Route::Tags(repo(name)?)));
     }
     if let Some((name, tail)) = split_marker(rest, "/manifests/") {
-        let reference = tail.parse().map_err(RegistryError::Protocol)?;
-        return Ok(Some(Route::Manifest(repo(name)?, reference)));
+        let repo = repo(name)?;
+        return Ok(Some(match tail.parse() {
+            Ok(reference) => Route::Manifest(repo, reference),
+            Err(_) => Route::ManifestBadReference(repo, tail.to_owned()),
+        }));
     }
     if let Some((name, tail)) = split_marker(rest, "/blobs/uploads/") {
         let repo = repo(name)?;
@@ -221,6 +227,9 @@ mod tests {
             parse(&format!("/v2/t/a/referrers/{D}")).unwrap(),
             Some(Route::Referrers(..))
         ));
+        assert!(
+            matches!(parse("/v2/t/a/manifests/.INVALID_MANIFEST_NAME").unwrap(), Some(Route::ManifestBadReference(r, s)) if r.as_str() == "t/a" && s == ".INVALID_MANIFEST_NAME")
+        );
         assert_eq!(parse("/other").unwrap(), None);
         assert_eq!(parse("/teams").unwrap(), Some(Route::Teams));
         assert_eq!(
@@ -278,11 +287,10 @@ mod tests {
                 pierone_protocol::Error::InvalidDigest(_)
             ))
         ));
+        // A bad reference is decided per method (a read misses, a write is invalid).
         assert!(matches!(
             parse("/v2/t/a/manifests/-bad"),
-            Err(RegistryError::Protocol(
-                pierone_protocol::Error::InvalidTag(_)
-            ))
+            Ok(Some(Route::ManifestBadReference(_, r))) if r == "-bad"
         ));
     }
 }

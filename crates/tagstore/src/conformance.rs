@@ -36,6 +36,7 @@ pub fn manifest(seed: &str) -> NewManifest {
         config_digest: None,
         annotations: None,
         references: vec![(Digest::sha256_of(seed.as_bytes()), 1000)],
+        checked_at: crate::now_millis(),
     }
 }
 
@@ -744,9 +745,40 @@ pub async fn gc_never_takes_what_a_manifest_references(store: &dyn TagStore) {
         other => panic!("expected BlobCollected, got {other:?}"),
     }
     assert_eq!(store.get_manifest(&r, &late.digest).await.unwrap(), None);
-    store.gc_forget(&orphan).await.unwrap();
+    // Deleted: a tombstone, no longer a claim to finish, and still no manifest may
+    // reference it (a write that checked the blob before the claim comes too late).
+    store.gc_deleted(&orphan, 1000).await.unwrap();
     assert!(store.gc_stale_claims(i64::MAX).await.unwrap().is_empty());
-    assert!(store.gc_stale_claims(i64::MAX).await.unwrap().is_empty());
+    match store.put_manifest(&r, late.clone(), None).await {
+        Err(Error::BlobCollected(d)) => assert_eq!(d, orphan),
+        other => panic!("expected BlobCollected after deletion, got {other:?}"),
+    }
+    // Tombstones go by age ...
+    assert_eq!(store.gc_prune(1000).await.unwrap(), 0);
+    assert!(matches!(
+        store.put_manifest(&r, late.clone(), None).await,
+        Err(Error::BlobCollected(_))
+    ));
+    assert_eq!(store.gc_prune(1001).await.unwrap(), 1);
+    store.put_manifest(&r, late.clone(), None).await.unwrap();
+    // ... or when the blob is stored again.
+    let again = Digest::sha256_of(b"gc-again");
+    assert_eq!(store.gc_mark(&again, 100).await.unwrap(), Some(100));
+    assert!(store.gc_claim(&again, 100, 1000).await.unwrap());
+    store.gc_deleted(&again, 1000).await.unwrap();
+    store.gc_unmark(&again).await.unwrap();
+    let mut back = manifest("gc-back");
+    back.references = vec![(again.clone(), 9)];
+    store.put_manifest(&r, back, None).await.unwrap();
+    // A write whose caller checked its blobs longer ago than tombstones are guaranteed to
+    // last is refused, whatever the blobs' state.
+    let mut stale = manifest("gc-stale");
+    stale.checked_at = crate::now_millis() - crate::MAX_CHECK_AGE_MS - 1000;
+    assert!(matches!(
+        store.put_manifest(&r, stale.clone(), None).await,
+        Err(Error::StaleCheck { .. })
+    ));
+    assert_eq!(store.get_manifest(&r, &stale.digest).await.unwrap(), None);
 
     // A marked blob that a manifest then references is rescued.
     let rescued = Digest::sha256_of(b"gc-rescued");

@@ -20,7 +20,10 @@
 //! - **Garbage collection cannot race a push.** A blob is deleted only after it was marked
 //!   unreferenced ([`TagStore::gc_mark`]) and then claimed ([`TagStore::gc_claim`]) while still
 //!   unreferenced; a manifest write that references a marked blob removes the mark in its
-//!   transaction, and one that finds it claimed is refused with [`Error::BlobCollected`].
+//!   transaction, and one that finds it claimed, or deleted ([`TagStore::gc_deleted`] keeps a
+//!   tombstone for [`GC_TOMBSTONE_MS`]), is refused with [`Error::BlobCollected`]. A manifest
+//!   write whose caller checked its blobs more than [`MAX_CHECK_AGE_MS`] before is refused
+//!   ([`Error::StaleCheck`]), so no write can outlive the tombstone of a blob it checked.
 //! - **Upload progress is compare-and-set.** [`TagStore::advance_upload`] succeeds only from the
 //!   offset the caller read, so two requests racing on one upload cannot both advance it, and
 //!   it records the request's blob-store part in the same step: the recorded parts are always
@@ -44,6 +47,15 @@ pub use sql::{SqlTagStore, create_test_database};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
+
+/// How long a deleted blob's tombstone stays, refusing manifest writes that checked the blob
+/// before it was deleted.
+pub const GC_TOMBSTONE_MS: Millis = 3_600_000;
+
+/// The longest a manifest write may take from its caller's check that the blobs exist
+/// ([`NewManifest::checked_at`]) to its transaction: well under [`GC_TOMBSTONE_MS`], with room
+/// for clocks of replicas that disagree.
+pub const MAX_CHECK_AGE_MS: Millis = 600_000;
 
 /// The current time as stored in the metadata (upload sessions, tags).
 pub fn now_millis() -> Millis {
@@ -97,6 +109,10 @@ pub enum Error {
     },
     #[error("blob {0} is being garbage-collected; push it again")]
     BlobCollected(Digest),
+    #[error(
+        "the manifest's blobs were checked {age_ms} ms before its write, longer than garbage collection allows; retry"
+    )]
+    StaleCheck { age_ms: Millis },
     #[error("the metadata database is unavailable: {0}")]
     Unavailable(String),
     #[error("metadata database query failed: {0}")]
@@ -118,6 +134,8 @@ pub struct NewManifest {
     pub annotations: Option<String>,
     /// Blobs and child manifests it references, with the sizes their descriptors give.
     pub references: Vec<(Digest, u64)>,
+    /// When the caller checked that the references exist (see [`MAX_CHECK_AGE_MS`]).
+    pub checked_at: Millis,
 }
 
 /// A stored manifest.
@@ -404,7 +422,7 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Claim a candidate marked no later than `marked_before` for deletion at `now`, if it is
     /// still unreferenced. After `true` the caller deletes the blob and then calls
-    /// [`TagStore::gc_forget`].
+    /// [`TagStore::gc_deleted`].
     async fn gc_claim(
         &self,
         digest: &Digest,
@@ -417,9 +435,16 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// them any more.
     async fn gc_stale_claims(&self, claimed_before: Millis) -> Result<Vec<Digest>, Error>;
 
-    /// The blob is gone (or was kept): drop its candidate row.
-    async fn gc_forget(&self, digest: &Digest) -> Result<(), Error>;
+    /// The claimed blob is gone: its candidate row becomes a tombstone, dated `now`, which
+    /// refuses manifest writes referencing it until [`TagStore::gc_prune`] drops it (or the
+    /// blob is stored again). Without it, a manifest write that checked the blob just before
+    /// the claim would find no trace of the deletion.
+    async fn gc_deleted(&self, digest: &Digest, now: Millis) -> Result<(), Error>;
 
-    /// A blob was just uploaded or mounted: it is wanted, unmark it unless already claimed.
+    /// Drop tombstones of blobs deleted before `deleted_before`; how many.
+    async fn gc_prune(&self, deleted_before: Millis) -> Result<u64, Error>;
+
+    /// A blob was just stored or mounted: it is wanted, drop its mark (or its tombstone)
+    /// unless a collector has claimed it.
     async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error>;
 }

@@ -26,7 +26,8 @@ struct State {
     /// By id, which grows like the SQL store's serial.
     outbox: BTreeMap<i64, OutboxRow>,
     /// digest -> (marked at, claimed for deletion)
-    gc: HashMap<Digest, (Millis, bool)>,
+    /// Garbage candidates: since when, and how far collection got.
+    gc: HashMap<Digest, (Millis, Gc)>,
     uploads: HashMap<UploadId, UploadSession>,
     scm: HashMap<(String, String), (ScmSource, Millis)>,
 }
@@ -41,10 +42,18 @@ struct OutboxRow {
     delivered: Option<Millis>,
 }
 
+/// How far garbage collection got with a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gc {
+    Marked,
+    Claimed,
+    Deleted,
+}
+
 impl State {
     /// Drop `digest`'s mark unless a collector has already claimed it.
     fn unmark(&mut self, digest: &Digest) {
-        if self.gc.get(digest).is_some_and(|(_, claimed)| !claimed) {
+        if self.gc.get(digest).is_some_and(|(_, g)| *g == Gc::Marked) {
             self.gc.remove(digest);
         }
     }
@@ -106,8 +115,12 @@ impl TagStore for MemoryTagStore {
             },
         };
         if !s.manifests.contains_key(&manifest.digest) {
+            let age_ms = now_millis() - manifest.checked_at;
+            if age_ms > crate::MAX_CHECK_AGE_MS {
+                return Err(Error::StaleCheck { age_ms });
+            }
             for (r, _) in &manifest.references {
-                if s.gc.get(r).is_some_and(|(_, claimed)| *claimed) {
+                if s.gc.get(r).is_some_and(|(_, g)| *g != Gc::Marked) {
                     return Err(Error::BlobCollected(r.clone()));
                 }
             }
@@ -577,7 +590,9 @@ impl TagStore for MemoryTagStore {
             s.unmark(digest);
             return Ok(None);
         }
-        Ok(Some(s.gc.entry(digest.clone()).or_insert((now, false)).0))
+        Ok(Some(
+            s.gc.entry(digest.clone()).or_insert((now, Gc::Marked)).0,
+        ))
     }
 
     async fn gc_claim(
@@ -591,8 +606,8 @@ impl TagStore for MemoryTagStore {
             return Ok(false);
         }
         match s.gc.get_mut(digest) {
-            Some((at, claimed)) if !*claimed && *at <= marked_before => {
-                *claimed = true;
+            Some((at, g)) if *g == Gc::Marked && *at <= marked_before => {
+                *g = Gc::Claimed;
                 *at = now;
                 Ok(true)
             }
@@ -604,20 +619,30 @@ impl TagStore for MemoryTagStore {
         let s = self.lock();
         let mut out: Vec<Digest> =
             s.gc.iter()
-                .filter(|(_, (at, claimed))| *claimed && *at < claimed_before)
+                .filter(|(_, (at, g))| *g == Gc::Claimed && *at < claimed_before)
                 .map(|(d, _)| d.clone())
                 .collect();
         out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(out)
     }
 
-    async fn gc_forget(&self, digest: &Digest) -> Result<(), Error> {
-        self.lock().gc.remove(digest);
+    async fn gc_deleted(&self, digest: &Digest, now: Millis) -> Result<(), Error> {
+        self.lock().gc.insert(digest.clone(), (now, Gc::Deleted));
         Ok(())
     }
 
+    async fn gc_prune(&self, deleted_before: Millis) -> Result<u64, Error> {
+        let mut s = self.lock();
+        let before = s.gc.len();
+        s.gc.retain(|_, (at, g)| !(*g == Gc::Deleted && *at < deleted_before));
+        Ok((before - s.gc.len()) as u64)
+    }
+
     async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error> {
-        self.lock().unmark(digest);
+        let mut s = self.lock();
+        if s.gc.get(digest).is_some_and(|(_, g)| *g != Gc::Claimed) {
+            s.gc.remove(digest);
+        }
         Ok(())
     }
 }

@@ -402,6 +402,10 @@ macro_rules! backend_ops {
                     .on_conflict_do_nothing()
                     .execute(c)?;
                 if inserted > 0 {
+                    let age_ms = now - m.checked_at;
+                    if age_ms > crate::MAX_CHECK_AGE_MS {
+                        return Err(TxError::Store(Error::StaleCheck { age_ms }));
+                    }
                     for (r, _) in &m.references {
                         rescue_from_gc(c, r)?;
                     }
@@ -561,6 +565,7 @@ macro_rules! backend_ops {
             /// A new manifest references `digest`: take it off the garbage candidates, or
             /// refuse if collection already claimed it. The delete runs before the check so
             /// that, on PostgreSQL, it waits for a concurrent claim's commit and sees its result.
+            /// Tombstones included: a blob deleted since the caller checked it is refused too.
             fn rescue_from_gc(c: &mut Conn, digest: &Digest) -> Result<(), TxError> {
                 unmark(c, digest.as_str())?;
                 let claimed: Option<String> = gc_candidates::table
@@ -1615,20 +1620,53 @@ impl TagStore for SqlTagStore {
         })
     }
 
-    async fn gc_forget(&self, digest: &Digest) -> Result<(), Error> {
+    async fn gc_deleted(&self, digest: &Digest, now: Millis) -> Result<(), Error> {
         let digest = digest.clone();
         run!(self, |c| {
-            diesel::delete(gc_candidates::table.find(digest.as_str()))
+            diesel::insert_into(gc_candidates::table)
+                .values((
+                    gc_candidates::digest.eq(digest.as_str()),
+                    gc_candidates::marked_at.eq(now),
+                    gc_candidates::state.eq("deleted"),
+                ))
+                .on_conflict(gc_candidates::digest)
+                .do_update()
+                .set((
+                    gc_candidates::marked_at.eq(now),
+                    gc_candidates::state.eq("deleted"),
+                ))
                 .execute(c)
                 .map(drop)
                 .map_err(db_error)
         })
     }
 
+    async fn gc_prune(&self, deleted_before: Millis) -> Result<u64, Error> {
+        run!(self, |c| {
+            diesel::delete(
+                gc_candidates::table
+                    .filter(gc_candidates::state.eq("deleted"))
+                    .filter(gc_candidates::marked_at.lt(deleted_before)),
+            )
+            .execute(c)
+            .map(|n| n as u64)
+            .map_err(db_error)
+        })
+    }
+
     async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error> {
         let digest = digest.clone();
         run!(self, |c| {
-            ops::unmark(c, digest.as_str()).map(drop).map_err(db_error)
+            // Stored again: neither a mark nor a tombstone applies any more; a claim does,
+            // since its collector may be deleting right now.
+            diesel::delete(
+                gc_candidates::table
+                    .filter(gc_candidates::digest.eq(digest.as_str()))
+                    .filter(gc_candidates::state.eq_any(["marked", "deleted"])),
+            )
+            .execute(c)
+            .map(drop)
+            .map_err(db_error)
         })
     }
 }
