@@ -449,3 +449,183 @@ async fn sigterm_lets_an_in_flight_push_finish_then_exits_cleanly() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// Read until the server closes `conn` (or `limit` passes); returns what was read and when
+/// the connection ended, or `None` if it stayed open.
+async fn read_until_closed(
+    conn: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<(Vec<u8>, Instant)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    match tokio::time::timeout(limit, conn.read_to_end(&mut buf)).await {
+        // A reset is a close too.
+        Ok(_) => Some((buf, Instant::now())),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(dir.path(), &["--idle-timeout", "500ms"]);
+    let host = p.url.trim_start_matches("http://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let opened = Instant::now();
+    let (read, closed) = read_until_closed(&mut silent, Duration::from_secs(10))
+        .await
+        .expect("a silent connection stayed open");
+    assert!(read.is_empty(), "{read:?}");
+    let after = closed - opened;
+    assert!(
+        after >= Duration::from_millis(400) && after < Duration::from_secs(5),
+        "closed after {after:?}"
+    );
+    // Others are served as usual, and the close was counted.
+    let text = Client::new(&p.url)
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_in(&text, "pierone_connections_idle_closed_total", &[]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_but_a_busy_one_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(Config {
+        idle_timeout: Duration::from_millis(600),
+        ..Config::default()
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(s.host()).await.unwrap();
+    // Requests 300 ms apart: the idle time restarts after each, so the connection lives
+    // longer than the timeout while it is used.
+    for _ in 0..4 {
+        conn.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        // The body is `{}`, sent chunked.
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+                .await
+                .expect("answered")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed while in use: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let idle_from = Instant::now() - Duration::from_millis(300);
+    let (rest, closed) = read_until_closed(&mut conn, Duration::from_secs(10))
+        .await
+        .expect("an idle keep-alive connection stayed open");
+    assert!(rest.is_empty());
+    assert!(closed - idle_from >= Duration::from_millis(500));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_that_sent_only_its_preface_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start_with(Config {
+        idle_timeout: Duration::from_millis(500),
+        ..Config::default()
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(s.host()).await.unwrap();
+    let opened = Instant::now();
+    // The client preface and an empty SETTINGS frame; then nothing.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (read, closed) = read_until_closed(&mut conn, Duration::from_secs(10))
+        .await
+        .expect("an HTTP/2 connection without streams stayed open");
+    // The server spoke HTTP/2 (its SETTINGS frame) before closing.
+    assert_eq!(read.get(3), Some(&4), "{read:?}");
+    assert!(closed - opened >= Duration::from_millis(400));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
+    let s = TestServer::start_with(Config {
+        max_connections: 3,
+        ..Config::default()
+    })
+    .await;
+    let mut held = vec![];
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(s.host()).await.unwrap());
+    }
+    // Let the server accept them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = tokio::net::TcpStream::connect(s.host()).await.unwrap();
+    let opened = Instant::now();
+    let (read, closed) = read_until_closed(&mut extra, Duration::from_secs(5))
+        .await
+        .expect("the connection over the limit stayed open");
+    assert!(read.is_empty());
+    assert!(closed - opened < Duration::from_secs(1));
+    // A slot frees when a connection closes.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = s.client().get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        metric_in(&text, "pierone_connections_refused_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(metric_in(&text, "pierone_connections_open", &[]), Some(3.0));
+    drop(held);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_and_downloads_outlast_the_idle_timeout() {
+    let s = TestServer::start_with(Config {
+        idle_timeout: Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    let c = s.client();
+    // 12 chunks 100 ms apart: four times the idle timeout.
+    let (push, digest) = slow_push(&c, 12, 64 * 1024);
+    assert_eq!(push.await.unwrap().unwrap().status(), StatusCode::CREATED);
+
+    // A download read slowly for longer than the idle timeout, large enough that the server
+    // is still sending when it ends.
+    let big = crate::util::chunk(17, 0, 32 << 20);
+    let d = c.push_blob("team/app", &big).await;
+    let mut r = c.get(&format!("/v2/team/app/blobs/{d}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut got = Vec::with_capacity(big.len());
+    let started = Instant::now();
+    while let Some(b) = r.chunk().await.unwrap() {
+        got.extend_from_slice(&b);
+        if started.elapsed() < Duration::from_millis(1200) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+    assert_eq!(got.len(), big.len());
+    assert_eq!(pierone_protocol::Digest::sha256_of(&got), d);
+    let r = c
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::{
     Client, OCI_MANIFEST, Process, TestServer, chunk, digest_of_chunks, header, location,
-    oci_error, trickle,
+    metric_in, oci_error, trickle,
 };
 
 /// A streamed request body of `n` chunks, optionally pausing after `pause_after` chunks.
@@ -323,4 +323,68 @@ async fn idle_upload_sessions_expire() {
         .await
         .unwrap();
     oci_error(r, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+/// A gzipped layer whose tar starts with a GNU long-name entry of `name_mib` MiB of zeros,
+/// then one ordinary file: a few hundred KiB that a tar reader holding long names in memory
+/// would inflate into the whole name. Generated in 1 MiB pieces; only the gzip is kept.
+fn layer_with_huge_long_name(name_mib: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&pierone_protocol::tar_header(
+        "././@LongLink",
+        b'L',
+        name_mib << 20,
+    ))
+    .unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..name_mib {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.write_all(&pierone_protocol::tar_with(&[("bin/app", "hi")]))
+        .unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_with_a_huge_long_name_is_scanned_in_bounded_memory_and_only_once() {
+    let layer = tokio::task::spawn_blocking(|| layer_with_huge_long_name(400))
+        .await
+        .unwrap();
+    assert!(layer.len() < 2 << 20, "layer of {} bytes", layer.len());
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(dir.path(), &["--no-fsync"]);
+    let c = Client::new(&p.url);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = c.push_blob("team/app", config).await;
+    let ld = c.push_blob("team/app", &layer).await;
+    let m = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld.as_str(), "size": layer.len()}],
+    }))
+    .unwrap();
+    let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let before = p.peak_rss_kib();
+
+    let path = "/teams/team/artifacts/app/tags/1.0/scm-source";
+    let started = std::time::Instant::now();
+    oci_error(c.get(path).await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    let first = started.elapsed();
+    let peak = p.peak_rss_kib();
+    eprintln!(
+        "scm-source scan of a 400 MiB long name: {first:?}, peak RSS {before} KiB before, {peak} KiB after"
+    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB (was {before} KiB)");
+
+    // Asked again (and again): answered from the remembered miss, not by scanning.
+    for _ in 0..3 {
+        oci_error(c.get(path).await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    }
+    let text = c.get("/metrics").await.text().await.unwrap();
+    let scans = |kind| metric_in(&text, "pierone_scm_source_scans_total", &[("kind", kind)]);
+    assert_eq!(scans("limit"), Some(1.0), "{text}");
+    assert_eq!(scans("remembered_absent"), Some(3.0));
+    assert_eq!(scans("absent"), None);
 }

@@ -200,6 +200,17 @@ struct Args {
     /// How long a client may take to send a request head before it is disconnected.
     #[arg(long, env = "PIERONE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
     header_read_timeout: Duration,
+
+    /// How long a connection may stay open with no request in flight: from accept to its
+    /// first request, and between requests (HTTP/1 keep-alive, HTTP/2). A request in progress,
+    /// however long, is not cut.
+    #[arg(long, env = "PIERONE_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    idle_timeout: Duration,
+
+    /// Connections each listener keeps open at once; more are accepted and closed at once
+    /// (counted in pierone_connections_refused_total). Keep it below `ulimit -n`.
+    #[arg(long, env = "PIERONE_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -440,6 +451,9 @@ async fn serve(args: Args) -> Result<(), String> {
             ));
         }
     }
+    if args.idle_timeout.is_zero() || args.max_connections == 0 {
+        return Err("--idle-timeout and --max-connections must be above zero".into());
+    }
     let config = Config {
         tag_policy: TagPolicy::new(&args.mutable_tag_patterns, args.allow_latest_push),
         max_blob_size: args.max_blob_size,
@@ -456,6 +470,8 @@ async fn serve(args: Args) -> Result<(), String> {
         max_uploads_per_principal: args.max_uploads_per_principal,
         max_header_bytes: args.max_header_bytes,
         header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
         metrics_on_main_listener: args.metrics_listen.is_none(),
         ..Config::default()
     };

@@ -16,9 +16,9 @@ mod upload;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorCode, ErrorInfo, error_body};
+pub use layer::{WalkLimits, walk_layer, walk_layer_with};
 #[cfg(any(test, feature = "test-util"))]
-pub use layer::tar_with;
-pub use layer::walk_layer;
+pub use layer::{tar_header, tar_with};
 pub use manifest::{
     Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestKind, media_types, parse_manifest,
 };

@@ -74,6 +74,10 @@ pub enum RegistryError {
     ScmSourceInvalid(String),
     #[error("too many uploads in flight: at most {limit} per principal; retry when one finishes")]
     TooManyUploads { limit: usize },
+    #[error(
+        "too many scm-source scans are running; retry in a few seconds (scans read whole image layers, so only a few run at once)"
+    )]
+    ScanBusy,
     #[error("no audit checkpoint has been signed (the server needs --audit-signing-key)")]
     CheckpointUnknown,
     #[error("request line and headers of {size} bytes exceed the limit of {limit} bytes")]
@@ -246,6 +250,9 @@ impl RegistryError {
             RegistryError::TooManyUploads { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
+            RegistryError::ScanBusy => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
+            }
             RegistryError::CheckpointUnknown => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             // Only at start-up, never an answer; mapped for completeness.
             RegistryError::Tls { .. } => {
@@ -290,6 +297,7 @@ impl RegistryError {
         match self {
             RegistryError::Auth(pierone_auth::Error::Unauthorized(_)) => ErrorHeaders::Challenge,
             RegistryError::TooManyUploads { .. } => ErrorHeaders::RetryAfter(1),
+            RegistryError::ScanBusy => ErrorHeaders::RetryAfter(5),
             RegistryError::ChunkOutOfOrder { received, .. } => ErrorHeaders::UploadRange(*received),
             RegistryError::Tags(pierone_tagstore::Error::UploadOffsetConflict {
                 actual, ..

@@ -7,6 +7,7 @@
 mod api;
 mod audit;
 mod blobs;
+mod conn;
 mod error;
 mod layers;
 mod listing;
@@ -74,6 +75,12 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// How long a client may take to send a request head before the connection is closed.
     pub header_read_timeout: Duration,
+    /// How long a connection may stay open without a request in flight: from accept to the
+    /// first request, and between requests (HTTP/1 keep-alive, HTTP/2). Requests themselves,
+    /// however long, are not limited by it.
+    pub idle_timeout: Duration,
+    /// Connections one listener keeps open at once; more are accepted and closed at once.
+    pub max_connections: usize,
     /// Whether `/metrics` is served by [`run`]; turn off when [`run_operations`] serves it on
     /// an internal address.
     pub metrics_on_main_listener: bool,
@@ -97,6 +104,8 @@ impl Default for Config {
             max_uploads_per_principal: 64,
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
             metrics_on_main_listener: true,
         }
     }
@@ -121,6 +130,8 @@ pub struct Registry {
     events_waiting: tokio::sync::Notify,
     /// For webhook deliveries.
     http: reqwest::Client,
+    /// Scans of image layers for `scm-source.json`: their slots and remembered misses.
+    scans: layers::Scans,
 }
 
 /// An upload request's place in its principal's allowance, given back on drop.
@@ -204,6 +215,7 @@ impl Registry {
                 ManifestWeight,
             ),
             tag_cache: quick_cache::sync::Cache::new(65536),
+            scans: layers::Scans::new(),
         }
     }
 
@@ -584,46 +596,67 @@ async fn serve(
         .header_read_timeout(registry.config.header_read_timeout);
     // Adaptive flow-control windows: with hyper's fixed 1 MiB window a blob push over HTTP/2
     // is capped at 1 MiB per round trip, which is slow over a WAN.
+    // Pings find HTTP/2 peers that vanished while a request was in flight; idle ones are
+    // closed by the idle timeout.
+    let idle_timeout = registry.config.idle_timeout;
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(idle_timeout))
+        .keep_alive_timeout(idle_timeout.min(Duration::from_secs(20)))
         .adaptive_window(true)
         .max_header_list_size(u32::try_from(registry.config.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let grace = registry.config.shutdown_grace;
     let background = (kind == Listener::Main).then(|| maintenance::spawn(&registry));
     tokio::pin!(shutdown);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut accept_errors = conn::AcceptErrors::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(accept_errors.failed(&e, &registry.metrics)).await;
                         continue;
                     }
                 };
+                accept_errors.accepted();
+                // Beyond the limit, closing at once costs one descriptor for an instant;
+                // keeping it in the backlog would leave the client hanging instead.
+                let Some(slot) = conn::Slot::take(&open, registry.config.max_connections, &registry) else {
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                let registry = registry.clone();
-                let svc = service_fn(move |req| {
+                let idle = conn::Idle::new();
+                let svc = service_fn({
                     let registry = registry.clone();
-                    async move {
-                        Ok::<_, Infallible>(match kind {
-                            Listener::Main => registry.handle(req).await,
-                            Listener::Operations => registry.handle_operations(req).await,
-                        })
+                    let idle = idle.clone();
+                    move |req| {
+                        let registry = registry.clone();
+                        let busy = idle.busy();
+                        async move {
+                            let resp = match kind {
+                                Listener::Main => registry.handle(req).await,
+                                Listener::Operations => registry.handle_operations(req).await,
+                            };
+                            Ok::<_, Infallible>(resp.map(|b| conn::hold(b, busy)))
+                        }
                     }
                 });
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
                 let tls = tls.clone();
+                let registry = registry.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
+                    let metrics = &registry.metrics;
                     let result = match tls {
                         None => {
                             let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                            watcher.watch(conn.into_owned()).await
+                            conn::until_idle(watcher.watch(conn.into_owned()), &idle, idle_timeout, metrics).await
                         }
                         Some(acceptor) => {
                             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -638,7 +671,7 @@ async fn serve(
                                 }
                             };
                             let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                            watcher.watch(conn.into_owned()).await
+                            conn::until_idle(watcher.watch(conn.into_owned()), &idle, idle_timeout, metrics).await
                         }
                     };
                     if let Err(e) = result {

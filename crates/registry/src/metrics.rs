@@ -56,6 +56,17 @@ pub struct Metrics {
     pub gc_blobs_deleted: Counter,
     pub gc_bytes_freed: Counter,
     pub gc_uploads_expired: Counter,
+    /// Looks into image layers for `scm-source.json`, by outcome (found, absent,
+    /// remembered_absent, limit, busy).
+    pub scm_scans: Family<KindLabels, Counter>,
+    /// Connections open now, on every listener.
+    pub connections_open: Gauge,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: Counter,
+    /// Connections closed after `idle_timeout` without a request.
+    pub connections_idle_closed: Counter,
+    /// Times accepting failed for want of file descriptors (counted per failed accept).
+    pub accept_fd_exhausted: Counter,
 }
 
 /// Token-cache counters live in the auth crate; they are read at scrape time.
@@ -194,6 +205,32 @@ impl Metrics {
             "pierone_gc_uploads_expired",
             "Abandoned upload sessions removed by garbage collection",
         );
+        let scm_scans = Family::<KindLabels, Counter>::default();
+        r.register(
+            "pierone_scm_source_scans",
+            "Looks into image layers for scm-source.json, by outcome",
+            scm_scans.clone(),
+        );
+        let connections_open = gauge(
+            &mut r,
+            "pierone_connections_open",
+            "Client connections open now",
+        );
+        let connections_refused = counter(
+            &mut r,
+            "pierone_connections_refused",
+            "Connections closed at once because the connection limit was reached",
+        );
+        let connections_idle_closed = counter(
+            &mut r,
+            "pierone_connections_idle_closed",
+            "Connections closed after the idle timeout without a request in flight",
+        );
+        let accept_fd_exhausted = counter(
+            &mut r,
+            "pierone_accept_fd_exhausted",
+            "Accepts that failed because the process or system ran out of file descriptors",
+        );
         r.register_collector(Box::new(TokenCache(Arc::new(token_cache))));
         Metrics {
             registry: r,
@@ -214,6 +251,11 @@ impl Metrics {
             gc_blobs_deleted,
             gc_bytes_freed,
             gc_uploads_expired,
+            scm_scans,
+            connections_open,
+            connections_refused,
+            connections_idle_closed,
+            accept_fd_exhausted,
         }
     }
 
