@@ -15,4 +15,5 @@ mod manifests;
 mod operations;
 mod replicas;
 mod robustness;
+mod tokens;
 mod util;
