@@ -80,7 +80,7 @@ async fn server(tokeninfo_url: &str, public_read: bool, timeout: Duration) -> Te
     let validator = TokenInfoValidator::new(tokeninfo_url, timeout).unwrap();
     let cached = CachingValidator::new(
         Arc::new(validator),
-        1000,
+        1 << 20,
         Duration::from_secs(60),
         Duration::from_secs(10),
     );

@@ -47,7 +47,7 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     };
     let validator = CachingValidator::new(
         Arc::new(StaticValidator::new([("secret".to_owned(), info)])),
-        100,
+        64 << 10,
         Duration::from_secs(60),
         Duration::from_secs(10),
     );

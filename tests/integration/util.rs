@@ -92,6 +92,8 @@ impl TestServer {
 pub struct Process {
     pub child: Child,
     pub url: String,
+    /// Everything the server has logged so far, one line each.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -118,6 +120,8 @@ impl Process {
             .expect("start pierone-server");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
@@ -130,6 +134,7 @@ impl Process {
                     let _ = tx.send(addr.to_owned());
                 }
                 // Keep draining so the server never blocks on a full pipe.
+                lines.lock().unwrap().push(line);
             }
         });
         let addr = rx
@@ -138,7 +143,18 @@ impl Process {
         Process {
             child,
             url: format!("http://{addr}"),
+            log,
         }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Current resident memory in KiB (VmRSS) of the server process.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:")
     }
 
     pub fn kill9(&mut self) {
@@ -148,13 +164,18 @@ impl Process {
 
     /// Peak resident memory in KiB (VmHWM) of the server process.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        proc_status_kib(self.child.id(), "VmHWM:")
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 impl Drop for Process {
@@ -375,8 +396,8 @@ pub async fn fake_service(
     (url, calls)
 }
 
-/// A token-info endpoint answering from a fixed table: `GET /tokeninfo?access_token=<token>`
-/// gives the token's JSON, or 400 for unknown tokens. Special tokens: `slow` answers after
+/// A token-info endpoint answering from a fixed table: `GET /tokeninfo` with
+/// `Authorization: Bearer <token>` gives the token's JSON, or 400 for unknown tokens. Special tokens: `slow` answers after
 /// 3 s, `garbage` answers HTML, `boom` answers 503.
 pub struct FakeTokenInfo {
     pub url: String,
@@ -388,10 +409,11 @@ impl FakeTokenInfo {
         let table: std::collections::HashMap<String, Value> =
             tokens.into_iter().map(|(t, v)| (t.to_owned(), v)).collect();
         let (base, calls) = fake_service(Arc::new(move |seen: &Seen| {
+            // As STUPS token-info takes it; pierone never puts the token in the URL.
             let token = seen
-                .path
-                .split_once("access_token=")
-                .map(|(_, t)| t)
+                .authorization
+                .strip_prefix("Bearer ")
+                .filter(|_| seen.path == "/tokeninfo")
                 .unwrap_or("");
             let now = Duration::ZERO;
             match token {

@@ -86,7 +86,7 @@ struct Args {
     no_fsync: bool,
 
     /// Validate bearer tokens with this token-info endpoint
-    /// (`GET <url>?access_token=<token>`).
+    /// (`GET <url>` with `Authorization: Bearer <token>`).
     #[arg(
         long,
         env = "PIERONE_TOKENINFO_URL",
@@ -297,6 +297,10 @@ async fn blob_store(args: &Args) -> Result<Arc<dyn BlobStore>, String> {
 /// How long identity services get to answer before a request fails with 503.
 const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Memory for remembered token answers: an invalid token's entry weighs about 200 bytes
+/// whatever the token's length, so this holds some 80,000 of them.
+const TOKEN_CACHE_BYTES: u64 = 16 << 20;
+
 /// Build the authorizer the flags describe, refusing configurations that would expose an
 /// unauthenticated registry by accident.
 fn authorizer(args: &Args) -> Result<Authorizer, String> {
@@ -333,7 +337,7 @@ fn authorizer(args: &Args) -> Result<Authorizer, String> {
     };
     let validator = Arc::new(CachingValidator::new(
         validator,
-        100_000,
+        TOKEN_CACHE_BYTES,
         std::time::Duration::from_secs(60),
         std::time::Duration::from_secs(10),
     ));

@@ -4,11 +4,26 @@ use base64::Engine;
 
 use crate::Error;
 
+/// The longest token accepted, in bytes. Real access tokens (JWTs included) are one or two
+/// KiB; anything longer is refused as invalid before any identity service is asked or any
+/// cache grows, so that bogus tokens cost neither a round trip nor memory.
+pub const MAX_TOKEN_LEN: usize = 8 << 10;
+
+/// The longest header value that can carry a token of [`MAX_TOKEN_LEN`]: `Basic` and the
+/// base64 of `oauth2:<token>`, with room for whitespace. Longer values are refused before
+/// they are decoded.
+const MAX_VALUE_LEN: usize =
+    "Basic ".len() + (MAX_TOKEN_LEN + "oauth2:".len()).div_ceil(3) * 4 + 64;
+
 /// The token in `Authorization: Bearer <token>`, `Token <token>` (Pier One's CLI), or
 /// `Basic base64(oauth2:<token>)` (what `docker login -u oauth2 -p <token>`, podman and skopeo
 /// send). Any other Basic user is refused: passwords are not tokens.
 pub fn parse_authorization(value: &str) -> Result<String, Error> {
     let bad = |why: &str| Error::Unauthorized(why.to_owned());
+    let too_long = || bad(&format!("the token is longer than {MAX_TOKEN_LEN} bytes"));
+    if value.len() > MAX_VALUE_LEN {
+        return Err(too_long());
+    }
     let (scheme, rest) = value
         .trim()
         .split_once(' ')
@@ -17,6 +32,9 @@ pub fn parse_authorization(value: &str) -> Result<String, Error> {
     if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
         if rest.is_empty() {
             return Err(bad("empty bearer token"));
+        }
+        if rest.len() > MAX_TOKEN_LEN {
+            return Err(too_long());
         }
         return Ok(rest.to_owned());
     }
@@ -36,6 +54,9 @@ pub fn parse_authorization(value: &str) -> Result<String, Error> {
         }
         if password.is_empty() {
             return Err(bad("empty token in Basic credentials"));
+        }
+        if password.len() > MAX_TOKEN_LEN {
+            return Err(too_long());
         }
         return Ok(password.to_owned());
     }
@@ -62,6 +83,32 @@ mod tests {
         assert_eq!(parse_authorization("Token abc").unwrap(), "abc");
         assert_eq!(parse_authorization(&basic("oauth2:abc")).unwrap(), "abc");
         assert_eq!(parse_authorization(&basic("oauth2:a:b")).unwrap(), "a:b");
+    }
+
+    #[test]
+    fn tokens_up_to_the_limit_only() {
+        let longest = "t".repeat(MAX_TOKEN_LEN);
+        let over = "t".repeat(MAX_TOKEN_LEN + 1);
+        assert_eq!(
+            parse_authorization(&format!("Bearer {longest}")).unwrap(),
+            longest
+        );
+        assert_eq!(
+            parse_authorization(&basic(&format!("oauth2:{longest}"))).unwrap(),
+            longest
+        );
+        for v in [
+            format!("Bearer {over}"),
+            format!("Token {over}"),
+            basic(&format!("oauth2:{over}")),
+            format!("Bearer {}", "t".repeat(64 << 10)),
+            basic(&format!("oauth2:{}", "t".repeat(64 << 10))),
+        ] {
+            match parse_authorization(&v) {
+                Err(Error::Unauthorized(why)) => assert!(why.contains("longer than"), "{why}"),
+                other => panic!("{} bytes: {other:?}", v.len()),
+            }
+        }
     }
 
     #[test]

@@ -65,21 +65,30 @@ async fn serve(handler: Handler) -> (String, Arc<AtomicUsize>) {
     (url, count)
 }
 
+/// Token-info as STUPS serves it, reading the token from `Authorization: Bearer`; a token in
+/// the query string is refused, so that a validator putting it in the URL fails here.
 fn tokeninfo_handler() -> Handler {
-    Arc::new(|_, pq, _| {
-        match pq {
-        "/tokeninfo?access_token=good" => (
-            200,
-            r#"{"uid":"alice","realm":"/employees","scope":["uid","application.write"],"expires_in":3599}"#.into(),
-            0,
-        ),
-        "/tokeninfo?access_token=expired" => (200, r#"{"uid":"alice","expires_in":0}"#.into(), 0),
-        "/tokeninfo?access_token=nouid" => (200, r#"{"realm":"/employees"}"#.into(), 0),
-        "/tokeninfo?access_token=garbage" => (200, "<html>oops</html>".into(), 0),
-        "/tokeninfo?access_token=boom" => (502, "bad gateway".into(), 0),
-        "/tokeninfo?access_token=slow" => (200, r#"{"uid":"alice"}"#.into(), 3000),
-        _ => (400, r#"{"error":"invalid_token"}"#.into(), 0),
-    }
+    Arc::new(|_, pq, body| {
+        let token = body
+            .rsplit_once("|Bearer ")
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        if pq != "/tokeninfo" {
+            return (400, r#"{"error":"token in the URL"}"#.into(), 0);
+        }
+        match token {
+            "good" => (
+                200,
+                r#"{"uid":"alice","realm":"/employees","scope":["uid","application.write"],"expires_in":3599}"#.into(),
+                0,
+            ),
+            "expired" => (200, r#"{"uid":"alice","expires_in":0}"#.into(), 0),
+            "nouid" => (200, r#"{"realm":"/employees"}"#.into(), 0),
+            "garbage" => (200, "<html>oops</html>".into(), 0),
+            "boom" => (502, "bad gateway".into(), 0),
+            "slow" => (200, r#"{"uid":"alice"}"#.into(), 3000),
+            _ => (400, r#"{"error":"invalid_token"}"#.into(), 0),
+        }
     })
 }
 
@@ -199,4 +208,139 @@ async fn team_service_and_application_registry() {
     t.teams_of_user("alice").await.unwrap();
     t.teams_of_application("ci-bot").await.unwrap();
     assert_eq!(count.load(Ordering::SeqCst), before);
+}
+
+/// The failures an identity service can produce, each made to echo whatever secret it was
+/// sent: an answer after the timeout, a 5xx whose body quotes the secret, JSON of the wrong
+/// shape that quotes it (serde's messages repeat the values they reject), and HTML.
+fn echoing(secret: &str, mode: &str) -> (u16, String, u64) {
+    match mode {
+        "slow" => (200, format!(r#"{{"uid":"{secret}"}}"#), 1500),
+        "5xx" => (503, format!("upstream said no to {secret}"), 0),
+        "json" => (
+            200,
+            format!(
+                r#"{{"uid":"alice","active":"{secret}","expires_in":"{secret}","team_id":["{secret}"]}}"#
+            ),
+            0,
+        ),
+        "string" => (200, format!(r#""{secret}""#), 0),
+        _ => (200, format!("<html>{secret}</html>"), 0),
+    }
+}
+
+const MODES: [&str; 5] = ["slow", "5xx", "json", "string", "html"];
+
+/// A base URL where nothing listens.
+fn refused_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+/// `result` is `Unavailable`, and neither its message nor its debug form holds any secret.
+fn assert_clean<T: std::fmt::Debug>(result: Result<T, Error>, secrets: &[&str], case: &str) {
+    let e = match result {
+        Err(e @ Error::Unavailable(_)) => e,
+        other => panic!("{case}: {other:?}"),
+    };
+    let shown = format!("{e} {e:?}");
+    for s in secrets {
+        assert!(!shown.contains(s), "{case}: {s:?} in {shown}");
+    }
+}
+
+#[tokio::test]
+async fn token_info_failures_never_show_the_token() {
+    let (url, _) = serve(Arc::new(|_, _, body| {
+        let token = body.rsplit_once("|Bearer ").map(|(_, t)| t).unwrap_or("");
+        let mode = token.split('-').next().unwrap_or("");
+        echoing(token, mode)
+    }))
+    .await;
+    let v =
+        TokenInfoValidator::new(&format!("{url}/tokeninfo"), Duration::from_millis(500)).unwrap();
+    for mode in MODES {
+        let token = format!("{mode}-token-s3cr3t-{}", "z".repeat(40));
+        assert_clean(v.validate(&token).await, &[&token, "s3cr3t"], mode);
+    }
+    let v = TokenInfoValidator::new(
+        &format!("{}/tokeninfo", refused_url()),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let token = "refused-token-s3cr3t";
+    assert_clean(v.validate(token).await, &[token, "s3cr3t"], "refused");
+}
+
+#[tokio::test]
+async fn introspection_failures_never_show_the_token_or_the_client_secret() {
+    let (url, _) = serve(Arc::new(|_, _, body| {
+        let token = body
+            .split('|')
+            .next()
+            .and_then(|b| b.strip_prefix("token="))
+            .unwrap_or("");
+        let mode = token.split('-').next().unwrap_or("");
+        // As if the service quoted the client secret it was sent, too.
+        let quoted = format!("{token} client-s3cr3t-xyz");
+        if mode == "refuse" {
+            return (401, format!("bad client {quoted}"), 0);
+        }
+        echoing(&quoted, mode)
+    }))
+    .await;
+    let secret = "client-s3cr3t-xyz";
+    let v =
+        IntrospectionValidator::new(&url, "client", secret, Duration::from_millis(500)).unwrap();
+    for mode in MODES.iter().chain(&["refuse"]) {
+        let token = format!("{mode}-token-t0k3n-{}", "z".repeat(40));
+        assert_clean(
+            v.validate(&token).await,
+            &[&token, "t0k3n", secret, "s3cr3t"],
+            mode,
+        );
+    }
+    let v =
+        IntrospectionValidator::new(&refused_url(), "client", secret, Duration::from_millis(500))
+            .unwrap();
+    assert_clean(
+        v.validate("refused-token-t0k3n").await,
+        &["t0k3n", secret],
+        "refused",
+    );
+}
+
+#[tokio::test]
+async fn team_service_failures_never_show_the_service_token() {
+    let (url, _) = serve(Arc::new(|_, pq, body| {
+        let auth = body.rsplit_once('|').map(|(_, a)| a).unwrap_or("");
+        // The user or application names the failure: /api/teams?member=<mode>, /apps/<mode>.
+        let mode = pq.rsplit(['=', '/']).next().unwrap_or("");
+        echoing(auth, mode)
+    }))
+    .await;
+    let token = "service-t0k3n-s3cr3t";
+    let t = HttpTeams::new(
+        Some(&url),
+        Some(&url),
+        Some(token),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    for mode in MODES {
+        assert_clean(t.teams_of_user(mode).await, &[token, "s3cr3t"], mode);
+        assert_clean(t.teams_of_application(mode).await, &[token, "s3cr3t"], mode);
+    }
+    let down = refused_url();
+    let t = HttpTeams::new(
+        Some(&down),
+        Some(&down),
+        Some(token),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    assert_clean(t.teams_of_user("alice").await, &[token], "refused");
+    assert_clean(t.teams_of_application("bot").await, &[token], "refused");
 }

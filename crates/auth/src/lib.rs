@@ -28,7 +28,7 @@ mod rules;
 mod teams;
 mod token;
 
-pub use credentials::parse_authorization;
+pub use credentials::{MAX_TOKEN_LEN, parse_authorization};
 pub use rules::{Access, AuthConfig, Authorizer, Principal};
 pub use teams::{FileTeams, HttpTeams, MemoryTeams, TeamDirectory};
 pub use token::{
@@ -55,6 +55,77 @@ pub enum Error {
     /// Configuration that cannot work (unreadable teams file, bad URL).
     #[error("authorization is misconfigured: {0}")]
     Config(String),
+}
+
+/// A failed request to an identity service, in words that carry no secret: reqwest's own text
+/// names the URL (which may hold a token or credentials), and a decoding error's source
+/// quotes the answer (which may echo the token), so neither is used. What is left (the kind
+/// of failure and the transport's reasons, such as "Connection refused") is then scrubbed of
+/// `secrets` in case some layer quoted one anyway.
+pub(crate) fn describe(e: reqwest::Error, secrets: &[&str]) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot be reached"
+    } else {
+        "failed"
+    };
+    let e = e.without_url();
+    let mut msg = format!("{kind}: {e}");
+    if !e.is_decode() {
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+    }
+    redact(msg, secrets)
+}
+
+/// `msg` with every occurrence of each secret replaced.
+pub(crate) fn redact(mut msg: String, secrets: &[&str]) -> String {
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if msg.contains(s) {
+            msg = msg.replace(s, "[redacted]");
+        }
+    }
+    msg
+}
+
+/// The largest answer read from an identity service: theirs are a few hundred bytes, and a
+/// misbehaving one must not make us buffer without end.
+const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// Read a JSON answer of an identity service. A body that is not what we expect is described
+/// by where it went wrong, never by quoting it: it may echo the token.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    mut resp: reqwest::Response,
+    what: &str,
+    expected: &str,
+    secrets: &[&str],
+) -> Result<T, Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what} {}", describe(e, secrets))))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Error::Unavailable(format!(
+                "{what} answered more than {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        Error::Unavailable(format!(
+            "{what} answered something that is not {expected} ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 /// The HTTP client used for identity services: bounded time, no redirects to follow blindly.

@@ -337,4 +337,54 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("bob") && msg.contains("myteam"), "{msg}");
     }
+
+    /// Counts the tokens it is asked about; every token is valid.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl TokenValidator for Counting {
+        async fn validate(&self, _token: &str) -> Result<Option<TokenInfo>, Error> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(info("alice", "/employees", &["uid"])))
+        }
+    }
+
+    #[tokio::test]
+    async fn overlong_tokens_are_refused_before_validation() {
+        let counting = Arc::new(Counting::default());
+        let a = Authorizer::new(
+            counting.clone(),
+            Arc::new(MemoryTeams::default()),
+            AuthConfig::default(),
+        );
+        let over = "t".repeat(crate::MAX_TOKEN_LEN + 1);
+        let basic = |t: &str| {
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("oauth2:{t}"))
+            )
+        };
+        for header in [
+            format!("Bearer {over}"),
+            basic(&over),
+            format!("Bearer {}", "t".repeat(60_000)),
+        ] {
+            assert!(
+                matches!(
+                    a.authenticate(Some(&header)).await,
+                    Err(Error::Unauthorized(_))
+                ),
+                "{} bytes",
+                header.len()
+            );
+        }
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let longest = "t".repeat(crate::MAX_TOKEN_LEN);
+        for header in [format!("Bearer {longest}"), basic(&longest)] {
+            assert!(a.authenticate(Some(&header)).await.is_ok());
+        }
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 }

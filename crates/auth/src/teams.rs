@@ -230,10 +230,9 @@ impl HttpTeams {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::Unavailable(format!("{what}: {e}")))?;
+        let resp = req.send().await.map_err(|e| {
+            Error::Unavailable(format!("{what} {}", crate::describe(e, &self.secrets())))
+        })?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -244,6 +243,11 @@ impl HttpTeams {
             )));
         }
         Ok(Some(resp))
+    }
+
+    /// What must never appear in an error: the server's own token.
+    fn secrets(&self) -> [&str; 1] {
+        [self.token.as_deref().unwrap_or_default()]
     }
 
     fn cached(
@@ -270,13 +274,16 @@ impl TeamDirectory for HttpTeams {
             .map_err(|e| Error::Config(e.to_string()))?;
         let teams = match self.get(url.as_str(), "team service").await? {
             None => BTreeSet::new(),
-            Some(resp) => resp
-                .json::<Vec<TeamRef>>()
-                .await
-                .map_err(|e| Error::Unavailable(format!("team service answered nonsense: {e}")))?
-                .into_iter()
-                .map(|t| t.id)
-                .collect(),
+            Some(resp) => crate::read_json::<Vec<TeamRef>>(
+                resp,
+                "team service",
+                "a list of teams",
+                &self.secrets(),
+            )
+            .await?
+            .into_iter()
+            .map(|t| t.id)
+            .collect(),
         };
         self.users
             .insert(uid.to_owned(), (teams.clone(), Instant::now() + self.ttl));
@@ -298,15 +305,16 @@ impl TeamDirectory for HttpTeams {
             .push(app);
         let teams = match self.get(url.as_str(), "application registry").await? {
             None => BTreeSet::new(),
-            Some(resp) => resp
-                .json::<Application>()
-                .await
-                .map_err(|e| {
-                    Error::Unavailable(format!("application registry answered nonsense: {e}"))
-                })?
-                .team_id
-                .into_iter()
-                .collect(),
+            Some(resp) => crate::read_json::<Application>(
+                resp,
+                "application registry",
+                "an application",
+                &self.secrets(),
+            )
+            .await?
+            .team_id
+            .into_iter()
+            .collect(),
         };
         self.apps
             .insert(app.to_owned(), (teams.clone(), Instant::now() + self.ttl));

@@ -75,19 +75,10 @@ fn classify(status: reqwest::StatusCode, what: &str) -> Result<bool, Error> {
     }
 }
 
-fn unavailable(what: &str) -> impl Fn(reqwest::Error) -> Error + '_ {
-    move |e| {
-        let kind = if e.is_timeout() {
-            "timed out"
-        } else {
-            "failed"
-        };
-        Error::Unavailable(format!("{what} {kind}: {e}"))
-    }
-}
-
-/// Zalando-style token-info: `GET <url>?access_token=<token>` answering
-/// `{"uid":..,"realm":..,"scope":[..],"expires_in":..}`.
+/// Zalando-style token-info: `GET <url>` with `Authorization: Bearer <token>`, answering
+/// `{"uid":..,"realm":..,"scope":[..],"expires_in":..}`. The STUPS endpoint takes the token as
+/// this header or as an `access_token` query parameter; the header keeps it out of URLs, and
+/// so out of access logs, proxies and error messages.
 #[derive(Debug, Clone)]
 pub struct TokenInfoValidator {
     url: String,
@@ -120,18 +111,14 @@ impl TokenValidator for TokenInfoValidator {
         let resp = self
             .http
             .get(&self.url)
-            .query(&[("access_token", token)])
+            .bearer_auth(token)
             .send()
             .await
-            .map_err(unavailable(what))?;
+            .map_err(|e| Error::Unavailable(format!("{what} {}", crate::describe(e, &[token]))))?;
         if !classify(resp.status(), what)? {
             return Ok(None);
         }
-        let body: TokenInfoBody = resp.json().await.map_err(|e| {
-            Error::Unavailable(format!(
-                "{what} answered something that is not token info: {e}"
-            ))
-        })?;
+        let body: TokenInfoBody = crate::read_json(resp, what, "token info", &[token]).await?;
         let Some(uid) = body.uid.filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
@@ -190,6 +177,7 @@ struct IntrospectionBody {
 impl TokenValidator for IntrospectionValidator {
     async fn validate(&self, token: &str) -> Result<Option<TokenInfo>, Error> {
         let what = "token introspection";
+        let secrets = [token, self.client_secret.as_str()];
         let resp = self
             .http
             .post(&self.url)
@@ -197,7 +185,7 @@ impl TokenValidator for IntrospectionValidator {
             .form(&[("token", token)])
             .send()
             .await
-            .map_err(unavailable(what))?;
+            .map_err(|e| Error::Unavailable(format!("{what} {}", crate::describe(e, &secrets))))?;
         // The introspection endpoint refusing *us* is a configuration fault, not a bad token.
         if matches!(resp.status().as_u16(), 401 | 403) {
             return Err(Error::Unavailable(format!(
@@ -208,11 +196,7 @@ impl TokenValidator for IntrospectionValidator {
         if !classify(resp.status(), what)? {
             return Ok(None);
         }
-        let body: IntrospectionBody = resp.json().await.map_err(|e| {
-            Error::Unavailable(format!(
-                "{what} answered something that is not RFC 7662: {e}"
-            ))
-        })?;
+        let body: IntrospectionBody = crate::read_json(resp, what, "RFC 7662", &secrets).await?;
         if !body.active {
             return Ok(None);
         }
@@ -258,28 +242,81 @@ impl TokenValidator for StaticValidator {
 }
 
 /// Remembers answers for a short while so that pulling a 20-layer image costs one validation,
-/// not forty. Bounded in entries; an entry never outlives the token; a failure to validate is
-/// never remembered.
+/// not forty. An entry never outlives the token; a failure to validate is never remembered.
+///
+/// Entries are keyed by the SHA-256 of the token, so a key is 32 bytes however long the token,
+/// and the cache is bounded in bytes (an invalid token's entry weighs about 200 bytes, a valid
+/// one's that plus its uid, realm and scopes): a flood of distinct bogus tokens evicts older
+/// entries instead of growing memory. The token itself is never stored.
 #[derive(Debug)]
 pub struct CachingValidator {
     inner: Arc<dyn TokenValidator>,
-    cache: quick_cache::sync::Cache<String, (Option<TokenInfo>, Instant)>,
+    cache: quick_cache::sync::Cache<TokenKey, CacheEntry, EntryWeight>,
     positive_ttl: Duration,
     negative_ttl: Duration,
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
 }
 
+type TokenKey = [u8; 32];
+type CacheEntry = (Option<TokenInfo>, Instant);
+
+fn token_key(token: &str) -> TokenKey {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// What an entry costs beyond its strings: the key, the entry's fixed part, and quick_cache's
+/// bookkeeping (a generous estimate, so that the budget is an upper bound).
+const ENTRY_OVERHEAD: u64 = (size_of::<TokenKey>() + size_of::<CacheEntry>() + 64) as u64;
+
+// The documented bound (about 200 bytes an invalid token, docs/AUTHENTICATION.md) holds.
+const _: () = assert!(ENTRY_OVERHEAD <= 256);
+
+/// What a scope costs beyond its bytes: its `String` and a share of a B-tree node.
+const SCOPE_OVERHEAD: u64 = (size_of::<String>() + 16) as u64;
+
+/// The bytes an entry holds: [`ENTRY_OVERHEAD`] (about 200 bytes; all of a negative entry)
+/// plus, for a valid token, its uid, realm and scopes.
+fn entry_weight(answer: &Option<TokenInfo>) -> u64 {
+    ENTRY_OVERHEAD
+        + answer.as_ref().map_or(0, |info| {
+            (info.uid.len() + info.realm.len()) as u64
+                + info
+                    .scopes
+                    .iter()
+                    .map(|s| s.len() as u64 + SCOPE_OVERHEAD)
+                    .sum::<u64>()
+        })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct EntryWeight;
+
+impl quick_cache::Weighter<TokenKey, CacheEntry> for EntryWeight {
+    fn weight(&self, _key: &TokenKey, val: &CacheEntry) -> u64 {
+        entry_weight(&val.0)
+    }
+}
+
 impl CachingValidator {
+    /// A cache holding at most `max_bytes` of answers, as weighed by `entry_weight`.
     pub fn new(
         inner: Arc<dyn TokenValidator>,
-        capacity: usize,
+        max_bytes: u64,
         positive_ttl: Duration,
         negative_ttl: Duration,
     ) -> CachingValidator {
+        let estimated_entries = usize::try_from(max_bytes / ENTRY_OVERHEAD)
+            .unwrap_or(usize::MAX)
+            .max(1);
         CachingValidator {
             inner,
-            cache: quick_cache::sync::Cache::new(capacity),
+            cache: quick_cache::sync::Cache::with_weighter(
+                estimated_entries,
+                max_bytes,
+                EntryWeight,
+            ),
             positive_ttl,
             negative_ttl,
             hits: Default::default(),
@@ -291,13 +328,18 @@ impl CachingValidator {
 #[async_trait]
 impl TokenValidator for CachingValidator {
     async fn validate(&self, token: &str) -> Result<Option<TokenInfo>, Error> {
+        // No identity service issues such tokens: not worth a round trip or an entry.
+        if token.len() > crate::MAX_TOKEN_LEN {
+            return Ok(None);
+        }
+        let key = token_key(token);
         let now = Instant::now();
-        if let Some((answer, until)) = self.cache.get(token) {
+        if let Some((answer, until)) = self.cache.get(&key) {
             if until > now {
                 self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(answer);
             }
-            self.cache.remove(token);
+            self.cache.remove(&key);
         }
         self.misses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -309,8 +351,7 @@ impl TokenValidator for CachingValidator {
             None => self.negative_ttl,
         };
         if !ttl.is_zero() {
-            self.cache
-                .insert(token.to_owned(), (answer.clone(), now + ttl));
+            self.cache.insert(key, (answer.clone(), now + ttl));
         }
         Ok(answer)
     }
@@ -334,6 +375,7 @@ mod tests {
     struct Counting {
         calls: AtomicUsize,
         fail: bool,
+        reject_all: bool,
     }
 
     #[async_trait]
@@ -343,7 +385,7 @@ mod tests {
             if self.fail {
                 return Err(Error::Unavailable("down".into()));
             }
-            Ok((token != "bad").then(|| TokenInfo {
+            Ok((token != "bad" && !self.reject_all).then(|| TokenInfo {
                 uid: "alice".into(),
                 realm: "/employees".into(),
                 scopes: BTreeSet::new(),
@@ -357,7 +399,7 @@ mod tests {
         let inner = Arc::new(Counting::default());
         let v = CachingValidator::new(
             inner.clone(),
-            100,
+            64 << 10,
             Duration::from_secs(60),
             Duration::from_secs(10),
         );
@@ -385,7 +427,7 @@ mod tests {
         let inner = Arc::new(Counting::default());
         let v = CachingValidator::new(
             inner.clone(),
-            100,
+            64 << 10,
             Duration::from_millis(20),
             Duration::from_millis(20),
         );
@@ -403,13 +445,65 @@ mod tests {
         });
         let v = CachingValidator::new(
             inner.clone(),
-            100,
+            64 << 10,
             Duration::from_secs(60),
             Duration::from_secs(10),
         );
         assert!(v.validate("good").await.is_err());
         assert!(v.validate("good").await.is_err());
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn overlong_tokens_are_refused_without_asking() {
+        let inner = Arc::new(Counting::default());
+        let v = CachingValidator::new(
+            inner.clone(),
+            64 << 10,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+        );
+        for len in [crate::MAX_TOKEN_LEN + 1, 64 << 10] {
+            assert_eq!(v.validate(&"g".repeat(len)).await.unwrap(), None);
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(v.cache.len(), 0, "nothing remembered about them either");
+        // The longest acceptable token is still asked about.
+        let longest = "g".repeat(crate::MAX_TOKEN_LEN);
+        assert!(v.validate(&longest).await.unwrap().is_some());
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_in_bytes_whatever_the_token_length() {
+        let inner = Arc::new(Counting {
+            reject_all: true,
+            ..Default::default()
+        });
+        let budget = 256 << 10;
+        let v = CachingValidator::new(
+            inner.clone(),
+            budget,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        // 10,000 distinct bogus tokens of 8 KiB: 80 MiB if the cache kept them.
+        for i in 0..10_000u32 {
+            let mut token = format!("{i:08}");
+            token.push_str(&"x".repeat(crate::MAX_TOKEN_LEN - token.len()));
+            assert_eq!(v.validate(&token).await.unwrap(), None);
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 10_000);
+        assert!(
+            v.cache.weight() <= budget,
+            "{} > {budget}",
+            v.cache.weight()
+        );
+        assert!(v.cache.len() > 100, "it still caches: {}", v.cache.len());
+        assert_eq!(entry_weight(&None), ENTRY_OVERHEAD);
+        // What is kept is a 32-byte digest, not the token.
+        let key = token_key(&"x".repeat(crate::MAX_TOKEN_LEN));
+        assert_eq!(key.len(), 32);
     }
 
     #[test]

@@ -60,7 +60,104 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
         why,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+    serde_json::from_str(&text).map_err(|e| err(json_problem(&e)))
+}
+
+/// What is wrong with a JSON file, without quoting it: serde repeats the values it rejects,
+/// and these files hold passwords, client secrets and tokens.
+fn json_problem(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    if msg.starts_with("missing field") {
+        return msg;
+    }
+    format!(
+        "not the JSON expected ({:?} error at line {} column {})",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
+/// The token endpoint as shown in messages: without user info or query, which may hold
+/// credentials.
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "OAUTH2_ACCESS_TOKEN_URL".to_owned(),
+    }
+}
+
+/// `msg` with every occurrence of each secret replaced.
+fn redact(mut msg: String, secrets: &[&str]) -> String {
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if msg.contains(s) {
+            msg = msg.replace(s, "[redacted]");
+        }
+    }
+    msg
+}
+
+type GrantError = oauth2::RequestTokenError<
+    oauth2::HttpClientError<oauth2::reqwest::Error>,
+    oauth2::basic::BasicErrorResponse,
+>;
+
+/// Why the password grant failed, with neither the request (credentials) nor the answer
+/// (which may echo them, or hold a token) quoted, and with the secrets scrubbed from whatever
+/// else a layer below put into words.
+fn grant_failure(e: &GrantError, endpoint: &str, secrets: &[&str]) -> String {
+    let msg = match e {
+        oauth2::RequestTokenError::ServerResponse(r) => {
+            // The code is the server's text: shown only when it looks like an RFC 6749 code,
+            // since a server may put anything there, the request it was sent included.
+            let code = r.error().to_string();
+            let plain = code.len() <= 64
+                && code
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            let code = if plain {
+                code.as_str()
+            } else {
+                "an unrecognized error code"
+            };
+            format!("{endpoint} refused the service user's credentials: {code}")
+        }
+        oauth2::RequestTokenError::Request(oauth2::HttpClientError::Reqwest(e)) => {
+            let kind = if e.is_timeout() {
+                "it timed out"
+            } else if e.is_connect() {
+                "it cannot be reached"
+            } else {
+                "the request failed"
+            };
+            let mut why = kind.to_owned();
+            let mut source = std::error::Error::source(e.as_ref());
+            while let Some(s) = source {
+                why.push_str(": ");
+                why.push_str(&s.to_string());
+                source = s.source();
+            }
+            format!("cannot get a token from {endpoint}: {why}")
+        }
+        oauth2::RequestTokenError::Request(other) => {
+            format!("cannot get a token from {endpoint}: {other}")
+        }
+        oauth2::RequestTokenError::Parse(e, _) => format!(
+            "cannot get a token from {endpoint}: it answered something that is not an OAuth \
+             2.0 token response (at {})",
+            e.path()
+        ),
+        oauth2::RequestTokenError::Other(why) => {
+            format!("cannot get a token from {endpoint}: {why}")
+        }
+    };
+    redact(msg, secrets)
 }
 
 fn cache_path() -> Option<PathBuf> {
@@ -115,34 +212,35 @@ async fn password_grant(token_url: &str, dir: &Path) -> Result<(String, bool), E
     if let Some(t) = cached(&key) {
         return Ok((t, true));
     }
+    let endpoint = shown_url(token_url);
+    let secrets = [
+        client.client_secret.clone(),
+        user.application_password.clone(),
+    ];
+    let secrets = secrets.each_ref().map(String::as_str);
     let oauth = BasicClient::new(ClientId::new(client.client_id))
-        .set_client_secret(ClientSecret::new(client.client_secret))
+        .set_client_secret(ClientSecret::new(client.client_secret.clone()))
         .set_token_uri(
             TokenUrl::new(token_url.to_owned())
-                .map_err(|e| Error::NoToken(format!("OAUTH2_ACCESS_TOKEN_URL: {e}")))?,
+                .map_err(|_| Error::NoToken("OAUTH2_ACCESS_TOKEN_URL is not a URL".to_owned()))?,
         );
     let http = oauth2::reqwest::ClientBuilder::new()
         .redirect(oauth2::reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| Error::NoToken(e.to_string()))?;
+        .map_err(|e| Error::NoToken(redact(e.to_string(), &secrets)))?;
     let scopes =
         std::env::var("PIERONE_OAUTH2_SCOPES").unwrap_or_else(|_| "uid application.write".into());
     let username = ResourceOwnerUsername::new(user.application_username);
-    let password = ResourceOwnerPassword::new(user.application_password);
+    let password = ResourceOwnerPassword::new(user.application_password.clone());
     let mut req = oauth.exchange_password(&username, &password);
     for s in scopes.split_whitespace() {
         req = req.add_scope(Scope::new(s.to_owned()));
     }
-    let tok = req.request_async(&http).await.map_err(|e| {
-        let detail = match &e {
-            oauth2::RequestTokenError::ServerResponse(r) => format!("{}", r.error()),
-            other => other.to_string(),
-        };
-        Error::NoToken(format!(
-            "{token_url} refused the service user's credentials: {detail}"
-        ))
-    })?;
+    let tok = req
+        .request_async(&http)
+        .await
+        .map_err(|e| Error::NoToken(grant_failure(&e, &endpoint, &secrets)))?;
     let secret = tok.access_token().secret().clone();
     let lifetime = tok.expires_in().map_or(3600, |d| d.as_secs());
     store_cache(&key, &secret, lifetime);
