@@ -14,6 +14,9 @@ mod name;
 mod reference;
 mod upload;
 
+#[cfg(test)]
+mod proptests;
+
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorCode, ErrorInfo, error_body};
 pub use layer::{WalkLimits, walk_layer, walk_layer_with};

@@ -650,6 +650,48 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// Whatever a client sends, a range is refused or lies within the blob.
+        #[test]
+        fn any_range_header(value in "(bytes=)?[0-9 -]{0,30}(,[0-9-]{0,10})?", size in 0u64..=u64::MAX) {
+            if let Ok(Some(r)) = parse_range(&value, size) {
+                proptest::prop_assert!(r.start < r.end && r.end <= size);
+            }
+        }
+
+        #[test]
+        fn numeric_ranges(a in proptest::prelude::any::<u64>(), b in proptest::prelude::any::<u64>(), size in 1u64..1 << 40) {
+            let v = format!("bytes={a}-{b}");
+            match parse_range(&v, size) {
+                Ok(Some(r)) => {
+                    proptest::prop_assert_eq!(r.start, a);
+                    proptest::prop_assert_eq!(r.end, b.saturating_add(1).min(size));
+                }
+                Ok(None) => proptest::prop_assert!(false, "a bytes range is never ignored"),
+                Err(_) => proptest::prop_assert!(a >= size || b < a),
+            }
+        }
+
+        #[test]
+        fn any_content_range(value in "(bytes )?[0-9a-z -]{0,40}(/[0-9*]{0,8})?") {
+            if let Ok((s, e)) = parse_content_range(&value) {
+                proptest::prop_assert!(s <= e);
+            }
+        }
+
+        #[test]
+        fn any_page_size(value in ".{0,24}") {
+            let q: HashMap<String, String> = [("n".to_owned(), value.clone())].into();
+            match query_number::<usize>(&q, "n") {
+                Ok(Some(n)) => proptest::prop_assert_eq!(Ok(n), value.parse::<usize>()),
+                Ok(None) => proptest::prop_assert!(false, "present parameter read as absent"),
+                Err(_) => proptest::prop_assert!(value.parse::<usize>().is_err()),
+            }
+        }
+    }
+
     #[test]
     fn content_ranges() {
         assert_eq!(parse_content_range("0-99").unwrap(), (0, 99));
