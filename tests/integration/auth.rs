@@ -164,21 +164,18 @@ async fn authorization_matrix() {
     for (who, auth) in PRINCIPALS {
         let authenticated = writers.contains(&who) || denied.contains(&who);
         // (endpoint, request, success status, is a write)
-        let session = async {
-            let r = with(&c, Method::POST, "/v2/myteam/app/blobs/uploads/", ADMIN)
+        // Upload sessions belong to whoever started them: a writer uses its own, the others
+        // (refused before any session is looked up) one of the admin's.
+        let owner = if writers.contains(&who) { auth } else { ADMIN };
+        let session = || async {
+            let r = with(&c, Method::POST, "/v2/myteam/app/blobs/uploads/", owner)
                 .send()
                 .await
                 .unwrap();
             location(&r)
         };
-        let patch_loc = session.await;
-        let put_loc = {
-            let r = with(&c, Method::POST, "/v2/myteam/app/blobs/uploads/", ADMIN)
-                .send()
-                .await
-                .unwrap();
-            location(&r)
-        };
+        let patch_loc = session().await;
+        let put_loc = session().await;
         let fresh = format!("fresh {who}");
         let fd = Digest::sha256_of(fresh.as_bytes());
         let requests: Vec<(&str, reqwest::RequestBuilder, StatusCode, bool)> = vec![
