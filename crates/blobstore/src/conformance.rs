@@ -185,7 +185,9 @@ pub async fn parts_must_match_their_record(store: &dyn BlobStore) {
         len: 4,
     };
     assert!(matches!(
-        store.commit_upload(&id, &[longer.clone()], &d).await,
+        store
+            .commit_upload(&id, std::slice::from_ref(&longer), &d)
+            .await,
         Err(Error::PartSizeMismatch { .. })
     ));
     assert!(store.read_upload(&id, &[longer]).await.is_err());
