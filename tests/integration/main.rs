@@ -16,4 +16,5 @@ mod manifests;
 mod operations;
 mod replicas;
 mod robustness;
+mod scrub;
 mod util;

@@ -16,6 +16,15 @@ pub enum RegistryError {
     Auth(#[from] pierone_auth::Error),
     #[error("blob {0} is not stored in this registry")]
     BlobUnknown(Digest),
+    #[error(
+        "blob {digest} was quarantined at {at} by {by}: its stored bytes did not match its digest; push the correct bytes again to restore it"
+    )]
+    BlobQuarantined {
+        digest: Digest,
+        /// RFC 3339.
+        at: String,
+        by: String,
+    },
     #[error("manifest {1} is not in repository {0}")]
     ManifestUnknown(RepoName, Reference),
     #[error("repository {0} is not known")]
@@ -182,6 +191,10 @@ impl RegistryError {
                 }
             },
             RegistryError::BlobUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
+            // Out of service like a missing blob; the message says why.
+            RegistryError::BlobQuarantined { .. } => {
+                (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown)
+            }
             RegistryError::ManifestUnknown(..) => {
                 (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
             }
@@ -270,6 +283,11 @@ impl RegistryError {
             RegistryError::DigestMismatch { expected, actual } => Some(serde_json::json!({
                 "expected": expected.as_str(),
                 "actual": actual.as_str(),
+            })),
+            RegistryError::BlobQuarantined { digest, at, by } => Some(serde_json::json!({
+                "digest": digest.as_str(),
+                "quarantined_at": at,
+                "quarantined_by": by,
             })),
             RegistryError::ManifestBlobUnknown(d)
             | RegistryError::ManifestChildUnknown(d)
