@@ -29,7 +29,7 @@ pub fn ed25519_key(dir: &Path) -> PathBuf {
 }
 
 /// Wait until the server has signed a checkpoint of `size` entries; return it.
-async fn checkpoint_of(c: &Client, size: u64) -> Value {
+pub async fn checkpoint_of(c: &Client, size: u64) -> Value {
     for _ in 0..200 {
         let r = c.get("/audit/checkpoint").await;
         if r.status() == StatusCode::OK {

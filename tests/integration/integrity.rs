@@ -561,6 +561,12 @@ impl BlobStore for PausingStat {
     async fn delete_blob(&self, digest: &Digest) -> Result<bool, pierone_blobstore::Error> {
         self.inner.delete_blob(digest).await
     }
+    async fn quarantine_blob(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<String>, pierone_blobstore::Error> {
+        self.inner.quarantine_blob(digest).await
+    }
 }
 
 /// Garbage collection against a manifest PUT, deterministically: the PUT has checked that

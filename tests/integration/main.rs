@@ -16,5 +16,6 @@ mod manifests;
 mod operations;
 mod replicas;
 mod robustness;
+mod scrub;
 mod tokens;
 mod util;

@@ -1,10 +1,12 @@
-//! `pierone-server`: parse flags, open the chosen backends, serve until SIGTERM or Ctrl-C.
+//! `pierone-server`: parse flags, open the chosen backends, serve until SIGTERM or Ctrl-C; or,
+//! as `pierone-server scrub`, re-hash every stored blob on the same backends.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use pierone_auth::{
@@ -12,6 +14,7 @@ use pierone_auth::{
     MemoryTeams, TeamDirectory, TokenInfoValidator, TokenValidator,
 };
 use pierone_blobstore::{BlobStore, FsBlobStore};
+use pierone_registry::scrub::{Mismatch, ScrubOptions, ScrubProgress};
 use pierone_registry::{AuditSigner, Config, GcConfig, Registry};
 use pierone_s3::{S3BlobStore, S3Config};
 use pierone_tagstore::{SqlTagStore, TagPolicy};
@@ -23,19 +26,15 @@ use pierone_tagstore::{SqlTagStore, TagPolicy};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    stores: StoreArgs,
+
     /// Address to listen on.
     #[arg(long, env = "PIERONE_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
-
-    /// Directory for blobs (blobs/, uploads/) and, unless --database-url says otherwise, the
-    /// SQLite metadata database (pierone.db).
-    #[arg(long, env = "PIERONE_DATA_DIR", default_value = "./pierone-data")]
-    data_dir: PathBuf,
-
-    /// Metadata database: `postgres://user@host/db` for PostgreSQL (several replicas can
-    /// share it), or `sqlite://PATH`. Default: SQLite in the data directory.
-    #[arg(long, env = "PIERONE_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
 
     /// Tags matching this glob may be moved once set (`*` any run, `?` one character).
     /// Repeatable; comma-separated in the environment variable.
@@ -52,38 +51,9 @@ struct Args {
     #[arg(long, env = "PIERONE_ALLOW_LATEST_PUSH")]
     allow_latest_push: bool,
 
-    /// Where blobs live: `fs` (the data directory) or `s3`.
-    #[arg(long, env = "PIERONE_BLOB_STORE", value_enum, default_value = "fs")]
-    blob_store: BlobBackend,
-
-    /// S3 bucket for blobs (with --blob-store s3).
-    #[arg(long, env = "PIERONE_S3_BUCKET", required_if_eq("blob_store", "s3"))]
-    s3_bucket: Option<String>,
-
-    /// Prefix for every key in the bucket, e.g. `pierone/`.
-    #[arg(long, env = "PIERONE_S3_PREFIX", default_value = "")]
-    s3_prefix: String,
-
-    /// Endpoint of an S3-compatible server (then path-style addressing is used). Default: AWS.
-    #[arg(long, env = "PIERONE_S3_ENDPOINT")]
-    s3_endpoint: Option<String>,
-
-    /// AWS region of the bucket. Default: from the AWS configuration, else us-east-1.
-    #[arg(long, env = "PIERONE_S3_REGION")]
-    s3_region: Option<String>,
-
-    /// Answer blob GETs with a 307 to a presigned S3 URL, so pull traffic bypasses the server.
-    #[arg(long, env = "PIERONE_S3_REDIRECT")]
-    s3_redirect: bool,
-
     /// Largest blob accepted, in bytes.
     #[arg(long, env = "PIERONE_MAX_BLOB_SIZE", default_value_t = 64 << 30)]
     max_blob_size: u64,
-
-    /// Do not fsync blobs before publishing them: faster, but a power loss may lose blobs
-    /// that were acknowledged. Crash atomicity is kept either way.
-    #[arg(long, env = "PIERONE_NO_FSYNC")]
-    no_fsync: bool,
 
     /// Validate bearer tokens with this token-info endpoint
     /// (`GET <url>` with `Authorization: Bearer <token>`).
@@ -154,7 +124,13 @@ struct Args {
     metrics_listen: Option<SocketAddr>,
 
     /// Log format on stderr: `text`, or `json` (one object per line).
-    #[arg(long, env = "PIERONE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "PIERONE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
 
     /// Ed25519 private key (PKCS#8 PEM, e.g. `openssl genpkey -algorithm ed25519`) that signs
@@ -213,6 +189,83 @@ struct Args {
     max_connections: usize,
 }
 
+/// Where blobs and metadata live: shared by serving and the scrub, so that the scrub reads
+/// exactly the stores the server writes.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Directory for blobs (blobs/, uploads/) and, unless --database-url says otherwise, the
+    /// SQLite metadata database (pierone.db).
+    #[arg(
+        long,
+        env = "PIERONE_DATA_DIR",
+        default_value = "./pierone-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+
+    /// Metadata database: `postgres://user@host/db` for PostgreSQL (several replicas can
+    /// share it), or `sqlite://PATH`. Default: SQLite in the data directory.
+    #[arg(
+        long,
+        env = "PIERONE_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    database_url: Option<String>,
+
+    /// Where blobs live: `fs` (the data directory) or `s3`.
+    #[arg(
+        long,
+        env = "PIERONE_BLOB_STORE",
+        value_enum,
+        default_value = "fs",
+        global = true
+    )]
+    blob_store: BlobBackend,
+
+    /// S3 bucket for blobs (required with --blob-store s3).
+    #[arg(long, env = "PIERONE_S3_BUCKET", global = true)]
+    s3_bucket: Option<String>,
+
+    /// Prefix for every key in the bucket, e.g. `pierone/`.
+    #[arg(long, env = "PIERONE_S3_PREFIX", default_value = "", global = true)]
+    s3_prefix: String,
+
+    /// Endpoint of an S3-compatible server (then path-style addressing is used). Default: AWS.
+    #[arg(long, env = "PIERONE_S3_ENDPOINT", global = true)]
+    s3_endpoint: Option<String>,
+
+    /// AWS region of the bucket. Default: from the AWS configuration, else us-east-1.
+    #[arg(long, env = "PIERONE_S3_REGION", global = true)]
+    s3_region: Option<String>,
+
+    /// Answer blob GETs with a 307 to a presigned S3 URL, so pull traffic bypasses the server.
+    #[arg(long, env = "PIERONE_S3_REDIRECT", global = true)]
+    s3_redirect: bool,
+
+    /// Do not fsync blobs before publishing them: faster, but a power loss may lose blobs
+    /// that were acknowledged. Crash atomicity is kept either way.
+    #[arg(long, env = "PIERONE_NO_FSYNC", global = true)]
+    no_fsync: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Re-hash every stored blob and report those whose bytes do not match their digest,
+    /// with the repositories, tags and manifests that need them. Exits 0 when all match, 1
+    /// when some do not, 2 when the scrub could not finish. Reads every blob.
+    Scrub(ScrubArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ScrubArgs {
+    /// Move mismatching blobs out of service (their bytes are kept under quarantine/) and
+    /// record that in the audit log. Pulls of them then answer 404 saying why; a push of the
+    /// correct bytes restores them.
+    #[arg(long)]
+    quarantine: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -246,7 +299,7 @@ enum BlobBackend {
 
 /// The blob store the flags describe. Credentials for S3 come from the standard AWS chain
 /// (environment, profile, instance role).
-async fn blob_store(args: &Args) -> Result<Arc<dyn BlobStore>, String> {
+async fn blob_store(args: &StoreArgs) -> Result<Arc<dyn BlobStore>, String> {
     match args.blob_store {
         BlobBackend::Fs => Ok(Arc::new(
             FsBlobStore::open(&args.data_dir)
@@ -370,8 +423,26 @@ fn authorizer(args: &Args) -> Result<Authorizer, String> {
     ))
 }
 
+/// The metadata store the flags describe, migrated to the current schema.
+async fn tag_store(args: &StoreArgs) -> Result<SqlTagStore, String> {
+    let db = match &args.database_url {
+        Some(url) => url.clone(),
+        None => {
+            // With blobs in S3 nothing else creates the data directory.
+            std::fs::create_dir_all(&args.data_dir)
+                .map_err(|e| format!("data directory {}: {e}", args.data_dir.display()))?;
+            format!("sqlite://{}", args.data_dir.join("pierone.db").display())
+        }
+    };
+    SqlTagStore::open(&db).await.map_err(|e| {
+        // Never print a password that may be in the URL.
+        let shown = db.split_once('@').map_or(db.as_str(), |(_, host)| host);
+        format!("metadata database {shown}: {e}")
+    })
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     init_logging(args.log_format);
     // The AWS SDK and the token-info client bring different rustls crypto providers; choose
     // one for the process, or building a TLS client panics.
@@ -383,6 +454,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Scrub(scrub_args)) = args.command.take() {
+        return match runtime.block_on(scrub(&args.stores, &scrub_args)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("pierone-server scrub: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -392,8 +472,184 @@ fn main() -> ExitCode {
     }
 }
 
+/// `pierone-server scrub`: 0 when every blob matches its digest, 1 when some do not
+/// (quarantined or not), 2 (from `main`) when the scrub could not finish.
+async fn scrub(stores: &StoreArgs, args: &ScrubArgs) -> Result<ExitCode, String> {
+    let blobs = blob_store(stores).await?;
+    let tags = tag_store(stores).await?;
+    let options = ScrubOptions {
+        quarantine: args.quarantine,
+        ..ScrubOptions::default()
+    };
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    let report = pierone_registry::scrub::scrub(&*blobs, &tags, &options, &progress)
+        .await
+        .map_err(|e| e.to_string());
+    progress.clear();
+    let report = report?;
+    let quarantined = report
+        .mismatches
+        .iter()
+        .filter(|m| m.quarantined.is_some())
+        .count();
+    println!(
+        "scrub: {} blobs checked, {} bytes, {} mismatches{}{}",
+        report.blobs_checked,
+        report.bytes_checked,
+        report.mismatches.len(),
+        if args.quarantine {
+            format!(", {quarantined} quarantined")
+        } else {
+            String::new()
+        },
+        if report.blobs_vanished > 0 {
+            format!(
+                " ({} blobs were deleted while the scrub ran)",
+                report.blobs_vanished
+            )
+        } else {
+            String::new()
+        }
+    );
+    if report.clean() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !args.quarantine {
+            println!(
+                "rerun with --quarantine to take them out of service; the owners can then push the correct bytes again"
+            );
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The scrub's findings on stdout as they come, and a one-line progress report on stderr
+/// when it is a terminal.
+struct Progress {
+    tty: bool,
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    total_blobs: u64,
+    total_bytes: u64,
+    blobs: u64,
+    bytes: u64,
+    drawn: Option<Instant>,
+}
+
+impl Progress {
+    fn new(tty: bool) -> Progress {
+        Progress {
+            tty,
+            state: Mutex::new(ProgressState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Redraw, at most ten times a second: a terminal write per chunk would cost more than
+    /// the hashing.
+    fn draw(&self, force: bool) {
+        if !self.tty {
+            return;
+        }
+        let mut st = self.lock();
+        if !force
+            && st
+                .drawn
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        st.drawn = Some(Instant::now());
+        let percent = (st.bytes * 100).checked_div(st.total_bytes).unwrap_or(100);
+        eprint!(
+            "\r\x1b[2Kscrub: {}/{} blobs, {}/{} ({percent}%)",
+            st.blobs,
+            st.total_blobs,
+            human(st.bytes),
+            human(st.total_bytes)
+        );
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+impl ScrubProgress for Progress {
+    fn total(&self, blobs: u64, bytes: u64) {
+        let mut st = self.lock();
+        st.total_blobs = blobs;
+        st.total_bytes = bytes;
+        drop(st);
+        self.draw(true);
+    }
+
+    fn bytes(&self, n: u64) {
+        self.lock().bytes += n;
+        self.draw(false);
+    }
+
+    fn blob_done(&self) {
+        self.lock().blobs += 1;
+        self.draw(false);
+    }
+
+    fn mismatch(&self, m: &Mismatch) {
+        self.clear();
+        println!(
+            "MISMATCH {} ({} bytes): the stored bytes hash to {}",
+            m.digest, m.size, m.actual
+        );
+        if m.users.is_empty() {
+            println!("  referenced by no manifest");
+        }
+        for u in &m.users {
+            let tags = if u.tags.is_empty() {
+                "untagged".to_owned()
+            } else {
+                format!(
+                    "tags {}",
+                    u.tags
+                        .iter()
+                        .map(|t| format!("{}:{t}", u.repository))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            println!("  needed by {}@{} ({tags})", u.repository, u.manifest);
+        }
+        if let Some(kept) = &m.quarantined {
+            println!("  quarantined: moved to {kept}");
+        }
+        self.draw(true);
+    }
+}
+
+/// Bytes in binary units, for the progress line.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIERONE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -411,21 +667,8 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(args: Args) -> Result<(), String> {
     let auth = authorizer(&args)?;
-    let blobs = blob_store(&args).await?;
-    let db = match &args.database_url {
-        Some(url) => url.clone(),
-        None => {
-            // With blobs in S3 nothing else creates the data directory.
-            std::fs::create_dir_all(&args.data_dir)
-                .map_err(|e| format!("data directory {}: {e}", args.data_dir.display()))?;
-            format!("sqlite://{}", args.data_dir.join("pierone.db").display())
-        }
-    };
-    let tags = SqlTagStore::open(&db).await.map_err(|e| {
-        // Never print a password that may be in the URL.
-        let shown = db.split_once('@').map_or(db.as_str(), |(_, host)| host);
-        format!("metadata database {shown}: {e}")
-    })?;
+    let blobs = blob_store(&args.stores).await?;
+    let tags = tag_store(&args.stores).await?;
     let audit_signer = match &args.audit_signing_key {
         Some(path) => {
             let pem = std::fs::read_to_string(path)
@@ -490,7 +733,7 @@ async fn serve(args: Args) -> Result<(), String> {
     tracing::info!(
         listen = %bound,
         tls = tls.is_some(),
-        data_dir = %args.data_dir.display(),
+        data_dir = %args.stores.data_dir.display(),
         "pierone-server ready"
     );
     // One signal stops both listeners.

@@ -439,6 +439,42 @@ pub async fn blobs_are_listed_in_pages_and_deleted(store: &dyn BlobStore) {
     assert_eq!(store.stat(&digests[2]).await.unwrap(), Some(39));
 }
 
+/// A quarantined blob leaves service but not the store; the digest can be stored again.
+pub async fn quarantine_takes_a_blob_out_of_service(store: &dyn BlobStore) {
+    let data = b"quarantined blob".repeat(100);
+    let other = put(store, b"a neighbour stays").await;
+    let d = put(store, &data).await;
+    let kept = store.quarantine_blob(&d).await.unwrap();
+    assert!(
+        kept.as_deref().is_some_and(|k| k.contains("quarantine")),
+        "{kept:?}"
+    );
+    assert_eq!(store.stat(&d).await.unwrap(), None);
+    assert!(store.get(&d, None).await.unwrap().is_none());
+    let listed = store.list_blobs(None, 10_000).await.unwrap();
+    assert!(!listed.iter().any(|e| e.digest == d), "not listed");
+    assert!(listed.iter().any(|e| e.digest == other));
+    assert_eq!(store.quarantine_blob(&d).await.unwrap(), None);
+    assert_eq!(
+        store
+            .quarantine_blob(&Digest::sha256_of(b"never"))
+            .await
+            .unwrap(),
+        None
+    );
+    // The honest owner pushes the bytes again: a first store, not a deduplicated one.
+    put(store, &data).await;
+    assert_eq!(read_all(store, &d, None).await.unwrap(), data);
+    assert!(
+        store
+            .list_blobs(None, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.digest == d)
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an async block yielding
 /// `(store, guard)`.
 #[macro_export]
@@ -458,7 +494,8 @@ macro_rules! conformance_tests {
             sha512_blobs,
             large_upload_commits_immediately,
             large_chunks_assemble_in_order,
-            blobs_are_listed_in_pages_and_deleted
+            blobs_are_listed_in_pages_and_deleted,
+            quarantine_takes_a_blob_out_of_service
         );
     };
     (@each $make:expr; $($name:ident),*) => {

@@ -1,4 +1,5 @@
-//! The filesystem blob store: blobs under `blobs/<alg>/<2 hex>/<hex>`, uploads under `uploads/`.
+//! The filesystem blob store: blobs under `blobs/<alg>/<2 hex>/<hex>`, uploads under `uploads/`,
+//! quarantined blobs under `quarantine/<alg>/<hex>.<millis>`.
 //!
 //! An upload is one file that only ever grows by whole parts: a request takes the file's
 //! exclusive lock, appends its body at the end, and names its part by the position it started
@@ -70,6 +71,12 @@ impl FsBlobStore {
             .join(digest.algorithm().as_str())
             .join(&hex[..2])
             .join(hex)
+    }
+
+    fn quarantine_dir(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("quarantine")
+            .join(digest.algorithm().as_str())
     }
 
     fn upload_path(&self, id: &UploadId) -> PathBuf {
@@ -571,6 +578,46 @@ impl BlobStore for FsBlobStore {
             .map_err(|e| Error::Backend(format!("listing task failed: {e}")))?
     }
 
+    async fn quarantine_blob(&self, digest: &Digest) -> Result<Option<String>, Error> {
+        let source = self.blob_path(digest);
+        let dir = self.quarantine_dir(digest);
+        // The time keeps every quarantine of one digest apart (it could be corrupted again
+        // after a repair).
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let target = dir.join(format!("{}.{stamp}", digest.hex()));
+        let fsync = self.fsync;
+        tokio::task::spawn_blocking(move || -> Result<Option<String>, Error> {
+            if !source.exists() {
+                return Ok(None);
+            }
+            std::fs::create_dir_all(&dir).map_err(Error::io("create quarantine directory"))?;
+            // One rename within the store: readers open the blob whole or not at all, and the
+            // bytes are never copied, so nothing of the evidence can be lost on the way.
+            match std::fs::rename(&source, &target) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => return Ok(None),
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "move blob to quarantine",
+                        source: e,
+                    });
+                }
+            }
+            if fsync {
+                for d in [dir.as_path(), source.parent().unwrap_or(Path::new("."))] {
+                    std::fs::File::open(d)
+                        .and_then(|d| d.sync_all())
+                        .map_err(Error::io("fsync quarantine directory"))?;
+                }
+            }
+            Ok(Some(target.display().to_string()))
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))?
+    }
+
     async fn delete_blob(&self, digest: &Digest) -> Result<bool, Error> {
         match tokio::fs::remove_file(self.blob_path(digest)).await {
             Ok(()) => Ok(true),
@@ -694,6 +741,22 @@ mod tests {
             Err(Error::UploadUnknown(_))
         ));
         assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), b"abc");
+    }
+
+    #[tokio::test]
+    async fn quarantine_moves_the_bytes_under_quarantine() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let digest = crate::conformance::put(&store, b"evidence").await;
+        let kept = store.quarantine_blob(&digest).await.unwrap().unwrap();
+        let kept = std::path::Path::new(&kept);
+        assert!(
+            kept.starts_with(dir.path().join("quarantine/sha256")),
+            "{}",
+            kept.display()
+        );
+        assert_eq!(std::fs::read(kept).unwrap(), b"evidence");
+        assert!(!store.blob_path(&digest).exists());
     }
 
     #[tokio::test]

@@ -23,7 +23,11 @@
 //!   of the latest commit of that digest, so garbage collection's grace period counts from the
 //!   last push that needed the blob.
 //! - **Only garbage collection and quarantine delete.** [`BlobStore::delete_blob`] exists for
-//!   them alone; no API request reaches it.
+//!   garbage collection alone, [`BlobStore::quarantine_blob`] for the scrub; no API request
+//!   reaches either.
+//! - **Quarantine keeps the evidence.** A quarantined blob leaves service (not read, listed or
+//!   stat-ed under its digest) but its bytes are moved aside, never destroyed; storing the
+//!   digest again afterwards works like a first store.
 //!
 //! The store does not hash: verification belongs to the caller, which hashes while it receives
 //! and only then commits. [`conformance`] checks all of this, and every implementation runs it.
@@ -183,6 +187,11 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
     /// Remove a blob; `false` when it was not stored. Only garbage collection (after the
     /// metadata store has claimed the digest) and quarantine call this.
     async fn delete_blob(&self, digest: &Digest) -> Result<bool, Error>;
+
+    /// Take blob `digest` out of service and keep its bytes aside, as evidence (the scrub
+    /// found they do not hash to the digest). Returns where they are kept, `None` when the blob
+    /// is not stored. Commits of `digest` afterwards publish their own bytes.
+    async fn quarantine_blob(&self, digest: &Digest) -> Result<Option<String>, Error>;
 
     /// A URL from which a client may download the blob directly, bypassing the registry, when
     /// the store offers one (a presigned S3 URL). `None` means: stream it through the registry.

@@ -19,6 +19,8 @@ struct Inner {
     /// own buffer, so they cannot touch each other's bytes.
     uploads: HashMap<UploadId, HashMap<String, Bytes>>,
     next_part: u64,
+    /// Quarantined blobs by the location reported for them.
+    quarantined: BTreeMap<String, Bytes>,
 }
 
 /// Blobs held in process memory. Cloning shares the same store.
@@ -160,6 +162,21 @@ impl BlobStore for MemoryBlobStore {
         Ok(self.lock().blobs.remove(digest.as_str()).is_some())
     }
 
+    async fn quarantine_blob(&self, digest: &Digest) -> Result<Option<String>, Error> {
+        let mut inner = self.lock();
+        let Some((_, bytes, _)) = inner.blobs.remove(digest.as_str()) else {
+            return Ok(None);
+        };
+        let location = format!(
+            "quarantine/{}/{}.{}",
+            digest.algorithm().as_str(),
+            digest.hex(),
+            inner.quarantined.len()
+        );
+        inner.quarantined.insert(location.clone(), bytes);
+        Ok(Some(location))
+    }
+
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error> {
         self.lock().uploads.remove(id);
         Ok(())
@@ -167,6 +184,11 @@ impl BlobStore for MemoryBlobStore {
 }
 
 impl MemoryBlobStore {
+    /// The bytes kept at `location` by [`BlobStore::quarantine_blob`].
+    pub fn quarantined(&self, location: &str) -> Option<Bytes> {
+        self.lock().quarantined.get(location).cloned()
+    }
+
     /// The bytes of `parts`, each checked against its recorded length.
     fn recorded(&self, id: &UploadId, parts: &[UploadPart]) -> Result<Vec<Bytes>, Error> {
         let inner = self.lock();
@@ -200,4 +222,12 @@ mod tests {
     use super::*;
 
     crate::conformance_tests!(async { (MemoryBlobStore::new(), ()) });
+
+    #[tokio::test]
+    async fn quarantine_keeps_the_bytes() {
+        let store = MemoryBlobStore::new();
+        let d = crate::conformance::put(&store, b"evidence").await;
+        let kept = store.quarantine_blob(&d).await.unwrap().unwrap();
+        assert_eq!(store.quarantined(&kept).unwrap(), &b"evidence"[..]);
+    }
 }

@@ -8,7 +8,7 @@ use futures_util::TryStreamExt;
 use serde_json::Value;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use pierone_protocol::audit::{self, AuditEntry, ChainVerifier, Checkpoint};
+use pierone_protocol::audit::{self, AuditEntry, AuditKind, ChainVerifier, Checkpoint};
 
 use crate::client::{Api, MANIFEST_ACCEPT};
 use crate::output::{Cell, Format, print};
@@ -103,7 +103,8 @@ enum AuditCommand {
         #[arg(long, env = "PIERONE_AUDIT_PUBLIC_KEY")]
         public_key: Option<String>,
     },
-    /// Every assignment of one tag, oldest first: when, by whom, to which digest.
+    /// Every assignment of one tag, oldest first: when, by whom, to which digest; and every
+    /// quarantine of a blob it needs (kind `quarantine`, digest the blob's).
     History {
         team: String,
         artifact: String,
@@ -281,7 +282,12 @@ async fn prove(
         0,
         &format!("&repository={team}/{artifact}&tag={tag}"),
         |entries| {
-            latest = entries.into_iter().last().or(latest.take());
+            // A quarantine of a blob the tag needs is logged under the tag too; what the tag
+            // names is its last assignment.
+            latest = entries
+                .into_iter()
+                .rfind(|e| e.kind == AuditKind::Tag)
+                .or(latest.take());
             Ok(())
         },
     )
@@ -368,6 +374,7 @@ async fn audit(
                     rows.push(vec![
                         text(e.seq.to_string()),
                         Cell::Time(rfc3339(e.at)),
+                        text(e.kind.as_str()),
                         text(e.digest),
                         text(e.previous_digest.unwrap_or_default()),
                         text(e.principal),
@@ -385,7 +392,15 @@ async fn audit(
             print(
                 out,
                 fmt,
-                &["seq", "time", "digest", "previous", "principal", "realm"],
+                &[
+                    "seq",
+                    "time",
+                    "kind",
+                    "digest",
+                    "previous",
+                    "principal",
+                    "realm",
+                ],
                 &rows,
             )
             .map_err(io)

@@ -3,7 +3,8 @@
 //!
 //! Every tag assignment becomes an [`AuditEntry`] whose `hash` covers its fields and the hash
 //! of the entry before it, so changing, inserting or removing any entry breaks every later
-//! link. A [`Checkpoint`] is the server's Ed25519 signature over the log's size and head hash:
+//! link. Operators' quarantines of corrupt blobs are entries of another [`AuditKind`] in the
+//! same chain, with an encoding of their own. A [`Checkpoint`] is the server's Ed25519 signature over the log's size and head hash:
 //! even a rewriter who recomputes the whole chain cannot produce the signed head.
 //!
 //! The encodings below are the contract with verifiers; changing them is a new version.
@@ -19,9 +20,45 @@ use crate::Error;
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One tag assignment, as recorded in the log.
+/// What an entry records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    /// `repository:tag` was pointed at the manifest `digest`.
+    #[default]
+    Tag,
+    /// Blob `digest` was taken out of service because its stored bytes do not hash to it;
+    /// `repository:tag` names a manifest that needs it (both empty when nothing does).
+    Quarantine,
+}
+
+impl AuditKind {
+    /// The storage name, also what JSON carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Tag => "tag",
+            AuditKind::Quarantine => "quarantine",
+        }
+    }
+
+    /// The kind stored as `s`, if it is one.
+    pub fn parse(s: &str) -> Option<AuditKind> {
+        [AuditKind::Tag, AuditKind::Quarantine]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    fn is_tag(&self) -> bool {
+        *self == AuditKind::Tag
+    }
+}
+
+/// One tag assignment (or quarantine), as recorded in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// Absent for tag assignments, so their JSON is what it was before kinds existed.
+    #[serde(default, skip_serializing_if = "AuditKind::is_tag")]
+    pub kind: AuditKind,
     /// Position in the log, from 1, without gaps.
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
@@ -43,6 +80,10 @@ impl AuditEntry {
     /// Hex SHA-256 over the fields and `prev_hash`. Each field is written as
     /// `<byte length>:<bytes>\n`, so no choice of field contents can make two different
     /// entries encode alike.
+    ///
+    /// Tag assignments keep the `pierone-audit-v1` encoding, so every entry written before
+    /// kinds existed keeps its hash. A quarantine starts with its own label and has no
+    /// `previous_digest`, so it can never encode like an assignment.
     pub fn compute_hash(&self) -> String {
         let mut h = Sha256::new();
         let mut field = |v: &[u8]| {
@@ -51,7 +92,10 @@ impl AuditEntry {
             h.update(v);
             h.update(b"\n");
         };
-        field(b"pierone-audit-v1");
+        field(match self.kind {
+            AuditKind::Tag => b"pierone-audit-v1",
+            AuditKind::Quarantine => b"pierone-audit-quarantine-v1",
+        });
         field(self.seq.to_string().as_bytes());
         field(self.at.to_string().as_bytes());
         field(self.principal.as_bytes());
@@ -59,7 +103,9 @@ impl AuditEntry {
         field(self.repository.as_bytes());
         field(self.tag.as_bytes());
         field(self.digest.as_bytes());
-        field(self.previous_digest.as_deref().unwrap_or("").as_bytes());
+        if self.kind == AuditKind::Tag {
+            field(self.previous_digest.as_deref().unwrap_or("").as_bytes());
+        }
         field(self.prev_hash.as_bytes());
         hex(&h.finalize())
     }
@@ -541,6 +587,7 @@ pub fn next_entry(
 ) -> AuditEntry {
     let (seq, prev_hash) = prev.map_or((1, GENESIS), |(s, h)| (s + 1, h));
     let mut e = AuditEntry {
+        kind: AuditKind::Tag,
         seq,
         at,
         principal: principal.to_owned(),
@@ -552,6 +599,24 @@ pub fn next_entry(
         prev_hash: prev_hash.to_owned(),
         hash: String::new(),
     };
+    e.hash = e.compute_hash();
+    e
+}
+
+/// The quarantine entry following `prev` (or the first entry), with its hash filled in:
+/// `principal` took blob `digest` out of service, which `repository:tag` needs (both empty
+/// when no tag does).
+pub fn next_quarantine_entry(
+    prev: Option<(u64, &str)>,
+    at: i64,
+    principal: &str,
+    realm: &str,
+    repository: &str,
+    tag: &str,
+    digest: &str,
+) -> AuditEntry {
+    let mut e = next_entry(prev, at, principal, realm, repository, tag, digest, None);
+    e.kind = AuditKind::Quarantine;
     e.hash = e.compute_hash();
     e
 }
@@ -776,5 +841,77 @@ mod tests {
         assert!(verify_inclusion(&altered, &proof, &v.root()).is_err());
         altered.hash = altered.compute_hash();
         assert!(verify_inclusion(&altered, &proof, &v.root()).is_err());
+    }
+
+    #[test]
+    fn tag_entries_keep_the_v1_encoding() {
+        // Computed by the encoding as it was before entries had kinds: a log written then
+        // must verify unchanged.
+        let e = next_entry(
+            Some((1, "ab")),
+            1000,
+            "alice",
+            "/employees",
+            "team/app",
+            "1.0",
+            "sha256:00",
+            Some("sha256:11"),
+        );
+        let mut h = Sha256::new();
+        for f in [
+            "pierone-audit-v1",
+            "2",
+            "1000",
+            "alice",
+            "/employees",
+            "team/app",
+            "1.0",
+            "sha256:00",
+            "sha256:11",
+            "ab",
+        ] {
+            h.update(format!("{}:{f}\n", f.len()).as_bytes());
+        }
+        assert_eq!(e.hash, hex(&h.finalize()));
+        // Nor does their JSON change: older readers see what they always saw.
+        let json = serde_json::to_value(&e).unwrap();
+        assert!(json.get("kind").is_none(), "{json}");
+        let back: AuditEntry = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn quarantine_entries_chain_with_assignments_and_cannot_pass_for_one() {
+        let (signer, key) = signer_and_key();
+        let mut entries = log(3);
+        let last = entries.last().map(|e| (e.seq, e.hash.clone())).unwrap();
+        let q = next_quarantine_entry(
+            Some((last.0, &last.1)),
+            2000,
+            "scrub",
+            "/operator",
+            "team/app",
+            "1.2",
+            "sha256:ff",
+        );
+        assert_eq!(q.kind, AuditKind::Quarantine);
+        let json = serde_json::to_value(&q).unwrap();
+        assert_eq!(json["kind"], "quarantine");
+        assert_eq!(serde_json::from_value::<AuditEntry>(json).unwrap(), q);
+        entries.push(q.clone());
+        verify(&entries, &signed(&signer, &entries, 4), &key).unwrap();
+        // Relabelled as a tag assignment (same fields), it no longer hashes to its hash.
+        let mut forged = q.clone();
+        forged.kind = AuditKind::Tag;
+        assert_ne!(forged.compute_hash(), q.hash);
+        entries[3] = forged;
+        let mut v = ChainVerifier::new();
+        let err = entries.iter().try_for_each(|e| v.push(e)).unwrap_err();
+        assert!(
+            matches!(err, Error::AuditChainBroken { seq: 4, .. }),
+            "{err}"
+        );
+        assert_eq!(AuditKind::parse("quarantine"), Some(AuditKind::Quarantine));
+        assert_eq!(AuditKind::parse("other"), None);
     }
 }

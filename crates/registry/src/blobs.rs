@@ -156,12 +156,13 @@ impl Registry {
         req: &Request<Incoming>,
         with_body: bool,
     ) -> Result<Resp, RegistryError> {
-        let unknown = || RegistryError::BlobUnknown(digest.clone());
         let ranged = req.headers().contains_key(RANGE);
         // A whole-blob GET is one store read, which also reports the size: no stat first
         // (on S3 that saves a HEAD request per pull).
         if with_body && !ranged && self.blobs.redirect_url(digest).await?.is_none() {
-            let read = self.blobs.get(digest, None).await?.ok_or_else(unknown)?;
+            let Some(read) = self.blobs.get(digest, None).await? else {
+                return Err(self.missing_blob(digest).await);
+            };
             return Ok(blob_response(
                 digest,
                 read.total_size,
@@ -169,7 +170,9 @@ impl Registry {
                 response::stream(read.body),
             ));
         }
-        let size = self.blobs.stat(digest).await?.ok_or_else(unknown)?;
+        let Some(size) = self.blobs.stat(digest).await? else {
+            return Err(self.missing_blob(digest).await);
+        };
         if with_body && let Some(url) = self.blobs.redirect_url(digest).await? {
             // The store serves the bytes itself (a presigned S3 URL): pull traffic bypasses
             // the registry, which still decided who may read.
@@ -185,16 +188,32 @@ impl Registry {
             None => None,
         };
         let body = if with_body {
-            let read = self
-                .blobs
-                .get(digest, range.clone())
-                .await?
-                .ok_or_else(unknown)?;
+            let Some(read) = self.blobs.get(digest, range.clone()).await? else {
+                return Err(self.missing_blob(digest).await);
+            };
             response::stream(read.body)
         } else {
             response::empty()
         };
         Ok(blob_response(digest, size, range, body))
+    }
+
+    /// Why `digest` cannot be read: quarantined, or simply not stored. Asked only on a miss,
+    /// so pulls of stored blobs never pay for it. When the metadata store cannot answer, the
+    /// blob is reported unknown: it is not served either way.
+    async fn missing_blob(&self, digest: &Digest) -> RegistryError {
+        match self.tags.quarantine_record(digest).await {
+            Ok(Some(q)) => RegistryError::BlobQuarantined {
+                digest: digest.clone(),
+                at: crate::api::rfc3339(q.at),
+                by: q.principal,
+            },
+            Ok(None) => RegistryError::BlobUnknown(digest.clone()),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "could not read the quarantine record of a missing blob");
+                RegistryError::BlobUnknown(digest.clone())
+            }
+        }
     }
 
     /// Stream `body` into a new part of upload `id`, hashing as it goes; `offset` is where the
@@ -339,6 +358,15 @@ impl Registry {
     async fn wanted(&self, digest: &Digest) {
         if let Err(e) = self.tags.gc_unmark(digest).await {
             tracing::warn!(%digest, error = %e, "could not unmark a blob for garbage collection");
+        }
+        // Verified bytes of a quarantined digest are stored again: it is back in service. A
+        // record left behind would only mislabel a later miss, so failing is logged too.
+        match self.tags.release_quarantine(digest).await {
+            Ok(true) => {
+                tracing::info!(%digest, "quarantined blob restored by a push of its correct bytes")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%digest, error = %e, "could not release a quarantined blob"),
         }
     }
 

@@ -16,6 +16,15 @@ pub enum RegistryError {
     Auth(#[from] pierone_auth::Error),
     #[error("blob {0} is not stored in this registry")]
     BlobUnknown(Digest),
+    #[error(
+        "blob {digest} was quarantined at {at} by {by}: its stored bytes did not match its digest; push the correct bytes again to restore it"
+    )]
+    BlobQuarantined {
+        digest: Digest,
+        /// RFC 3339.
+        at: String,
+        by: String,
+    },
     #[error("manifest {1} is not in repository {0}")]
     ManifestUnknown(RepoName, Reference),
     #[error("{1:?} is neither a tag nor a digest, so repository {0} has no such manifest")]
@@ -192,6 +201,10 @@ impl RegistryError {
                 }
             },
             RegistryError::BlobUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
+            // Out of service like a missing blob; the message says why.
+            RegistryError::BlobQuarantined { .. } => {
+                (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown)
+            }
             RegistryError::ManifestUnknown(..) | RegistryError::ManifestReferenceUnknown(..) => {
                 (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
             }
@@ -283,6 +296,11 @@ impl RegistryError {
             RegistryError::DigestMismatch { expected, actual } => Some(serde_json::json!({
                 "expected": expected.as_str(),
                 "actual": actual.as_str(),
+            })),
+            RegistryError::BlobQuarantined { digest, at, by } => Some(serde_json::json!({
+                "digest": digest.as_str(),
+                "quarantined_at": at,
+                "quarantined_by": by,
             })),
             RegistryError::ManifestBlobUnknown(d)
             | RegistryError::ManifestChildUnknown(d)

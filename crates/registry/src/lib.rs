@@ -16,6 +16,7 @@ mod manifests;
 mod metrics;
 mod response;
 mod routes;
+pub mod scrub;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -9,6 +9,8 @@
 //!   request streams its body into an S3 multipart upload (parts of [`S3Config::part_size`],
 //!   at least 5 MiB), completed only when the body ends, so a segment is visible whole or not
 //!   at all.
+//! - `<prefix>quarantine/<alg>/<hex>.<millis>`: blobs the scrub found corrupt, copied here
+//!   before their blob key is deleted, as evidence.
 //!
 //! # Guarantees (those of [`BlobStore`])
 //!
@@ -132,6 +134,50 @@ impl S3BlobStore {
             &hex[..2],
             hex
         )
+    }
+
+    fn quarantine_key(&self, digest: &Digest) -> String {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!(
+            "{}quarantine/{}/{}.{stamp}",
+            self.config.prefix,
+            digest.algorithm().as_str(),
+            digest.hex()
+        )
+    }
+
+    /// Copy object `source` of `size` bytes to `target` server-side: one `CopyObject` up to
+    /// its 5 GiB limit, a multipart copy beyond.
+    async fn copy(&self, source: &str, target: &str, size: u64) -> Result<(), Error> {
+        if size <= 5 << 30 {
+            self.client
+                .copy_object()
+                .bucket(&self.config.bucket)
+                .key(target)
+                .copy_source(format!("{}/{}", self.config.bucket, source))
+                .send()
+                .await
+                .map_err(|e| classify("copy object", e))?;
+            return Ok(());
+        }
+        let mut m = Multipart::start(self, target).await?;
+        let copied: Result<(), Error> = async {
+            let pieces = size.div_ceil(4 << 30);
+            let piece = size.div_ceil(pieces);
+            for k in 0..pieces {
+                m.copy_part(self, source, k * piece..((k + 1) * piece).min(size))
+                    .await?;
+            }
+            m.complete(self).await
+        }
+        .await;
+        if let Err(e) = copied {
+            m.abort(self).await;
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn upload_prefix(&self, id: &UploadId) -> String {
@@ -726,6 +772,38 @@ impl BlobStore for S3BlobStore {
         Ok(true)
     }
 
+    async fn quarantine_blob(&self, digest: &Digest) -> Result<Option<String>, Error> {
+        let Some(size) = self.stat(digest).await? else {
+            return Ok(None);
+        };
+        let source = self.blob_key(digest);
+        let target = self.quarantine_key(digest);
+        self.copy(&source, &target, size).await?;
+        // The blob key goes only once the copy is confirmed whole: the evidence is never lost.
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(&target)
+            .send()
+            .await
+            .map_err(|e| classify("stat quarantined copy", e))?;
+        let copied = head.content_length().unwrap_or(-1);
+        if u64::try_from(copied).ok() != Some(size) {
+            return Err(Error::Backend(format!(
+                "the quarantine copy of {digest} holds {copied} bytes, not {size}; the blob stays"
+            )));
+        }
+        self.client
+            .delete_object()
+            .bucket(&self.config.bucket)
+            .key(&source)
+            .send()
+            .await
+            .map_err(|e| classify("delete quarantined blob", e))?;
+        Ok(Some(format!("s3://{}/{target}", self.config.bucket)))
+    }
+
     async fn redirect_url(&self, digest: &Digest) -> Result<Option<String>, Error> {
         let Some(ttl) = self.config.redirect_ttl else {
             return Ok(None);
@@ -757,4 +835,27 @@ mod tests {
         let store = S3BlobStore::new(s3.client.clone(), config);
         (store, s3)
     });
+
+    #[tokio::test]
+    async fn quarantine_copies_the_bytes_under_quarantine() {
+        let s3 = test_server::TestS3::start("quarantine").await;
+        let mut config = S3Config::new(&s3.bucket);
+        config.prefix = "registry/".into();
+        let store = S3BlobStore::new(s3.client.clone(), config);
+        let d = pierone_blobstore::conformance::put(&store, b"evidence").await;
+        let kept = store.quarantine_blob(&d).await.unwrap().unwrap();
+        let key = kept.strip_prefix(&format!("s3://{}/", s3.bucket)).unwrap();
+        assert!(key.starts_with("registry/quarantine/sha256/"), "{key}");
+        let o = s3
+            .client
+            .get_object()
+            .bucket(&s3.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let bytes = o.body.collect().await.unwrap().into_bytes();
+        assert_eq!(&bytes[..], b"evidence");
+        assert_eq!(store.stat(&d).await.unwrap(), None);
+    }
 }

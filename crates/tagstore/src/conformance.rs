@@ -8,7 +8,8 @@ use bytes::Bytes;
 use pierone_protocol::{Digest, Hasher, RepoName, Tag, UploadId, UploadPart};
 
 use crate::{
-    Error, Mutability, NewManifest, ScmSource, TagOutcome, TagStore, TagWrite, UploadSession,
+    AuditKind, BlobUser, Error, Mutability, NewManifest, Quarantine, QuarantineRecord, ScmSource,
+    TagOutcome, TagStore, TagWrite, UploadSession,
 };
 
 /// A unique repository per call, so suites can share one database.
@@ -824,6 +825,138 @@ pub async fn gc_claim_and_manifest_write_race_has_one_winner(store: &dyn TagStor
     assert_eq!(kept + taken, 40);
 }
 
+/// The scrub names what needs a blob: every manifest referencing it, in every repository it
+/// was pushed to, with the tags there.
+pub async fn blob_users_name_manifests_repositories_and_tags(store: &dyn TagStore) {
+    let (a, b) = (repo("usersa"), repo("usersb"));
+    let m = manifest("users");
+    let blob = m.references[0].0.clone();
+    for t in ["2.0", "1.0"] {
+        store
+            .put_manifest(&a, m.clone(), write(t, Mutability::Immutable))
+            .await
+            .unwrap();
+    }
+    store.put_manifest(&b, m.clone(), None).await.unwrap();
+    store
+        .put_manifest(
+            &a,
+            manifest("users-other"),
+            write("3.0", Mutability::Immutable),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.blob_users(&blob).await.unwrap(),
+        vec![
+            BlobUser {
+                manifest: m.digest.clone(),
+                repository: a.as_str().to_owned(),
+                tags: vec!["1.0".into(), "2.0".into()],
+            },
+            BlobUser {
+                manifest: m.digest.clone(),
+                repository: b.as_str().to_owned(),
+                tags: vec![],
+            },
+        ]
+    );
+    let nobody = Digest::sha256_of(b"needed by nobody");
+    assert!(store.blob_users(&nobody).await.unwrap().is_empty());
+}
+
+/// A quarantine is recorded with one audit entry per affected tag, on the chain of tag
+/// writes, which still verifies; a re-push releases it and keeps the entries.
+pub async fn quarantine_is_recorded_and_audited(store: &dyn TagStore) {
+    let r = repo("quarantine");
+    let m = manifest("quarantine");
+    store
+        .put_manifest(&r, m.clone(), write("1.0", Mutability::Immutable))
+        .await
+        .unwrap();
+    let blob = m.references[0].0.clone();
+    assert_eq!(store.quarantine_record(&blob).await.unwrap(), None);
+    let record = QuarantineRecord {
+        digest: blob.clone(),
+        at: 1_700_000_000_000,
+        principal: "scrub".into(),
+        actual: Digest::sha256_of(b"what the bytes hash to"),
+    };
+    let appended = store
+        .record_quarantine(Quarantine {
+            record: record.clone(),
+            realm: "/operator".into(),
+            affected: vec![
+                (r.as_str().to_owned(), "1.0".to_owned()),
+                (r.as_str().to_owned(), "2.0".to_owned()),
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!(appended.len(), 2);
+    let log = verified_log(store).await;
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[0].kind, AuditKind::Tag);
+    assert_eq!(&log[1..], &appended[..]);
+    for e in &appended {
+        assert_eq!(e.kind, AuditKind::Quarantine);
+        assert_eq!(e.digest, blob.as_str());
+        assert_eq!(
+            (e.principal.as_str(), e.realm.as_str()),
+            ("scrub", "/operator")
+        );
+        assert_eq!(e.at, record.at);
+    }
+    let history = store
+        .audit_entries(0, 10, Some((&r, &tag("1.0"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![AuditKind::Tag, AuditKind::Quarantine]
+    );
+    assert_eq!(store.quarantine_record(&blob).await.unwrap(), Some(record));
+
+    // A blob nothing needs still leaves one entry.
+    let orphan = Digest::sha256_of(b"orphan");
+    let later = QuarantineRecord {
+        digest: orphan.clone(),
+        at: 1_700_000_000_001,
+        principal: "scrub".into(),
+        actual: Digest::sha256_of(b"orphan bytes"),
+    };
+    let one = store
+        .record_quarantine(Quarantine {
+            record: later.clone(),
+            realm: "/operator".into(),
+            affected: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!((one[0].repository.as_str(), one[0].tag.as_str()), ("", ""));
+    assert_eq!(verified_log(store).await.len(), 4);
+    // Quarantined again: the newer record replaces the older.
+    let again = QuarantineRecord {
+        at: later.at + 5,
+        ..later
+    };
+    store
+        .record_quarantine(Quarantine {
+            record: again.clone(),
+            realm: "/operator".into(),
+            affected: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.quarantine_record(&orphan).await.unwrap(), Some(again));
+
+    assert!(store.release_quarantine(&blob).await.unwrap());
+    assert!(!store.release_quarantine(&blob).await.unwrap());
+    assert_eq!(store.quarantine_record(&blob).await.unwrap(), None);
+    assert_eq!(verified_log(store).await.len(), 5, "the entries stay");
+}
+
 pub async fn expired_uploads_are_listed_oldest_first(store: &dyn TagStore) {
     let r = repo("expire");
     let now = crate::now_millis();
@@ -863,6 +996,8 @@ macro_rules! conformance_tests {
             outbox_hands_each_event_to_one_deliverer,
             gc_never_takes_what_a_manifest_references,
             gc_claim_and_manifest_write_race_has_one_winner,
+            blob_users_name_manifests_repositories_and_tags,
+            quarantine_is_recorded_and_audited,
             expired_uploads_are_listed_oldest_first
         );
     };

@@ -24,6 +24,9 @@
 //!   tombstone for [`GC_TOMBSTONE_MS`]), is refused with [`Error::BlobCollected`]. A manifest
 //!   write whose caller checked its blobs more than [`MAX_CHECK_AGE_MS`] before is refused
 //!   ([`Error::StaleCheck`]), so no write can outlive the tombstone of a blob it checked.
+//! - **A quarantine is recorded with its audit entries.** [`TagStore::record_quarantine`]
+//!   writes the quarantine record and one audit entry per tag that needs the blob in one
+//!   transaction, on the same chain as tag writes.
 //! - **Upload progress is compare-and-set.** [`TagStore::advance_upload`] succeeds only from the
 //!   offset the caller read, so two requests racing on one upload cannot both advance it, and
 //!   it records the request's blob-store part in the same step: the recorded parts are always
@@ -39,7 +42,7 @@ mod sql;
 use bytes::Bytes;
 use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 
-pub use pierone_protocol::audit::{AuditEntry, Checkpoint};
+pub use pierone_protocol::audit::{AuditEntry, AuditKind, Checkpoint};
 
 pub use memory::MemoryTagStore;
 pub use policy::{Mutability, TagPolicy};
@@ -236,6 +239,36 @@ pub struct TeamStats {
     pub team: String,
     pub artifacts: u64,
     pub tags: u64,
+}
+
+/// A manifest that references a blob (or a child manifest), in one repository it was pushed
+/// to, with the tags of that repository that name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobUser {
+    pub manifest: Digest,
+    pub repository: String,
+    /// Sorted; empty when the manifest is untagged there.
+    pub tags: Vec<String>,
+}
+
+/// A blob taken out of service because its stored bytes do not hash to its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineRecord {
+    pub digest: Digest,
+    pub at: Millis,
+    /// Who quarantined it (the scrub).
+    pub principal: String,
+    /// What the stored bytes hash to.
+    pub actual: Digest,
+}
+
+/// A quarantine to record: the record, and the `(repository, tag)` pairs that need the blob,
+/// each of which gets an audit entry (one entry with both empty when the list is empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    pub record: QuarantineRecord,
+    pub realm: String,
+    pub affected: Vec<(String, String)>,
 }
 
 /// An upload session: how far the client has got, which parts of the blob store hold what it
@@ -447,4 +480,19 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// A blob was just stored or mounted: it is wanted, drop its mark (or its tombstone)
     /// unless a collector has claimed it.
     async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error>;
+
+    /// The manifests that reference `digest` (directly, not through an index), once per
+    /// repository they were pushed to, sorted by manifest and repository.
+    async fn blob_users(&self, digest: &Digest) -> Result<Vec<BlobUser>, Error>;
+
+    /// Record that a blob was quarantined, and append its audit entries, in one transaction.
+    /// Replaces an earlier record of the same digest. Returns the entries appended.
+    async fn record_quarantine(&self, q: Quarantine) -> Result<Vec<AuditEntry>, Error>;
+
+    /// The quarantine of `digest`, if it is quarantined. Read only when a blob is missing.
+    async fn quarantine_record(&self, digest: &Digest) -> Result<Option<QuarantineRecord>, Error>;
+
+    /// Correct bytes of `digest` were stored again: it is back in service. `false` when it
+    /// was not quarantined. (The audit entries of the quarantine stay.)
+    async fn release_quarantine(&self, digest: &Digest) -> Result<bool, Error>;
 }

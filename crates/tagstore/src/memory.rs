@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 
 use crate::{
-    AuditEntry, Checkpoint, Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest,
-    OutboxItem, Referrer, ScmSource, TagOutcome, TagRecord, TagStore, TagWrite, TeamStats,
-    UploadSession, digest_has_prefix, now_millis, tag_record,
+    AuditEntry, BlobUser, Checkpoint, Error, ImageMatch, ManifestRecord, Millis, Mutability,
+    NewManifest, OutboxItem, Quarantine, QuarantineRecord, Referrer, ScmSource, TagOutcome,
+    TagRecord, TagStore, TagWrite, TeamStats, UploadSession, digest_has_prefix, now_millis,
+    tag_record,
 };
 
 #[derive(Debug, Default)]
@@ -30,6 +31,7 @@ struct State {
     gc: HashMap<Digest, (Millis, Gc)>,
     uploads: HashMap<UploadId, UploadSession>,
     scm: HashMap<(String, String), (ScmSource, Millis)>,
+    quarantined: HashMap<Digest, QuarantineRecord>,
 }
 
 #[derive(Debug)]
@@ -56,6 +58,15 @@ impl State {
         if self.gc.get(digest).is_some_and(|(_, g)| *g == Gc::Marked) {
             self.gc.remove(digest);
         }
+    }
+
+    /// The last entry's number and hash, as the next entry links to it.
+    fn audit_tip(&self) -> (u64, &str) {
+        self.audit
+            .last()
+            .map_or((0, pierone_protocol::audit::GENESIS), |e| {
+                (e.seq, e.hash.as_str())
+            })
     }
 
     fn is_referenced(&self, digest: &Digest) -> bool {
@@ -151,13 +162,7 @@ impl TagStore for MemoryTagStore {
                 };
                 s.tags.insert(key.clone(), (record, seq));
                 let e = pierone_protocol::audit::next_entry(
-                    Some(
-                        s.audit
-                            .last()
-                            .map_or((0, pierone_protocol::audit::GENESIS), |e| {
-                                (e.seq, e.hash.as_str())
-                            }),
-                    ),
+                    Some(s.audit_tip()),
                     now,
                     &w.principal,
                     &w.realm,
@@ -644,6 +649,71 @@ impl TagStore for MemoryTagStore {
             s.gc.remove(digest);
         }
         Ok(())
+    }
+
+    async fn blob_users(&self, digest: &Digest) -> Result<Vec<BlobUser>, Error> {
+        let s = self.lock();
+        let mut out = Vec::new();
+        for m in s.manifests.values() {
+            if !m.references.iter().any(|(r, _)| r == digest) {
+                continue;
+            }
+            for (repo, d) in &s.links {
+                if d != &m.digest {
+                    continue;
+                }
+                let mut tags: Vec<String> = s
+                    .tags
+                    .iter()
+                    .filter(|((r, _), (rec, _))| r == repo && rec.digest == m.digest)
+                    .map(|((_, t), _)| t.clone())
+                    .collect();
+                tags.sort();
+                out.push(BlobUser {
+                    manifest: m.digest.clone(),
+                    repository: repo.clone(),
+                    tags,
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.manifest.as_str(), &a.repository).cmp(&(b.manifest.as_str(), &b.repository))
+        });
+        Ok(out)
+    }
+
+    async fn record_quarantine(&self, q: Quarantine) -> Result<Vec<AuditEntry>, Error> {
+        let mut s = self.lock();
+        let r = &q.record;
+        let affected = if q.affected.is_empty() {
+            vec![(String::new(), String::new())]
+        } else {
+            q.affected.clone()
+        };
+        let mut appended = Vec::new();
+        for (repo, tag) in &affected {
+            let e = pierone_protocol::audit::next_quarantine_entry(
+                Some(s.audit_tip()),
+                r.at,
+                &r.principal,
+                &q.realm,
+                repo,
+                tag,
+                r.digest.as_str(),
+            );
+            s.audit.push(e.clone());
+            appended.push(e);
+        }
+        s.quarantined.insert(r.digest.clone(), q.record);
+        Ok(appended)
+    }
+
+    async fn quarantine_record(&self, digest: &Digest) -> Result<Option<QuarantineRecord>, Error> {
+        Ok(self.lock().quarantined.get(digest).cloned())
+    }
+
+    async fn release_quarantine(&self, digest: &Digest) -> Result<bool, Error> {
+        Ok(self.lock().quarantined.remove(digest).is_some())
     }
 }
 

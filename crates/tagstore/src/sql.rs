@@ -17,9 +17,10 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 
 use crate::{
-    AuditEntry, Checkpoint, Error, ImageMatch, ManifestRecord, Millis, Mutability, NewManifest,
-    OutboxItem, Referrer, ScmSource, TagOutcome, TagRecord, TagStore, TagWrite, TeamStats,
-    UploadSession, digest_has_prefix, now_millis,
+    AuditEntry, AuditKind, BlobUser, Checkpoint, Error, ImageMatch, ManifestRecord, Millis,
+    Mutability, NewManifest, OutboxItem, Quarantine, QuarantineRecord, Referrer, ScmSource,
+    TagOutcome, TagRecord, TagStore, TagWrite, TeamStats, UploadSession, digest_has_prefix,
+    now_millis,
 };
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -81,6 +82,7 @@ mod schema {
             previous_digest -> Nullable<Text>,
             prev_hash -> Text,
             hash -> Text,
+            kind -> Text,
         }
     }
     diesel::table! {
@@ -138,6 +140,14 @@ mod schema {
             start -> BigInt,
             part_key -> Text,
             size -> BigInt,
+        }
+    }
+    diesel::table! {
+        quarantined_blobs (digest) {
+            digest -> Text,
+            at -> BigInt,
+            principal -> Text,
+            actual -> Text,
         }
     }
     diesel::table! {
@@ -502,8 +512,7 @@ macro_rules! backend_ops {
                 Ok(outcome)
             }
 
-            /// Extend the chain by one entry and queue its events. The no-op update takes the
-            /// head row's lock first, so concurrent appends wait for this transaction.
+            /// Extend the chain by one entry and queue its events.
             fn append_audit(
                 c: &mut Conn,
                 repo: &RepoName,
@@ -512,6 +521,37 @@ macro_rules! backend_ops {
                 previous: Option<&str>,
                 now: Millis,
             ) -> Result<(), TxError> {
+                let e = append_entry(c, |prev| {
+                    pierone_protocol::audit::next_entry(
+                        Some(prev),
+                        now,
+                        &w.principal,
+                        &w.realm,
+                        repo.as_str(),
+                        w.tag.as_str(),
+                        digest,
+                        previous,
+                    )
+                })?;
+                for target in &w.notify {
+                    diesel::insert_into(outbox::table)
+                        .values((
+                            outbox::target.eq(target),
+                            outbox::seq.eq(e.seq as i64),
+                            outbox::created_at.eq(now),
+                            outbox::next_attempt_at.eq(now),
+                        ))
+                        .execute(c)?;
+                }
+                Ok(())
+            }
+
+            /// Append the entry `make` builds on the current head. The no-op update takes the
+            /// head row's lock first, so concurrent appends wait for this transaction.
+            fn append_entry(
+                c: &mut Conn,
+                make: impl FnOnce((u64, &str)) -> AuditEntry,
+            ) -> Result<AuditEntry, DieselError> {
                 diesel::update(audit_head::table.find(1))
                     .set(audit_head::seq.eq(audit_head::seq))
                     .execute(c)?;
@@ -519,16 +559,7 @@ macro_rules! backend_ops {
                     .find(1)
                     .select((audit_head::seq, audit_head::hash))
                     .first(c)?;
-                let e = pierone_protocol::audit::next_entry(
-                    Some((seq as u64, &hash)),
-                    now,
-                    &w.principal,
-                    &w.realm,
-                    repo.as_str(),
-                    w.tag.as_str(),
-                    digest,
-                    previous,
-                );
+                let e = make((seq as u64, &hash));
                 diesel::insert_into(audit_log::table)
                     .values((
                         audit_log::seq.eq(e.seq as i64),
@@ -541,6 +572,7 @@ macro_rules! backend_ops {
                         audit_log::previous_digest.eq(e.previous_digest.as_deref()),
                         audit_log::prev_hash.eq(&e.prev_hash),
                         audit_log::hash.eq(&e.hash),
+                        audit_log::kind.eq(e.kind.as_str()),
                     ))
                     .execute(c)?;
                 diesel::update(audit_head::table.find(1))
@@ -549,17 +581,47 @@ macro_rules! backend_ops {
                         audit_head::hash.eq(&e.hash),
                     ))
                     .execute(c)?;
-                for target in &w.notify {
-                    diesel::insert_into(outbox::table)
+                Ok(e)
+            }
+
+            /// The quarantine row and its audit entries, in one transaction.
+            pub(super) fn record_quarantine_tx(
+                c: &mut Conn,
+                q: &Quarantine,
+            ) -> Result<Vec<AuditEntry>, DieselError> {
+                c.$tx(|c| {
+                    let r = &q.record;
+                    diesel::delete(quarantined_blobs::table.find(r.digest.as_str())).execute(c)?;
+                    diesel::insert_into(quarantined_blobs::table)
                         .values((
-                            outbox::target.eq(target),
-                            outbox::seq.eq(e.seq as i64),
-                            outbox::created_at.eq(now),
-                            outbox::next_attempt_at.eq(now),
+                            quarantined_blobs::digest.eq(r.digest.as_str()),
+                            quarantined_blobs::at.eq(r.at),
+                            quarantined_blobs::principal.eq(&r.principal),
+                            quarantined_blobs::actual.eq(r.actual.as_str()),
                         ))
                         .execute(c)?;
-                }
-                Ok(())
+                    let nobody = [(String::new(), String::new())];
+                    let affected = if q.affected.is_empty() {
+                        &nobody[..]
+                    } else {
+                        &q.affected[..]
+                    };
+                    let mut appended = Vec::new();
+                    for (repo, tag) in affected {
+                        appended.push(append_entry(c, |prev| {
+                            pierone_protocol::audit::next_quarantine_entry(
+                                Some(prev),
+                                r.at,
+                                &r.principal,
+                                &q.realm,
+                                repo,
+                                tag,
+                                r.digest.as_str(),
+                            )
+                        })?);
+                    }
+                    Ok(appended)
+                })
             }
 
             /// A new manifest references `digest`: take it off the garbage candidates, or
@@ -765,6 +827,7 @@ type AuditRow = (
     Option<String>,
     String,
     String,
+    String,
 );
 
 macro_rules! audit_columns {
@@ -780,13 +843,29 @@ macro_rules! audit_columns {
             audit_log::previous_digest,
             audit_log::prev_hash,
             audit_log::hash,
+            audit_log::kind,
         )
     };
 }
 
-fn audit_entry(r: AuditRow) -> AuditEntry {
-    let (seq, at, principal, realm, repository, tag, digest, previous_digest, prev_hash, hash) = r;
-    AuditEntry {
+fn audit_entry(r: AuditRow) -> Result<AuditEntry, Error> {
+    let (
+        seq,
+        at,
+        principal,
+        realm,
+        repository,
+        tag,
+        digest,
+        previous_digest,
+        prev_hash,
+        hash,
+        kind,
+    ) = r;
+    let kind = AuditKind::parse(&kind)
+        .ok_or_else(|| Error::Corrupt(format!("audit entry {seq} has unknown kind {kind:?}")))?;
+    Ok(AuditEntry {
+        kind,
         seq: seq as u64,
         at,
         principal,
@@ -797,7 +876,7 @@ fn audit_entry(r: AuditRow) -> AuditEntry {
         previous_digest,
         prev_hash,
         hash,
-    }
+    })
 }
 
 #[async_trait]
@@ -1396,7 +1475,7 @@ impl TagStore for SqlTagStore {
                     .filter(audit_log::tag.eq(t));
             }
             let rows: Vec<AuditRow> = q.load(c).map_err(db_error)?;
-            Ok(rows.into_iter().map(audit_entry).collect())
+            rows.into_iter().map(audit_entry).collect()
         })
     }
 
@@ -1508,15 +1587,16 @@ impl TagStore for SqlTagStore {
                 ))
                 .load(c)
                 .map_err(db_error)?;
-            Ok(rows
-                .into_iter()
-                .map(|(id, target, attempts, e)| OutboxItem {
-                    id,
-                    target,
-                    attempts: attempts.max(0) as u32,
-                    entry: audit_entry(e),
+            rows.into_iter()
+                .map(|(id, target, attempts, e)| {
+                    Ok(OutboxItem {
+                        id,
+                        target,
+                        attempts: attempts.max(0) as u32,
+                        entry: audit_entry(e)?,
+                    })
                 })
-                .collect())
+                .collect()
         })
     }
 
@@ -1667,6 +1747,91 @@ impl TagStore for SqlTagStore {
             .execute(c)
             .map(drop)
             .map_err(db_error)
+        })
+    }
+
+    async fn blob_users(&self, digest: &Digest) -> Result<Vec<BlobUser>, Error> {
+        let digest = digest.clone();
+        run!(self, |c| {
+            let manifests: Vec<String> = manifest_references::table
+                .filter(manifest_references::reference.eq(digest.as_str()))
+                .select(manifest_references::manifest)
+                .load(c)
+                .map_err(db_error)?;
+            let links: Vec<(String, String)> = repository_manifests::table
+                .filter(repository_manifests::digest.eq_any(&manifests))
+                .order((
+                    repository_manifests::digest.asc(),
+                    repository_manifests::repository.asc(),
+                ))
+                .select((
+                    repository_manifests::digest,
+                    repository_manifests::repository,
+                ))
+                .load(c)
+                .map_err(db_error)?;
+            let tagged: Vec<(String, String, String)> = tags::table
+                .filter(tags::digest.eq_any(&manifests))
+                .order(tags::name.asc())
+                .select((tags::digest, tags::repository, tags::name))
+                .load(c)
+                .map_err(db_error)?;
+            links
+                .into_iter()
+                .map(|(manifest, repository)| {
+                    let tags = tagged
+                        .iter()
+                        .filter(|(d, r, _)| *d == manifest && *r == repository)
+                        .map(|(_, _, t)| t.clone())
+                        .collect();
+                    Ok(BlobUser {
+                        manifest: parse_digest(&manifest)?,
+                        repository,
+                        tags,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    async fn record_quarantine(&self, q: Quarantine) -> Result<Vec<AuditEntry>, Error> {
+        run!(self, |c| {
+            ops::record_quarantine_tx(c, &q).map_err(db_error)
+        })
+    }
+
+    async fn quarantine_record(&self, digest: &Digest) -> Result<Option<QuarantineRecord>, Error> {
+        let digest = digest.clone();
+        run!(self, |c| {
+            let row: Option<(i64, String, String)> = quarantined_blobs::table
+                .find(digest.as_str())
+                .select((
+                    quarantined_blobs::at,
+                    quarantined_blobs::principal,
+                    quarantined_blobs::actual,
+                ))
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            row.map(|(at, principal, actual)| {
+                Ok(QuarantineRecord {
+                    digest,
+                    at,
+                    principal,
+                    actual: parse_digest(&actual)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    async fn release_quarantine(&self, digest: &Digest) -> Result<bool, Error> {
+        let digest = digest.clone();
+        run!(self, |c| {
+            diesel::delete(quarantined_blobs::table.find(digest.as_str()))
+                .execute(c)
+                .map(|n| n > 0)
+                .map_err(db_error)
         })
     }
 }
