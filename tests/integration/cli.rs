@@ -14,9 +14,23 @@ use serde_json::{Value, json};
 
 use crate::util::{FakeTokenInfo, OCI_MANIFEST, Seen, TestServer, fake_service, token_json};
 
+/// A binary of the `pierone-cli` package.
+///
+/// Cargo hands these tests only the binaries of their own package (`pierone-server`), so the
+/// CLI's are looked up in the same target directory, next to the server's. This assumes they
+/// were built by the same cargo invocation, as `cargo test --workspace` does (tests/run.sh):
+/// it builds every package's binaries before any test runs, the CLI's for the integration test
+/// of `pierone-cli` (crates/cli/tests/binaries.rs). `cargo test -p pierone-server` alone does
+/// not; build them first with `cargo build -p pierone-cli`.
 fn bin(name: &str) -> PathBuf {
-    // The CLI binaries sit next to the server binary Cargo built for these tests.
-    Path::new(env!("CARGO_BIN_EXE_pierone-server")).with_file_name(name)
+    let path = Path::new(env!("CARGO_BIN_EXE_pierone-server")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p pierone-cli` (or `cargo test --workspace`), which \
+         builds the CLI binaries these tests run",
+        path.display()
+    );
+    path
 }
 
 pub struct Run {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod architecture;
 mod audit;
 mod auth;
 mod blobs;

@@ -513,3 +513,48 @@ macro_rules! conformance_tests {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    /// The checks of this module: every public async function whose one parameter is the
+    /// store, however rustfmt wrapped its signature.
+    fn declared(source: &str) -> Vec<&str> {
+        source
+            .split("\npub async fn ")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('('))
+            .filter(|(_, rest)| {
+                let params = rest.split_once(')').map_or("", |(p, _)| p);
+                let params: String = params.split_whitespace().collect::<Vec<_>>().join(" ");
+                params.trim_end_matches(',') == "store: &dyn BlobStore"
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The checks `conformance_tests!` runs: the names between `@each $make:expr;` in its
+    /// first rule and the closing `);`.
+    fn listed(source: &str) -> Vec<&str> {
+        let start = source.find("(@each $make;").expect("the macro's list");
+        let list = &source[start + "(@each $make;".len()..];
+        let end = list.find(");").expect("the end of the macro's list");
+        list[..end]
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .collect()
+    }
+
+    // A check left out of the macro's list would compile and never run; the compiler already
+    // refuses a listed name that is not a function.
+    #[test]
+    fn conformance_tests_runs_every_check() {
+        let source = include_str!("conformance.rs");
+        let mut declared = declared(source);
+        let mut listed = listed(source);
+        assert!(declared.len() > 10, "checks found: {declared:?}");
+        declared.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(declared, listed);
+    }
+}

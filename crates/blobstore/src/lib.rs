@@ -30,8 +30,10 @@
 //!   digest again afterwards works like a first store.
 //!
 //! The store does not hash: verification belongs to the caller, which hashes while it receives
-//! and only then commits. [`conformance`] checks all of this, and every implementation runs it.
+//! and only then commits. The conformance suite (feature `conformance`: the `conformance`
+//! module and `conformance_tests!`) checks all of this, and every implementation runs it.
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod fs;
 mod memory;

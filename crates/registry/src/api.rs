@@ -11,7 +11,7 @@ use crate::response::{self, Resp};
 use crate::{Registry, layers};
 
 /// The OpenAPI description of this API, served at `/openapi.yaml`.
-const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
+const OPENAPI: &str = include_str!("../openapi.yaml");
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds, like Pier One's
 /// `2015-06-11T16:13:29.152Z`.

@@ -32,11 +32,20 @@
 //!   it records the request's blob-store part in the same step: the recorded parts are always
 //!   exactly those whose progress (and hash) was accepted.
 //!
-//! [`conformance`] checks these for every implementation.
+//! The conformance suite (feature `conformance`) checks these for every implementation.
+//!
+//! # Features
+//!
+//! - `sqlite` and `postgres` (both default): `SqlTagStore` on those databases. Without either
+//!   there is no `SqlTagStore`, and no C library is built; [`MemoryTagStore`] is always there.
+//! - `conformance`: the suite every implementation runs (`conformance`, `conformance_tests!`)
+//!   and `create_test_database`, for tests only.
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod memory;
 mod policy;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 
 use bytes::Bytes;
@@ -46,7 +55,10 @@ pub use pierone_protocol::audit::{AuditEntry, AuditKind, Checkpoint};
 
 pub use memory::MemoryTagStore;
 pub use policy::{Mutability, TagPolicy};
-pub use sql::{SqlTagStore, create_test_database};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::SqlTagStore;
+#[cfg(all(feature = "postgres", any(test, feature = "conformance")))]
+pub use sql::create_test_database;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;

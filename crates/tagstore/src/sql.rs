@@ -1,5 +1,8 @@
 //! The diesel implementation of [`TagStore`](crate::TagStore), on SQLite or PostgreSQL.
 //!
+//! Each backend is compiled only with its feature (`sqlite`, `postgres`), so the parts of one
+//! backend carry `cfg` attributes; the queries are shared.
+//!
 //! Diesel is blocking, so every call runs on tokio's blocking pool with a pooled connection;
 //! the async workers never wait on the database.
 
@@ -7,11 +10,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+#[cfg(feature = "sqlite")]
 use diesel::connection::SimpleConnection;
+#[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+#[cfg(feature = "sqlite")]
+use diesel::r2d2::CustomizeConnection;
+use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+#[cfg(feature = "sqlite")]
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
@@ -23,7 +31,9 @@ use crate::{
     now_millis,
 };
 
+#[cfg(feature = "sqlite")]
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+#[cfg(feature = "postgres")]
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 mod schema {
@@ -171,9 +181,11 @@ mod schema {
 
 use schema::*;
 
+#[cfg(feature = "sqlite")]
 #[derive(Debug)]
 struct SqlitePragmas;
 
+#[cfg(feature = "sqlite")]
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // WAL lets readers run beside the one writer; busy_timeout makes writers queue instead
@@ -189,7 +201,9 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
 /// One connection pool, for whichever backend the URL chose.
 #[derive(Clone)]
 enum Pools {
+    #[cfg(feature = "sqlite")]
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    #[cfg(feature = "postgres")]
     Postgres(Pool<ConnectionManager<PgConnection>>),
 }
 
@@ -203,7 +217,9 @@ pub struct SqlTagStore {
 impl std::fmt::Debug for SqlTagStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (backend, state) = match &self.pools {
+            #[cfg(feature = "sqlite")]
             Pools::Sqlite(p) => ("sqlite", p.state()),
+            #[cfg(feature = "postgres")]
             Pools::Postgres(p) => ("postgres", p.state()),
         };
         f.debug_struct("SqlTagStore")
@@ -228,6 +244,7 @@ async fn blocking<T: Send + 'static>(
 macro_rules! run {
     ($self:ident, |$c:ident| $body:block) => {
         match $self.pools.clone() {
+            #[cfg(feature = "sqlite")]
             Pools::Sqlite(pool) => {
                 blocking(move || {
                     #[allow(unused_imports)]
@@ -238,6 +255,7 @@ macro_rules! run {
                 })
                 .await
             }
+            #[cfg(feature = "postgres")]
             Pools::Postgres(pool) => {
                 blocking(move || {
                     #[allow(unused_imports)]
@@ -286,49 +304,77 @@ impl SqlTagStore {
     pub async fn open(url: &str) -> Result<SqlTagStore, Error> {
         let url = url.to_owned();
         blocking(move || {
-            let unavailable = |e: diesel::r2d2::PoolError| Error::Unavailable(e.to_string());
-            let migrate = |e: Box<dyn std::error::Error + Send + Sync>| {
-                Error::Query(format!("migrations failed: {e}"))
-            };
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                let pool = Pool::builder()
-                    .max_size(16)
-                    .connection_timeout(Duration::from_secs(5))
-                    .build(ConnectionManager::<PgConnection>::new(url))
-                    .map_err(unavailable)?;
-                pool.get()
-                    .map_err(unavailable)?
-                    .run_pending_migrations(POSTGRES_MIGRATIONS)
-                    .map_err(migrate)?;
-                return Ok(SqlTagStore {
-                    pools: Pools::Postgres(pool),
-                });
+                open_postgres(url)
+            } else {
+                open_sqlite(url.strip_prefix("sqlite://").unwrap_or(&url).to_owned())
             }
-            let path = url.strip_prefix("sqlite://").unwrap_or(&url).to_owned();
-            // Switch a new database to WAL once, before the pool opens its connections at
-            // the same time: otherwise they race for the switch and log "database is locked".
-            SqliteConnection::establish(&path)
-                .and_then(|mut c| {
-                    c.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL;")
-                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))
-                })
-                .map_err(|e| Error::Unavailable(format!("{path}: {e}")))?;
-            let pool = Pool::builder()
-                .max_size(8)
-                .connection_timeout(Duration::from_secs(10))
-                .connection_customizer(Box::new(SqlitePragmas))
-                .build(ConnectionManager::<SqliteConnection>::new(path))
-                .map_err(unavailable)?;
-            pool.get()
-                .map_err(unavailable)?
-                .run_pending_migrations(SQLITE_MIGRATIONS)
-                .map_err(migrate)?;
-            Ok(SqlTagStore {
-                pools: Pools::Sqlite(pool),
-            })
         })
         .await
     }
+}
+
+fn unavailable(e: diesel::r2d2::PoolError) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+fn migrate(e: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::Query(format!("migrations failed: {e}"))
+}
+
+#[cfg(feature = "postgres")]
+fn open_postgres(url: String) -> Result<SqlTagStore, Error> {
+    let pool = Pool::builder()
+        .max_size(16)
+        .connection_timeout(Duration::from_secs(5))
+        .build(ConnectionManager::<PgConnection>::new(url))
+        .map_err(unavailable)?;
+    pool.get()
+        .map_err(unavailable)?
+        .run_pending_migrations(POSTGRES_MIGRATIONS)
+        .map_err(migrate)?;
+    Ok(SqlTagStore {
+        pools: Pools::Postgres(pool),
+    })
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(url: String) -> Result<SqlTagStore, Error> {
+    Err(Error::Unavailable(format!(
+        "{url}: this build has no PostgreSQL support (feature `postgres`)"
+    )))
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(path: String) -> Result<SqlTagStore, Error> {
+    // Switch a new database to WAL once, before the pool opens its connections at
+    // the same time: otherwise they race for the switch and log "database is locked".
+    SqliteConnection::establish(&path)
+        .and_then(|mut c| {
+            c.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL;")
+                .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))
+        })
+        .map_err(|e| Error::Unavailable(format!("{path}: {e}")))?;
+    let pool = Pool::builder()
+        .max_size(8)
+        .connection_timeout(Duration::from_secs(10))
+        .connection_customizer(Box::new(SqlitePragmas))
+        .build(ConnectionManager::<SqliteConnection>::new(path))
+        .map_err(unavailable)?;
+    pool.get()
+        .map_err(unavailable)?
+        .run_pending_migrations(SQLITE_MIGRATIONS)
+        .map_err(migrate)?;
+    Ok(SqlTagStore {
+        pools: Pools::Sqlite(pool),
+    })
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn open_sqlite(path: String) -> Result<SqlTagStore, Error> {
+    Err(Error::Unavailable(format!(
+        "{path}: this build has no SQLite support (feature `sqlite`)"
+    )))
 }
 
 /// The queries, written once and compiled for each backend: `$conn` is the connection type,
@@ -779,7 +825,9 @@ macro_rules! backend_ops {
     };
 }
 
+#[cfg(feature = "sqlite")]
 backend_ops!(sqlite_ops, SqliteConnection, immediate_transaction);
+#[cfg(feature = "postgres")]
 backend_ops!(pg_ops, PgConnection, transaction);
 
 fn is_retryable(e: &DieselError) -> bool {
@@ -1838,6 +1886,7 @@ impl TagStore for SqlTagStore {
 
 /// A fresh, empty database on the PostgreSQL server at `base_url` (whose path names an
 /// existing database to connect to), for tests: every test gets its own.
+#[cfg(all(feature = "postgres", any(test, feature = "conformance")))]
 pub async fn create_test_database(base_url: &str) -> Result<String, Error> {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1863,6 +1912,7 @@ pub async fn create_test_database(base_url: &str) -> Result<String, Error> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "sqlite")]
     mod sqlite {
         use super::*;
 
@@ -1873,6 +1923,7 @@ mod tests {
         });
     }
 
+    #[cfg(feature = "postgres")]
     mod postgres {
         use super::*;
 
