@@ -139,7 +139,7 @@ fn workspace_members_depend_on_the_pierone_crates_of_the_table() {
 }
 
 #[test]
-fn only_the_tag_store_speaks_sql_and_only_the_s3_crate_and_the_server_the_aws_sdk() {
+fn only_the_tag_store_speaks_sql_and_only_the_s3_crate_the_aws_sdk() {
     let members = direct_dependencies();
     let users = |krate: &str| -> BTreeSet<&str> {
         members
@@ -151,13 +151,9 @@ fn only_the_tag_store_speaks_sql_and_only_the_s3_crate_and_the_server_the_aws_sd
     for sql in ["diesel", "diesel_migrations", "pq-sys", "libsqlite3-sys"] {
         assert_eq!(users(sql), BTreeSet::from(["pierone-tagstore"]), "{sql}");
     }
-    // The server still builds the S3 client from its flags; issue #11 moves that set-up into
-    // pierone-s3, after which the server leaves this list.
     for aws in ["aws-sdk-s3", "aws-config"] {
-        let allowed = BTreeSet::from(["pierone-s3", "pierone-server"]);
-        assert!(users(aws).is_subset(&allowed), "{aws}: {:?}", users(aws));
+        assert_eq!(users(aws), BTreeSet::from(["pierone-s3"]), "{aws}");
     }
-    assert!(users("aws-sdk-s3").contains("pierone-s3"));
 }
 
 #[test]

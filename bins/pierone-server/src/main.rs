@@ -16,7 +16,7 @@ use pierone_auth::{
 use pierone_blobstore::{BlobStore, FsBlobStore};
 use pierone_registry::scrub::{Mismatch, ScrubOptions, ScrubProgress};
 use pierone_registry::{AuditSigner, Config, GcConfig, Registry};
-use pierone_s3::{S3BlobStore, S3Config};
+use pierone_s3::{S3BlobStore, S3Config, S3Endpoint};
 use pierone_tagstore::{SqlTagStore, TagPolicy};
 
 /// Pier One: a Docker/OCI registry with immutable tags.
@@ -312,36 +312,18 @@ async fn blob_store(args: &StoreArgs) -> Result<Arc<dyn BlobStore>, String> {
                 .s3_bucket
                 .clone()
                 .ok_or("--s3-bucket is required with --blob-store s3")?;
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-            if let Some(region) = &args.s3_region {
-                loader = loader.region(aws_config::Region::new(region.clone()));
-            }
-            let sdk = loader.load().await;
-            let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
-                .request_checksum_calculation(
-                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-                )
-                .response_checksum_validation(
-                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-                );
-            if sdk.region().is_none() {
-                conf = conf.region(aws_sdk_s3::config::Region::new("us-east-1"));
-            }
-            if let Some(endpoint) = &args.s3_endpoint {
-                conf = conf.endpoint_url(endpoint).force_path_style(true);
-            }
-            let client = aws_sdk_s3::Client::from_conf(conf.build());
-            let mut config = S3Config::new(bucket);
+            let mut config = S3Config::new(bucket.clone());
             config.prefix = args.s3_prefix.clone();
             if args.s3_redirect {
                 config.redirect_ttl = Some(std::time::Duration::from_secs(15 * 60));
             }
-            let store = S3BlobStore::new(client, config);
-            // Fail at start-up, not at the first push, when the bucket is unreachable.
-            store
-                .stat(&pierone_protocol::Digest::sha256_of(b""))
+            let endpoint = S3Endpoint {
+                region: args.s3_region.clone(),
+                url: args.s3_endpoint.clone(),
+            };
+            let store = S3BlobStore::connect(config, endpoint)
                 .await
-                .map_err(|e| format!("S3 bucket {}: {e}", store.bucket()))?;
+                .map_err(|e| format!("S3 bucket {bucket}: {e}"))?;
             Ok(Arc::new(store))
         }
     }

@@ -71,6 +71,15 @@ impl S3Config {
     }
 }
 
+/// Where the AWS SDK finds the bucket, beyond what the standard AWS chain says.
+#[derive(Debug, Clone, Default)]
+pub struct S3Endpoint {
+    /// The bucket's region; otherwise the AWS chain's, else `us-east-1`.
+    pub region: Option<String>,
+    /// An S3-compatible server instead of AWS (then with path-style addressing).
+    pub url: Option<String>,
+}
+
 /// Blobs in S3 (or an S3-compatible server).
 #[derive(Debug, Clone)]
 pub struct S3BlobStore {
@@ -118,6 +127,33 @@ struct Segment {
 impl S3BlobStore {
     pub fn new(client: Client, config: S3Config) -> S3BlobStore {
         S3BlobStore { client, config }
+    }
+
+    /// A store whose client takes its credentials from the standard AWS chain (environment,
+    /// profile, instance role) and `endpoint`, and which has checked that the bucket answers,
+    /// so that a wrong bucket fails at start-up rather than at the first push.
+    ///
+    /// Checksums are computed only where S3 requires them: the registry verifies every byte
+    /// itself, and S3-compatible servers mishandle the default `aws-chunked` trailers.
+    pub async fn connect(config: S3Config, endpoint: S3Endpoint) -> Result<S3BlobStore, Error> {
+        use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = endpoint.region {
+            loader = loader.region(Region::new(region));
+        }
+        let sdk = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if sdk.region().is_none() {
+            conf = conf.region(Region::new("us-east-1"));
+        }
+        if let Some(url) = endpoint.url {
+            conf = conf.endpoint_url(url).force_path_style(true);
+        }
+        let store = S3BlobStore::new(Client::from_conf(conf.build()), config);
+        store.stat(&Digest::sha256_of(b"")).await?;
+        Ok(store)
     }
 
     /// The bucket this store writes to.
