@@ -357,3 +357,151 @@ async fn scm_source_from_the_push_or_from_the_layers() {
         .unwrap();
     oci_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
 }
+
+/// Tag `repo:tag` with the manifest `repo:from` names, so that many tags cost one image.
+async fn retag(c: &Client, repo: &str, from: &str, tag: &str) {
+    let r = authed(
+        c,
+        Method::GET,
+        &format!("/v2/{repo}/manifests/{from}"),
+        "alice",
+    )
+    .header("Accept", OCI_MANIFEST)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let m = r.bytes().await.unwrap();
+    let r = authed(
+        c,
+        Method::PUT,
+        &format!("/v2/{repo}/manifests/{tag}"),
+        "alice",
+    )
+    .header("Content-Type", OCI_MANIFEST)
+    .body(m)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{tag}");
+}
+
+/// GET `path`: the status, the body and the `Link` header.
+async fn get_page(c: &Client, path: &str) -> (StatusCode, Value, Option<String>) {
+    let r = authed(c, Method::GET, path, "alice").send().await.unwrap();
+    let link = crate::util::header(&r, "link");
+    (r.status(), r.json().await.unwrap_or(Value::Null), link)
+}
+
+#[tokio::test]
+async fn every_list_is_paged_with_link_headers() {
+    let (s, _ti) = server().await;
+    let c = s.client();
+    let layer = tar_with(&[("a", "1")]);
+    let (_, image) = push(&c, "myteam/app", "t000", &layer, "alice", None).await;
+    let names: Vec<String> = (0..250).map(|i| format!("t{i:03}")).collect();
+    for name in &names[1..] {
+        retag(&c, "myteam/app", "t000", name).await;
+    }
+    push(&c, "myteam/tools/cli", "1", &layer, "alice", None).await;
+    push(&c, "other/thing", "1", &layer, "alice", None).await;
+
+    // 250 tags in pages of 100: three pages, each linking the next, the last linking none.
+    let base = "/teams/myteam/artifacts/app/tags";
+    let mut seen = Vec::new();
+    let mut links = Vec::new();
+    let mut next = Some(format!("{base}?n=100"));
+    while let Some(path) = next.take() {
+        let (status, page, link) = get_page(&c, &path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        let page = page.as_array().unwrap().clone();
+        seen.extend(page.iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+        links.push(link.clone());
+        next = link.map(|l| {
+            l.strip_prefix('<')
+                .and_then(|l| l.strip_suffix(">; rel=\"next\""))
+                .unwrap_or_else(|| panic!("not a next link: {l}"))
+                .to_owned()
+        });
+        assert!(links.len() <= 3, "more pages than expected: {links:?}");
+    }
+    assert_eq!(
+        links,
+        [
+            Some(format!("<{base}?n=100&last=t099>; rel=\"next\"")),
+            Some(format!("<{base}?n=100&last=t199>; rel=\"next\"")),
+            None,
+        ]
+    );
+    assert_eq!(seen, names, "every tag once, oldest first");
+
+    // Without n, pages hold 100; the first one links on.
+    let (_, page, link) = get_page(&c, base).await;
+    assert_eq!(page.as_array().unwrap().len(), 100);
+    assert_eq!(
+        link.as_deref(),
+        Some(format!("<{base}?n=100&last=t099>; rel=\"next\"").as_str())
+    );
+
+    // Teams and artifacts page by name.
+    let (_, page, link) = get_page(&c, "/teams?n=1").await;
+    assert_eq!(
+        (page, link.as_deref()),
+        (
+            json!(["myteam"]),
+            Some("</teams?n=1&last=myteam>; rel=\"next\"")
+        )
+    );
+    let (_, page, link) = get_page(&c, "/teams?n=1&last=myteam").await;
+    assert_eq!((page, link), (json!(["other"]), None));
+    let (_, page, link) = get_page(&c, "/teams/myteam/artifacts?n=1").await;
+    assert_eq!(
+        (page, link.as_deref()),
+        (
+            json!(["app"]),
+            Some("</teams/myteam/artifacts?n=1&last=app>; rel=\"next\"")
+        )
+    );
+    let (_, page, link) = get_page(&c, "/teams/myteam/artifacts?n=1&last=app").await;
+    assert_eq!((page, link), (json!(["tools/cli"]), None));
+
+    // The image search pages by team/artifact:tag (percent-encoded in the link).
+    let prefix = &image.hex()[..12];
+    let (_, page, link) = get_page(&c, &format!("/tags/{prefix}?n=100")).await;
+    assert_eq!(page.as_array().unwrap().len(), 100);
+    assert_eq!(page[99]["name"], "t099");
+    assert_eq!(
+        link.as_deref(),
+        Some(format!("</tags/{prefix}?n=100&last=myteam%2Fapp%3At099>; rel=\"next\"").as_str())
+    );
+    let (_, page, _) = get_page(
+        &c,
+        &format!("/tags/{prefix}?n=1000&last=myteam%2Fapp%3At099"),
+    )
+    .await;
+    let rest: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    // The other pushes have a config of their own: only app's tags carry this image.
+    assert_eq!(rest.len(), 150, "{rest:?}");
+    assert_eq!((rest[0], rest[149]), ("t100", "t249"));
+
+    // A bad page size or cursor is 400, naming the parameter.
+    for (path, param) in [
+        (format!("{base}?n=0"), "parameter n:"),
+        (format!("{base}?n=1001"), "parameter n:"),
+        ("/teams?n=many".to_owned(), "parameter n:"),
+        (format!("/tags/{prefix}?n=-1"), "parameter n:"),
+        (format!("{base}?last=nope"), "parameter last:"),
+    ] {
+        let r = authed(&c, Method::GET, &path, "alice")
+            .send()
+            .await
+            .unwrap();
+        let e = oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+        assert!(e.message.contains(param), "{path}: {}", e.message);
+    }
+}

@@ -137,9 +137,11 @@ async fn verify_catches_an_edited_row_and_a_recomputed_chain() {
     assert!(history.ok, "{}", history.stderr);
     let rows: Vec<Value> = serde_json::from_str(&history.stdout).unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert_eq!(rows[0]["seq"], "3");
+    // A number, under the API's field names.
+    assert_eq!(rows[0]["seq"], 3);
     assert_eq!(rows[1]["digest"], digests[3].as_str());
-    assert_eq!(rows[1]["previous"], digests[2].as_str());
+    assert_eq!(rows[1]["previous_digest"], digests[2].as_str());
+    assert!(rows[1]["at"].as_str().unwrap().ends_with('Z'), "{rows:?}");
     assert_eq!(rows[1]["principal"], "anonymous");
 
     // An auditor who remembers what was verified checks only what came since.

@@ -194,7 +194,9 @@ async fn listings_in_every_format() {
     .await;
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "the newest one");
-    assert_eq!(v[0]["tag"], "2.0");
+    // The API's field names.
+    assert_eq!(v[0]["name"], "2.0");
+    assert_eq!(v[0]["created_by"], "alice");
     assert!(v[0]["created"].as_str().unwrap().ends_with('Z'));
 
     let r = pierone(home.path(), &env, &["latest", "myteam", "app"]).await;
@@ -207,7 +209,7 @@ async fn listings_in_every_format() {
     };
     let r = pierone(home.path(), &env, &["image", &digest[7..19], "-o", "tsv"]).await;
     assert!(r.ok, "{}", r.stderr);
-    assert_eq!(r.stdout, "team\tartifact\ttag\nmyteam\tapp\t1.0\n");
+    assert_eq!(r.stdout, "team\tartifact\tname\nmyteam\tapp\t1.0\n");
     let r = pierone(home.path(), &env, &["image", "ffffffffffff"]).await;
     assert!(
         !r.ok && r.stderr.trim() == "pierone: image ffffffffffff not found",
@@ -539,11 +541,143 @@ async fn ci_service_user_pushes_with_podman_through_the_helper() {
     .await;
     let v: Value =
         serde_json::from_str(&r.stdout).unwrap_or_else(|_| panic!("{} {}", r.stdout, r.stderr));
-    assert_eq!(v[0]["tag"], "7");
-    assert_eq!(v[0]["by"], "stups_ci-bot", "recorded as the service user");
+    assert_eq!(v[0]["name"], "7");
+    assert_eq!(
+        v[0]["created_by"], "stups_ci-bot",
+        "recorded as the service user"
+    );
     let r = pierone(home.path(), &env, &["latest", "myteam", "ci-built"]).await;
     assert_eq!(r.stdout, "7\n");
     for image in [seed, pushed] {
         let _ = podman(vec!["rmi".into(), "-f".into(), image]).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_json_service_is_not_taken_for_a_pier_one_api() {
+    let (url, calls) = fake_service(Arc::new(|seen: &Seen| {
+        if seen.path.starts_with("/teams/gone") {
+            (404, "<html>Not Found</html>".into(), Duration::ZERO)
+        } else if seen.path.starts_with("/teams/numbers") {
+            (200, "[1, 2, 3]".into(), Duration::ZERO)
+        } else {
+            (
+                200,
+                json!({"service": "something else", "items": []}).to_string(),
+                Duration::ZERO,
+            )
+        }
+    }))
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let env = [("PIERONE_URL", url.as_str()), ("PIERONE_TOKEN", "alice")];
+    let commands: [&[&str]; 7] = [
+        &["teams"],
+        &["artifacts", "myteam"],
+        &["artifacts", "numbers"],
+        &["tags", "myteam", "app"],
+        &["latest", "myteam", "app"],
+        &["image", "abcdef"],
+        &["artifacts", "gone"],
+    ];
+    for args in commands {
+        let r = pierone(home.path(), &env, args).await;
+        assert!(!r.ok, "{args:?} should fail: {}", r.stdout);
+        assert_eq!(
+            r.stdout, "",
+            "{args:?}: nothing printed, not an empty table"
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with(&format!(
+                "pierone: this is not a Pier One API at {url} (GET /"
+            )),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= commands.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_follow_every_page_and_limit_stops_early() {
+    let (s, _ti) = seeded().await;
+    let c = s.client();
+    let r = c
+        .req(Method::GET, "/v2/myteam/app/manifests/1.0")
+        .header("Authorization", "Bearer alice")
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let manifest = r.bytes().await.unwrap();
+    let digest = Digest::sha256_of(&manifest);
+    // 1.0 and 2.0, then 248 more tags of 1.0's manifest: 250 tags, 249 of one image.
+    let extra: Vec<String> = (2..250).map(|i| format!("t{i:03}")).collect();
+    for tag in &extra {
+        let r = c
+            .req(Method::PUT, &format!("/v2/myteam/app/manifests/{tag}"))
+            .header("Authorization", "Bearer alice")
+            .header("Content-Type", OCI_MANIFEST)
+            .body(manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let home = tempfile::tempdir().unwrap();
+    let env = [("PIERONE_URL", s.url.as_str()), ("PIERONE_TOKEN", "alice")];
+    let column = |stdout: &str, i: usize| -> Vec<String> {
+        stdout
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').nth(i).unwrap().to_owned())
+            .collect()
+    };
+
+    // The server's pages hold 100: all 250 tags take three, in order, none twice.
+    let r = pierone(
+        home.path(),
+        &env,
+        &["tags", "myteam", "app", "--limit", "0", "-o", "tsv"],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    let mut want = vec!["1.0".to_owned(), "2.0".to_owned()];
+    want.extend(extra.iter().cloned());
+    assert_eq!(column(&r.stdout, 2), want);
+
+    // --limit 10: the newest ten.
+    let r = pierone(
+        home.path(),
+        &env,
+        &["tags", "myteam", "app", "--limit", "10", "-o", "tsv"],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(column(&r.stdout, 2), want[240..].to_vec());
+
+    // The image search follows pages too, and --limit stops after ten.
+    let prefix = &digest.hex()[..12];
+    let r = pierone(home.path(), &env, &["image", prefix, "-o", "tsv"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    let found = column(&r.stdout, 2);
+    assert_eq!(found.len(), 249, "{}", r.stdout);
+    let mut unique = found.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 249, "no tag twice");
+    let r = pierone(
+        home.path(),
+        &env,
+        &["image", prefix, "--limit", "10", "-o", "json"],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 10, "{}", r.stdout);
+    assert_eq!(v[0]["name"], "1.0");
+    let r = pierone(home.path(), &env, &["teams", "--limit", "1", "-o", "tsv"]).await;
+    assert_eq!(r.stdout, "name\nmyteam\n", "{}", r.stderr);
 }

@@ -1,6 +1,11 @@
 //! A small client for the Pier One API and the parts of the registry API the CLI reads.
+//!
+//! Every Pier One answer is read into the `pierone-api` types: an answer that does not fit
+//! them is not from a Pier One API, and is reported as such rather than shown as an empty
+//! list.
 
-use serde_json::Value;
+use pierone_api::ErrorBody;
+use serde::de::DeserializeOwned;
 
 use crate::Error;
 
@@ -8,6 +13,10 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
+
+/// Pages followed at most in one listing, so that a server whose links go round in circles
+/// cannot keep the CLI busy forever (a million items at the largest page size).
+const MAX_PAGES: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -18,9 +27,9 @@ pub struct Api {
 
 /// The message of an OCI error body, when there is one.
 fn message(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
+    serde_json::from_str::<ErrorBody>(body)
         .ok()
-        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
+        .and_then(|e| e.errors.into_iter().next().map(|e| e.message))
         .unwrap_or_else(|| body.chars().take(200).collect())
 }
 
@@ -38,6 +47,13 @@ impl Api {
             token,
             http,
         })
+    }
+
+    fn not_pier_one(&self, path: &str, why: impl std::fmt::Display) -> Error {
+        Error::NotPierOne {
+            url: self.base.clone(),
+            why: format!("GET {path}: {why}"),
+        }
     }
 
     /// GET `path`; `what` names the thing for a 404 message.
@@ -72,6 +88,11 @@ impl Api {
                 url: self.base.clone(),
             },
             403 => Error::Forbidden(message(&body)),
+            // Every "not found" of the registry carries the error envelope; a 404 without
+            // one is some other service's.
+            404 if serde_json::from_str::<ErrorBody>(&body).is_err() => {
+                self.not_pier_one(path, "404 without an OCI error body")
+            }
             404 => Error::NotFound(what.to_owned()),
             412 => Error::Ambiguous(message(&body)),
             _ => Error::Unexpected {
@@ -81,11 +102,81 @@ impl Api {
         })
     }
 
-    pub async fn json(&self, path: &str, what: &str) -> Result<Value, Error> {
+    /// GET `path` and read the answer as a `T` of the Pier One API.
+    pub async fn json<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T, Error> {
+        Ok(self.json_page(path, what).await?.0)
+    }
+
+    /// GET `path` as a `T`, with the path of the next page when the answer links one.
+    async fn json_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<(T, Option<String>), Error> {
         let resp = self.get(path, None, what).await?;
-        resp.json().await.map_err(|e| Error::Unexpected {
-            status: 200,
-            body: format!("not JSON: {e}"),
-        })
+        let next = resp
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(pierone_api::next_link)
+            .map(str::to_owned);
+        let body = resp.bytes().await.map_err(|e| Error::Unreachable {
+            url: self.base.clone(),
+            why: e.to_string(),
+        })?;
+        let value = serde_json::from_slice(&body).map_err(|e| self.not_pier_one(path, e))?;
+        let next = match next {
+            None => None,
+            // The registry links pages by path; a full URL must stay on this registry.
+            Some(link) if link.starts_with('/') => Some(link),
+            Some(link) => match link.strip_prefix(&self.base) {
+                Some(rest) if rest.starts_with('/') => Some(rest.to_owned()),
+                _ => {
+                    return Err(self.not_pier_one(path, format!("next page at {link}")));
+                }
+            },
+        };
+        Ok((value, next))
+    }
+
+    /// Every item of the list at `path`, following `Link: <...>; rel="next"` from page to
+    /// page; with `limit` (other than 0), stops once it has that many.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<T>, Error> {
+        // As for `tags --limit`, 0 asks for everything.
+        let limit = limit.filter(|&n| n > 0);
+        let mut items = Vec::new();
+        let mut next = Some(match limit {
+            // A small limit needs only a small page.
+            Some(n) if (1..pierone_api::DEFAULT_PAGE_SIZE).contains(&n) => {
+                format!("{path}?n={n}")
+            }
+            _ => path.to_owned(),
+        });
+        let mut pages = 0;
+        while let Some(page) = next.take() {
+            if limit.is_some_and(|n| items.len() >= n) {
+                break;
+            }
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(self.not_pier_one(path, format!("more than {MAX_PAGES} pages")));
+            }
+            let (got, link): (Vec<T>, _) = self.json_page(&page, what).await?;
+            if link.as_deref() == Some(page.as_str()) {
+                return Err(self.not_pier_one(&page, "the next page is this page"));
+            }
+            items.extend(got);
+            next = link;
+        }
+        if let Some(n) = limit {
+            items.truncate(n);
+        }
+        Ok(items)
     }
 }

@@ -8,6 +8,7 @@ use futures_util::TryStreamExt;
 use serde_json::Value;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use pierone_api::{AuditLog, AuditProof, ImageMatch, ScmSource, TeamName};
 use pierone_protocol::audit::{self, AuditEntry, AuditKind, ChainVerifier, Checkpoint};
 
 use crate::client::{Api, MANIFEST_ACCEPT};
@@ -42,9 +43,18 @@ enum Command {
     /// docker-credential-pierone for the registry.
     Login,
     /// List teams that have artifacts.
-    Teams,
+    Teams {
+        /// Show at most this many; 0 shows all.
+        #[arg(short = 'l', long)]
+        limit: Option<usize>,
+    },
     /// List a team's artifacts.
-    Artifacts { team: String },
+    Artifacts {
+        team: String,
+        /// Show at most this many; 0 shows all.
+        #[arg(short = 'l', long)]
+        limit: Option<usize>,
+    },
     /// List tags (the newest N per artifact, shown oldest first).
     Tags {
         team: String,
@@ -62,7 +72,12 @@ enum Command {
         tags: Vec<String>,
     },
     /// Find the tags carrying an image, by a prefix of its config or manifest digest.
-    Image { prefix: String },
+    Image {
+        prefix: String,
+        /// Show at most this many tags; 0 shows all.
+        #[arg(short = 'l', long)]
+        limit: Option<usize>,
+    },
     /// List the files in an image's layers.
     InspectContents {
         team: String,
@@ -139,14 +154,13 @@ async fn audit_pages(
 ) -> Result<(), Error> {
     let mut since = since;
     loop {
-        let page = api
+        let page: AuditLog<AuditEntry> = api
             .json(
                 &format!("/audit/log?since={since}&limit=10000{filter}"),
                 "audit log",
             )
             .await?;
-        let entries: Vec<AuditEntry> =
-            serde_json::from_value(page["entries"].clone()).map_err(not_json)?;
+        let entries = page.entries;
         let Some(last) = entries.last() else {
             return Ok(());
         };
@@ -189,7 +203,7 @@ async fn verify(
         .json("/audit/checkpoint", "a signed audit checkpoint")
         .await
     {
-        Ok(v) => Some(serde_json::from_value(v).map_err(not_json)?),
+        Ok(cp) => Some(cp),
         Err(Error::NotFound(_)) if pinned.is_none() && state.is_none() => None,
         Err(e) => return Err(e),
     };
@@ -294,11 +308,9 @@ async fn prove(
     .await?;
     let entry = latest
         .ok_or_else(|| Error::NotFound(format!("{team}/{artifact}:{tag} in the audit log")))?;
-    let cp: Checkpoint = serde_json::from_value(
-        api.json("/audit/checkpoint", "a signed audit checkpoint")
-            .await?,
-    )
-    .map_err(not_json)?;
+    let cp: Checkpoint = api
+        .json("/audit/checkpoint", "a signed audit checkpoint")
+        .await?;
     let key = audit::decode_public_key(public_key.as_deref().unwrap_or(&cp.public_key))
         .map_err(|e| Error::Usage(e.to_string()))?;
     cp.verify_signature(&key).map_err(failed)?;
@@ -308,26 +320,28 @@ async fn prove(
             entry.seq, cp.size
         )));
     }
-    let proof: audit::InclusionProof = serde_json::from_value(
-        api.json(
+    let proof: AuditProof<AuditEntry> = api
+        .json(
             &format!("/audit/proof?seq={}&size={}", entry.seq, cp.size),
             "an inclusion proof",
         )
-        .await?,
-    )
-    .map_err(not_json)?;
+        .await?;
+    let proof = audit::InclusionProof {
+        seq: proof.seq,
+        size: proof.size,
+        path: proof.path,
+    };
     audit::verify_inclusion(&entry, &proof, &cp.root).map_err(failed)?;
-    let current = api
+    let current: pierone_api::Tag = api
         .json(
             &format!("/teams/{team}/artifacts/{}/tags/{tag}", enc(artifact)),
             &format!("tag {team}/{artifact}:{tag}"),
         )
         .await?;
-    if str_of(&current, "digest") != entry.digest {
+    if current.digest != entry.digest {
         return Err(Error::AuditFailed(format!(
             "{team}/{artifact}:{tag} names {} but its last logged assignment is {}",
-            str_of(&current, "digest"),
-            entry.digest
+            current.digest, entry.digest
         )));
     }
     writeln!(
@@ -372,7 +386,7 @@ async fn audit(
             audit_pages(api, 0, &filter, |entries| {
                 for e in entries {
                     rows.push(vec![
-                        text(e.seq.to_string()),
+                        Cell::Number(e.seq),
                         Cell::Time(rfc3339(e.at)),
                         text(e.kind.as_str()),
                         text(e.digest),
@@ -394,10 +408,10 @@ async fn audit(
                 fmt,
                 &[
                     "seq",
-                    "time",
+                    "at",
                     "kind",
                     "digest",
-                    "previous",
+                    "previous_digest",
                     "principal",
                     "realm",
                 ],
@@ -455,18 +469,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             )
             .map_err(io)
         }
-        Command::Teams => {
-            let teams = api.json("/teams", "teams").await?;
-            let rows: Vec<Vec<Cell>> = teams
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| vec![text(t.as_str().unwrap_or_default())])
-                .collect();
+        Command::Teams { limit } => {
+            let teams: Vec<TeamName> = api.list("/teams", "teams", limit).await?;
+            let rows: Vec<Vec<Cell>> = teams.into_iter().map(|t| vec![text(t)]).collect();
             print(out, fmt, &["name"], &rows).map_err(io)
         }
-        Command::Artifacts { team } => {
-            let rows: Vec<Vec<Cell>> = team_artifacts(&api, &team)
+        Command::Artifacts { team, limit } => {
+            let rows: Vec<Vec<Cell>> = team_artifacts(&api, &team, limit)
                 .await?
                 .into_iter()
                 .map(|a| vec![text(&team), text(a)])
@@ -480,7 +489,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         } => {
             let limit = limit.unwrap_or(if artifacts.is_empty() { 3 } else { 20 });
             let artifacts = if artifacts.is_empty() {
-                team_artifacts(&api, &team).await?
+                team_artifacts(&api, &team, None).await?
             } else {
                 artifacts
             };
@@ -492,33 +501,41 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 } else {
                     tags.len().saturating_sub(limit)
                 };
-                for t in &tags[skip..] {
+                for t in tags.into_iter().skip(skip) {
                     rows.push(vec![
                         text(&team),
                         text(&artifact),
-                        text(str_of(t, "name")),
-                        Cell::Time(str_of(t, "created")),
-                        text(str_of(t, "created_by")),
-                        text(str_of(t, "digest")),
+                        text(t.name),
+                        Cell::Time(t.created.as_str().to_owned()),
+                        text(t.created_by),
+                        text(t.digest),
                     ]);
                 }
             }
+            // The API's field names, so that `-o json` reads like the API.
             print(
                 out,
                 fmt,
-                &["team", "artifact", "tag", "created", "by", "digest"],
+                &[
+                    "team",
+                    "artifact",
+                    "name",
+                    "created",
+                    "created_by",
+                    "digest",
+                ],
                 &rows,
             )
             .map_err(io)
         }
         Command::Latest { team, artifact } => {
-            let t = api
+            let t: pierone_api::Tag = api
                 .json(
                     &format!("/teams/{team}/artifacts/{}/latest", enc(&artifact)),
                     &format!("artifact {team}/{artifact}"),
                 )
                 .await?;
-            writeln!(out, "{}", str_of(&t, "name")).map_err(io)
+            writeln!(out, "{}", t.name).map_err(io)
         }
         Command::ScmSource {
             team,
@@ -528,8 +545,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             let tags = if tags.is_empty() {
                 artifact_tags(&api, &team, &artifact)
                     .await?
-                    .iter()
-                    .map(|t| str_of(t, "name"))
+                    .into_iter()
+                    .map(|t| t.name)
                     .collect()
             } else {
                 tags
@@ -541,17 +558,17 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     enc(&artifact)
                 );
                 match api
-                    .json(&path, &format!("scm-source of {team}/{artifact}:{tag}"))
+                    .json::<ScmSource>(&path, &format!("scm-source of {team}/{artifact}:{tag}"))
                     .await
                 {
                     Ok(s) => rows.push(vec![
                         text(&team),
                         text(&artifact),
                         text(&tag),
-                        text(str_of(&s, "url")),
-                        text(str_of(&s, "revision")),
-                        text(str_of(&s, "author")),
-                        text(str_of(&s, "status")),
+                        text(s.url),
+                        text(s.revision),
+                        text(s.author),
+                        text(s.status),
                     ]),
                     Err(Error::NotFound(_)) => rows.push(vec![
                         text(&team),
@@ -576,9 +593,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             .map_err(io)
         }
         Command::Audit { command } => audit(&api, command, fmt, out).await,
-        Command::Image { prefix } => {
-            let found = match api
-                .json(&format!("/tags/{prefix}"), &format!("image {prefix}"))
+        Command::Image { prefix, limit } => {
+            let found: Vec<ImageMatch> = match api
+                .list(
+                    &format!("/tags/{prefix}"),
+                    &format!("image {prefix}"),
+                    limit,
+                )
                 .await
             {
                 Err(Error::Ambiguous(_)) => {
@@ -589,18 +610,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 other => other?,
             };
             let rows: Vec<Vec<Cell>> = found
-                .as_array()
                 .into_iter()
-                .flatten()
-                .map(|m| {
-                    vec![
-                        text(str_of(m, "team")),
-                        text(str_of(m, "artifact")),
-                        text(str_of(m, "name")),
-                    ]
-                })
+                .map(|m| vec![text(m.team), text(m.artifact), text(m.name)])
                 .collect();
-            print(out, fmt, &["team", "artifact", "tag"], &rows).map_err(io)
+            print(out, fmt, &["team", "artifact", "name"], &rows).map_err(io)
         }
         Command::InspectContents {
             team,
@@ -618,28 +631,32 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     }
 }
 
-/// The artifacts of `team`.
-async fn team_artifacts(api: &Api, team: &str) -> Result<Vec<String>, Error> {
-    let all = api
-        .json(&format!("/teams/{team}/artifacts"), &format!("team {team}"))
-        .await?;
-    Ok(all
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str().map(str::to_owned))
-        .collect())
+/// The artifacts of `team` (the first `limit`).
+async fn team_artifacts(
+    api: &Api,
+    team: &str,
+    limit: Option<usize>,
+) -> Result<Vec<pierone_api::ArtifactName>, Error> {
+    api.list(
+        &format!("/teams/{team}/artifacts"),
+        &format!("team {team}"),
+        limit,
+    )
+    .await
 }
 
-/// The tags of `team/artifact`, oldest first.
-async fn artifact_tags(api: &Api, team: &str, artifact: &str) -> Result<Vec<Value>, Error> {
-    let all = api
-        .json(
-            &format!("/teams/{team}/artifacts/{}/tags", enc(artifact)),
-            &format!("artifact {team}/{artifact}"),
-        )
-        .await?;
-    Ok(all.as_array().cloned().unwrap_or_default())
+/// Every tag of `team/artifact`, oldest first.
+async fn artifact_tags(
+    api: &Api,
+    team: &str,
+    artifact: &str,
+) -> Result<Vec<pierone_api::Tag>, Error> {
+    api.list(
+        &format!("/teams/{team}/artifacts/{}/tags", enc(artifact)),
+        &format!("artifact {team}/{artifact}"),
+        None,
+    )
+    .await
 }
 
 /// Every file path in the layers of `team/artifact:tag` (the linux/amd64 image of an index),

@@ -34,6 +34,8 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Ambiguous(String),
+    #[error("this is not a Pier One API at {url} ({why})")]
+    NotPierOne { url: String, why: String },
     #[error("the registry answered {status}: {body}")]
     Unexpected { status: u16, body: String },
     #[error("no OAuth 2.0 token: {0}")]

@@ -12,17 +12,27 @@ pub enum Format {
     Tsv,
 }
 
-/// A cell: plain text, or a point in time (RFC 3339) shown relative to now in text output.
+/// A cell: plain text, a number (a JSON number in JSON output), or a point in time
+/// (RFC 3339) shown relative to now in text output.
 #[derive(Debug, Clone)]
 pub enum Cell {
     Text(String),
+    Number(u64),
     Time(String),
 }
 
 impl Cell {
-    fn raw(&self) -> &str {
+    fn raw(&self) -> String {
         match self {
-            Cell::Text(s) | Cell::Time(s) => s,
+            Cell::Text(s) | Cell::Time(s) => s.clone(),
+            Cell::Number(n) => n.to_string(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Cell::Text(s) | Cell::Time(s) => Value::String(s.clone()),
+            Cell::Number(n) => Value::from(*n),
         }
     }
 }
@@ -41,7 +51,7 @@ pub fn relative_time(now: time::OffsetDateTime, then: time::OffsetDateTime) -> S
 
 fn shown(cell: &Cell, now: time::OffsetDateTime) -> String {
     match cell {
-        Cell::Text(s) => s.clone(),
+        Cell::Text(_) | Cell::Number(_) => cell.raw(),
         Cell::Time(s) => {
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                 .map(|t| relative_time(now, t))
@@ -65,7 +75,7 @@ pub fn print(
                     let m: Map<String, Value> = columns
                         .iter()
                         .zip(r)
-                        .map(|(c, v)| ((*c).to_owned(), Value::String(v.raw().to_owned())))
+                        .map(|(c, v)| ((*c).to_owned(), v.json()))
                         .collect();
                     Value::Object(m)
                 })
@@ -79,7 +89,7 @@ pub fn print(
         Format::Tsv => {
             writeln!(out, "{}", columns.join("\t"))?;
             for r in rows {
-                let cells: Vec<&str> = r.iter().map(Cell::raw).collect();
+                let cells: Vec<String> = r.iter().map(Cell::raw).collect();
                 writeln!(out, "{}", cells.join("\t"))?;
             }
             Ok(())
@@ -147,6 +157,12 @@ mod tests {
                 Cell::Time("2015-06-11T16:13:29.152Z".into()),
             ],
         ];
+        let numbered = vec![vec![Cell::Number(3), Cell::Text("3".into())]];
+        let mut out = Vec::new();
+        print(&mut out, Format::Json, &["seq", "tag"], &numbered).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v[0]["seq"], serde_json::json!(3), "numbers are numbers");
+        assert_eq!(v[0]["tag"], serde_json::json!("3"), "text stays text");
         let mut out = Vec::new();
         print(&mut out, Format::Tsv, &["name", "created"], &rows).unwrap();
         assert_eq!(

@@ -1,13 +1,18 @@
 //! The Pier One API: teams, artifacts, tags with provenance, latest, scm-source, image search,
-//! statistics and health, as JSON.
+//! statistics and health, as JSON of the `pierone-api` types. Lists are paged with `n` and
+//! `last` like the `/v2/` listings.
 
-use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper::header::LINK;
+use hyper::{Request, StatusCode};
+use pierone_api::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Timestamp};
 use pierone_protocol::{RepoName, Tag};
 use pierone_tagstore::{ScmSource, TagRecord};
-use serde_json::{Value, json};
+use serde::Serialize;
 
+use crate::blobs::{query, query_number};
 use crate::error::RegistryError;
-use crate::response::{self, Resp};
+use crate::response::{self, Resp, header_value};
 use crate::{Registry, layers};
 
 /// The OpenAPI description of this API, served at `/openapi.yaml`.
@@ -16,34 +21,87 @@ const OPENAPI: &str = include_str!("../openapi.yaml");
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds, like Pier One's
 /// `2015-06-11T16:13:29.152Z`.
 pub(crate) fn rfc3339(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    Timestamp::from_millis(ms).as_str().to_owned()
 }
 
-fn tag_json(t: &TagRecord) -> Value {
-    json!({
-        "name": t.name,
-        "digest": t.digest.as_str(),
-        "image": t.image.as_ref().map(|d| d.as_str()),
-        "created": rfc3339(t.created_at),
-        "created_by": t.created_by,
-        "media_type": t.media_type,
-        "size": t.size,
-    })
+fn tag_json(t: &TagRecord) -> pierone_api::Tag {
+    pierone_api::Tag {
+        name: t.name.clone(),
+        digest: t.digest.as_str().to_owned(),
+        image: t.image.as_ref().map(|d| d.as_str().to_owned()),
+        created: Timestamp::from_millis(t.created_at),
+        created_by: t.created_by.clone(),
+        media_type: t.media_type.clone(),
+        size: t.size,
+    }
 }
 
-fn ok(v: &Value) -> Resp {
+fn ok(v: &impl Serialize) -> Resp {
     response::json(StatusCode::OK, "application/json", v)
+}
+
+/// What a request asks of a list: at most `n` items after the one named `last`.
+struct Page<'r> {
+    n: usize,
+    last: Option<String>,
+    /// The request's path, which the `Link` to the next page repeats.
+    path: &'r str,
+}
+
+impl<'r> Page<'r> {
+    fn of(req: &'r Request<Incoming>) -> Result<Page<'r>, RegistryError> {
+        let q = query(req);
+        let n = match query_number::<usize>(&q, "n")? {
+            None => DEFAULT_PAGE_SIZE,
+            Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            Some(n) => {
+                return Err(RegistryError::InvalidQuery {
+                    name: "n",
+                    value: format!("{n}, not between 1 and {MAX_PAGE_SIZE}"),
+                });
+            }
+        };
+        Ok(Page {
+            n,
+            last: q.get("last").cloned(),
+            path: req.uri().path(),
+        })
+    }
+
+    /// Where the page starts in `items`, sorted by `key`: after every item up to `last`.
+    fn start_sorted<T>(&self, items: &[T], key: impl Fn(&T) -> &str) -> usize {
+        match &self.last {
+            Some(last) => items.partition_point(|i| key(i) <= last.as_str()),
+            None => 0,
+        }
+    }
+
+    /// The page of `items` from `start`, with `Link: <...>; rel="next"` when more follow;
+    /// `key(i)` is what `last` names item `i` by.
+    ///
+    /// The stores answer these lists whole, so the page is cut here; a query per page is
+    /// for when a team has more than a few thousand tags.
+    fn answer<T: Serialize>(
+        &self,
+        items: &[T],
+        start: usize,
+        key: impl Fn(usize) -> String,
+    ) -> Resp {
+        let start = start.min(items.len());
+        let end = start.saturating_add(self.n).min(items.len());
+        let mut r = ok(&&items[start..end]);
+        if start < end && end < items.len() {
+            let last: String = form_urlencoded::byte_serialize(key(end - 1).as_bytes()).collect();
+            r.headers_mut().insert(
+                LINK,
+                header_value(&format!(
+                    "<{}?n={}&last={last}>; rel=\"next\"",
+                    self.path, self.n
+                )),
+            );
+        }
+        r
+    }
 }
 
 impl Registry {
@@ -56,21 +114,50 @@ impl Registry {
         Ok(tags)
     }
 
-    pub(crate) async fn api_teams(&self) -> Result<Resp, RegistryError> {
-        Ok(ok(&json!(self.tags.teams().await?)))
+    pub(crate) async fn api_teams(&self, req: &Request<Incoming>) -> Result<Resp, RegistryError> {
+        let page = Page::of(req)?;
+        let teams = self.tags.teams().await?;
+        let start = page.start_sorted(&teams, String::as_str);
+        Ok(page.answer(&teams, start, |i| teams[i].clone()))
     }
 
-    pub(crate) async fn api_artifacts(&self, team: &str) -> Result<Resp, RegistryError> {
+    pub(crate) async fn api_artifacts(
+        &self,
+        team: &str,
+        req: &Request<Incoming>,
+    ) -> Result<Resp, RegistryError> {
+        let page = Page::of(req)?;
         let arts = self.tags.artifacts(team).await?;
         if arts.is_empty() {
             return Err(RegistryError::TeamUnknown(team.to_owned()));
         }
-        Ok(ok(&json!(arts)))
+        let start = page.start_sorted(&arts, String::as_str);
+        Ok(page.answer(&arts, start, |i| arts[i].clone()))
     }
 
-    pub(crate) async fn api_tags(&self, repo: &RepoName) -> Result<Resp, RegistryError> {
-        let tags = self.known_tags(repo).await?;
-        Ok(ok(&Value::Array(tags.iter().map(tag_json).collect())))
+    /// Tags oldest first; `last` names the last tag of the previous page, which must exist
+    /// (tags are in creation order, not by name, so there is no place for a name that is
+    /// not there).
+    pub(crate) async fn api_tags(
+        &self,
+        repo: &RepoName,
+        req: &Request<Incoming>,
+    ) -> Result<Resp, RegistryError> {
+        let page = Page::of(req)?;
+        let tags: Vec<pierone_api::Tag> =
+            self.known_tags(repo).await?.iter().map(tag_json).collect();
+        let start = match &page.last {
+            None => 0,
+            Some(last) => {
+                tags.iter().position(|t| &t.name == last).ok_or_else(|| {
+                    RegistryError::InvalidQuery {
+                        name: "last",
+                        value: format!("{last}, which is not a tag of {repo}"),
+                    }
+                })? + 1
+            }
+        };
+        Ok(page.answer(&tags, start, |i| tags[i].name.clone()))
     }
 
     pub(crate) async fn api_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Resp, RegistryError> {
@@ -126,31 +213,49 @@ impl Registry {
                     .ok_or(RegistryError::ScmSourceUnknown)?
             }
         };
-        Ok(ok(&json!({
-            "url": source.url,
-            "revision": source.revision,
-            "author": source.author,
-            "status": source.status,
-            "created": rfc3339(created),
-        })))
+        Ok(ok(&pierone_api::ScmSource {
+            url: source.url,
+            revision: source.revision,
+            author: source.author,
+            status: source.status,
+            created: Timestamp::from_millis(created),
+        }))
     }
 
-    pub(crate) async fn api_image(&self, prefix: &str) -> Result<Resp, RegistryError> {
+    /// Tags of the one image a prefix names, sorted by `team/artifact:tag`, which is also
+    /// what `last` names.
+    pub(crate) async fn api_image(
+        &self,
+        prefix: &str,
+        req: &Request<Incoming>,
+    ) -> Result<Resp, RegistryError> {
+        let page = Page::of(req)?;
         let matches = self.tags.find_images(prefix).await?;
         let mut images: Vec<&str> = matches.iter().map(|m| m.digest.as_str()).collect();
         images.sort_unstable();
         images.dedup();
         match images.len() {
             0 => Err(RegistryError::ImageUnknown(prefix.to_owned())),
-            1 => Ok(ok(&Value::Array(
-                matches
-                    .iter()
+            1 => {
+                let mut found: Vec<(String, pierone_api::ImageMatch)> = matches
+                    .into_iter()
                     .map(|m| {
                         let (team, artifact) = m.repository.split_once('/').unwrap_or(("", ""));
-                        json!({"name": m.tag, "team": team, "artifact": artifact, "digest": m.digest.as_str()})
+                        let item = pierone_api::ImageMatch {
+                            name: m.tag.clone(),
+                            team: team.to_owned(),
+                            artifact: artifact.to_owned(),
+                            digest: m.digest.as_str().to_owned(),
+                        };
+                        (format!("{}:{}", m.repository, m.tag), item)
                     })
-                    .collect(),
-            ))),
+                    .collect();
+                found.sort_by(|a, b| a.0.cmp(&b.0));
+                let start = page.start_sorted(&found, |(k, _)| k.as_str());
+                let (keys, items): (Vec<String>, Vec<pierone_api::ImageMatch>) =
+                    found.into_iter().unzip();
+                Ok(page.answer(&items, start, |i| keys[i].clone()))
+            }
             n => Err(RegistryError::ImageAmbiguous(prefix.to_owned(), n)),
         }
     }
@@ -158,26 +263,31 @@ impl Registry {
     pub(crate) async fn api_stats(&self) -> Result<Resp, RegistryError> {
         let stats = self.tags.team_stats().await?;
         let storage = self.tags.storage_bytes().await?;
-        Ok(ok(&json!({
-            "teams": stats.len(),
-            "artifacts": stats.iter().map(|s| s.artifacts).sum::<u64>(),
-            "tags": stats.iter().map(|s| s.tags).sum::<u64>(),
-            "storage": storage,
-        })))
+        Ok(ok(&pierone_api::Stats {
+            teams: stats.len() as u64,
+            artifacts: stats.iter().map(|s| s.artifacts).sum(),
+            tags: stats.iter().map(|s| s.tags).sum(),
+            storage,
+        }))
     }
 
     pub(crate) async fn api_team_stats(&self) -> Result<Resp, RegistryError> {
         let stats = self.tags.team_stats().await?;
-        Ok(ok(&Value::Array(
-            stats
-                .iter()
-                .map(|s| json!({"team": s.team, "stats": {"artifacts": s.artifacts, "tags": s.tags}}))
-                .collect(),
-        )))
+        let per_team: Vec<pierone_api::TeamStats> = stats
+            .into_iter()
+            .map(|s| pierone_api::TeamStats {
+                team: s.team,
+                stats: pierone_api::TeamCounts {
+                    artifacts: s.artifacts,
+                    tags: s.tags,
+                },
+            })
+            .collect();
+        Ok(ok(&per_team))
     }
 
     pub(crate) fn api_health(&self) -> Resp {
-        ok(&json!({"health": true}))
+        ok(&pierone_api::Health { health: true })
     }
 
     pub(crate) fn api_openapi(&self) -> Resp {

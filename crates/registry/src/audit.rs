@@ -6,7 +6,6 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use pierone_protocol::{Digest, RepoName, Tag};
-use serde_json::json;
 
 use crate::Registry;
 use crate::blobs::{query, query_number};
@@ -46,7 +45,11 @@ impl Registry {
         Ok(response::json(
             StatusCode::OK,
             "application/json",
-            &json!({ "entries": entries, "size": size, "head": head }),
+            &pierone_api::AuditLog {
+                entries,
+                size,
+                head,
+            },
         ))
     }
 
@@ -102,7 +105,12 @@ impl Registry {
         Ok(response::json(
             StatusCode::OK,
             "application/json",
-            &json!({ "seq": proof.seq, "size": proof.size, "path": proof.path, "entry": entry }),
+            &pierone_api::AuditProof {
+                seq: proof.seq,
+                size: proof.size,
+                path: proof.path,
+                entry,
+            },
         ))
     }
 
@@ -148,7 +156,11 @@ impl Registry {
         Ok(response::json(
             status,
             "application/json",
-            &json!({ "ready": status == StatusCode::OK, "database": db, "blob_store": blobs }),
+            &pierone_api::Readiness {
+                ready: status == StatusCode::OK,
+                database: db,
+                blob_store: blobs,
+            },
         ))
     }
 
