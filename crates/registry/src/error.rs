@@ -285,10 +285,12 @@ impl RegistryError {
                 repo,
                 tag,
                 existing,
+                pushed,
             }) => Some(serde_json::json!({
                 "repository": repo.as_str(),
                 "tag": tag.as_str(),
                 "digest": existing.as_str(),
+                "pushed": pushed.as_str(),
             })),
             RegistryError::Auth(pierone_auth::Error::Denied { team, uid, .. }) => {
                 Some(serde_json::json!({ "team": team, "uid": uid }))

@@ -106,11 +106,16 @@ pub(crate) fn digest_has_prefix(digest: &Digest, prefix: &str) -> bool {
 /// What went wrong in the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("tag {repo}:{tag} already names {existing}; tags are immutable, push a new tag")]
+    #[error(
+        "tag {repo}:{tag} already names {existing}; it is immutable, so it cannot name {pushed} (push a new tag)"
+    )]
     TagImmutable {
         repo: RepoName,
         tag: Tag,
+        /// What the tag names, and will keep naming.
         existing: Digest,
+        /// What the refused write asked it to name.
+        pushed: Digest,
     },
     #[error("pushing the tag \"latest\" is not allowed: it always means the newest tag")]
     LatestNotAllowed,

@@ -429,6 +429,7 @@ macro_rules! backend_ops {
                                             repo: repo.clone(),
                                             tag: w.tag.clone(),
                                             existing: previous,
+                                            pushed: m.digest.clone(),
                                         }));
                                     }
                                 }
