@@ -288,7 +288,14 @@ async fn the_log_is_paged_and_filtered() {
     assert_eq!(one["entries"].as_array().unwrap().len(), 1);
     assert_eq!(one["entries"][0]["seq"], 5);
     let r = c.get("/audit/log?since=x").await;
-    crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    assert_eq!(e.message, "query parameter since must be a number, got x");
+    let r = c.get("/audit/log?repository=team/app").await;
+    let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    assert_eq!(
+        e.message,
+        "query parameter repository needs the other of repository and tag: give both or neither"
+    );
     // No signing key: no checkpoint, and a clear 404.
     let r = c.get("/audit/checkpoint").await;
     crate::util::oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
@@ -308,9 +315,26 @@ async fn the_log_is_paged_and_filtered() {
     let proof: pierone_protocol::audit::InclusionProof = serde_json::from_value(r.clone()).unwrap();
     assert_eq!(r["entry"]["seq"], 3);
     pierone_protocol::audit::verify_inclusion(&entries[2], &proof, &v.root()).unwrap();
-    for bad in ["seq=0&size=4", "seq=5&size=4", "seq=1&size=99", "seq=x"] {
+    for (bad, message) in [
+        (
+            "seq=0&size=4",
+            "query parameter seq must be at least 1 and at most size, and size at most the log's 5 entries; got seq 0 and size 4",
+        ),
+        (
+            "seq=5&size=4",
+            "query parameter seq must be at least 1 and at most size, and size at most the log's 5 entries; got seq 5 and size 4",
+        ),
+        (
+            "seq=1&size=99",
+            "query parameter seq must be at least 1 and at most size, and size at most the log's 5 entries; got seq 1 and size 99",
+        ),
+        ("seq=x", "query parameter seq must be a number, got x"),
+        ("seq=", "query parameter seq must be a number, got nothing"),
+        ("size=4", "query parameter seq is required"),
+    ] {
         let r = c.get(&format!("/audit/proof?{bad}")).await;
-        crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+        let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+        assert_eq!(e.message, message, "{bad}");
     }
     s.stop().await;
 }

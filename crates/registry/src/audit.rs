@@ -32,9 +32,13 @@ impl Registry {
             (Some(r), Some(t)) => Some((r.parse::<RepoName>()?, t.parse::<Tag>()?)),
             (None, None) => None,
             _ => {
-                return Err(RegistryError::InvalidQuery {
-                    name: "repository",
-                    value: "repository and tag go together".into(),
+                return Err(RegistryError::QueryInvalid {
+                    name: if q.contains_key("repository") {
+                        "repository"
+                    } else {
+                        "tag"
+                    },
+                    why: "needs the other of repository and tag: give both or neither".into(),
                 });
             }
         };
@@ -65,9 +69,9 @@ impl Registry {
     /// log's hashes once, in order, in O(log M) memory.
     pub(crate) async fn audit_proof(&self, req: &Request<Incoming>) -> Result<Resp, RegistryError> {
         let q = query(req);
-        let seq: u64 = query_number(&q, "seq")?.ok_or(RegistryError::InvalidQuery {
+        let seq: u64 = query_number(&q, "seq")?.ok_or(RegistryError::QueryInvalid {
             name: "seq",
-            value: String::new(),
+            why: "is required".into(),
         })?;
         let size = match query_number(&q, "size")? {
             Some(s) => s,
@@ -83,9 +87,11 @@ impl Registry {
         let mut builder = match InclusionBuilder::new(seq, size) {
             Some(b) if size <= logged => b,
             _ => {
-                return Err(RegistryError::InvalidQuery {
+                return Err(RegistryError::QueryInvalid {
                     name: "seq",
-                    value: format!("{seq} (the tree must hold it: 1 <= seq <= size <= {logged})"),
+                    why: format!(
+                        "must be at least 1 and at most size, and size at most the log's {logged} entries; got seq {seq} and size {size}"
+                    ),
                 });
             }
         };
