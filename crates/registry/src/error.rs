@@ -194,6 +194,11 @@ impl RegistryError {
                     ErrorCode::BlobUploadInvalid,
                 ),
                 T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
+                // Only when opening the store at start-up, never an answer; mapped for
+                // completeness.
+                T::UnsupportedScheme(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+                }
                 T::Query(_) | T::Corrupt(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
                 }

@@ -135,6 +135,9 @@ pub enum Error {
     StaleCheck { age_ms: Millis },
     #[error("the metadata database is unavailable: {0}")]
     Unavailable(String),
+    /// A database URL of a kind no backend speaks (`mysql://...`).
+    #[error("unsupported database URL scheme {0}: use postgres://, postgresql:// or sqlite://")]
+    UnsupportedScheme(String),
     #[error("metadata database query failed: {0}")]
     Query(String),
     #[error("stored metadata is corrupt: {0}")]
