@@ -32,13 +32,16 @@ impl Registry {
             (Some(r), Some(t)) => Some((r.parse::<RepoName>()?, t.parse::<Tag>()?)),
             (None, None) => None,
             _ => {
-                return Err(RegistryError::QueryInvalid {
-                    name: if q.contains_key("repository") {
-                        "repository"
-                    } else {
-                        "tag"
-                    },
-                    why: "needs the other of repository and tag: give both or neither".into(),
+                return Err(if q.contains_key("repository") {
+                    RegistryError::InvalidQuery {
+                        name: "repository",
+                        value: "given without tag: give both or neither".into(),
+                    }
+                } else {
+                    RegistryError::InvalidQuery {
+                        name: "tag",
+                        value: "given without repository: give both or neither".into(),
+                    }
                 });
             }
         };
@@ -69,9 +72,9 @@ impl Registry {
     /// log's hashes once, in order, in O(log M) memory.
     pub(crate) async fn audit_proof(&self, req: &Request<Incoming>) -> Result<Resp, RegistryError> {
         let q = query(req);
-        let seq: u64 = query_number(&q, "seq")?.ok_or(RegistryError::QueryInvalid {
+        let seq: u64 = query_number(&q, "seq")?.ok_or(RegistryError::InvalidQuery {
             name: "seq",
-            why: "is required".into(),
+            value: "required".into(),
         })?;
         let size = match query_number(&q, "size")? {
             Some(s) => s,
@@ -86,12 +89,16 @@ impl Registry {
         let (logged, _) = self.tags.audit_head().await?;
         let mut builder = match InclusionBuilder::new(seq, size) {
             Some(b) if size <= logged => b,
+            _ if size > logged => {
+                return Err(RegistryError::InvalidQuery {
+                    name: "size",
+                    value: format!("{size}, more than the log's {logged} entries"),
+                });
+            }
             _ => {
-                return Err(RegistryError::QueryInvalid {
+                return Err(RegistryError::InvalidQuery {
                     name: "seq",
-                    why: format!(
-                        "must be at least 1 and at most size, and size at most the log's {logged} entries; got seq {seq} and size {size}"
-                    ),
+                    value: format!("{seq}, not between 1 and size ({size})"),
                 });
             }
         };

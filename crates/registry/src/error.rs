@@ -61,13 +61,10 @@ pub enum RegistryError {
     BodyTooLarge { size: u64, limit: u64 },
     #[error("the request body failed: {0}")]
     RequestBody(String),
-    /// A query parameter that must be a number is not one.
-    #[error("query parameter {name} must be a number, got {}", shown(value))]
+    /// A query parameter that cannot be used. `value` completes "query parameter NAME is ...":
+    /// the value and what is wrong with it (`abc, not a number`), or `required`.
+    #[error("query parameter {name} is {value}")]
     InvalidQuery { name: &'static str, value: String },
-    /// A query parameter that is missing, or does not fit the others; `why` completes the
-    /// sentence "query parameter NAME ...".
-    #[error("query parameter {name} {why}")]
-    QueryInvalid { name: &'static str, why: String },
     #[error(
         "{0} is not supported: Pier One never deletes through the API, so that deployed artifacts stay auditable"
     )]
@@ -107,12 +104,6 @@ impl From<pierone_protocol::Error> for RegistryError {
     fn from(e: pierone_protocol::Error) -> Self {
         RegistryError::Protocol(e)
     }
-}
-
-/// A value as a message shows it: bare, since the parameter's name already says what it is,
-/// but an empty one must still be visible.
-fn shown(value: &str) -> &str {
-    if value.is_empty() { "nothing" } else { value }
 }
 
 /// Extra data some errors put in response headers.
@@ -259,9 +250,7 @@ impl RegistryError {
             RegistryError::RequestBody(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid)
             }
-            RegistryError::InvalidQuery { .. } | RegistryError::QueryInvalid { .. } => {
-                (StatusCode::BAD_REQUEST, ErrorCode::Unsupported)
-            }
+            RegistryError::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
             RegistryError::DeleteRefused(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
@@ -366,26 +355,13 @@ mod tests {
     fn query_errors_name_the_parameter_without_quotes() {
         let e = RegistryError::InvalidQuery {
             name: "n",
-            value: "abc".into(),
+            value: "abc, not a number".into(),
         };
-        assert_eq!(e.to_string(), "query parameter n must be a number, got abc");
+        assert_eq!(e.to_string(), "query parameter n is abc, not a number");
         assert_eq!(
             e.status_and_code(),
             (StatusCode::BAD_REQUEST, ErrorCode::Unsupported)
         );
-        let e = RegistryError::InvalidQuery {
-            name: "n",
-            value: String::new(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "query parameter n must be a number, got nothing"
-        );
-        let e = RegistryError::QueryInvalid {
-            name: "seq",
-            why: "is required".into(),
-        };
-        assert_eq!(e.to_string(), "query parameter seq is required");
     }
 
     #[test]
