@@ -289,12 +289,12 @@ async fn the_log_is_paged_and_filtered() {
     assert_eq!(one["entries"][0]["seq"], 5);
     let r = c.get("/audit/log?since=x").await;
     let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
-    assert_eq!(e.message, "query parameter since is x, not a number");
+    assert_eq!(e.message, "query parameter since: x, not a number");
     let r = c.get("/audit/log?repository=team/app").await;
     let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
     assert_eq!(
         e.message,
-        "query parameter repository is given without tag: give both or neither"
+        "query parameter repository: given without tag; give both or neither"
     );
     // No signing key: no checkpoint, and a clear 404.
     let r = c.get("/audit/checkpoint").await;
@@ -318,19 +318,19 @@ async fn the_log_is_paged_and_filtered() {
     for (bad, message) in [
         (
             "seq=0&size=4",
-            "query parameter seq is 0, not between 1 and size (4)",
+            "query parameter seq: 0, not between 1 and size (4)",
         ),
         (
             "seq=5&size=4",
-            "query parameter seq is 5, not between 1 and size (4)",
+            "query parameter seq: 5, not between 1 and size (4)",
         ),
         (
             "seq=1&size=99",
-            "query parameter size is 99, more than the log's 5 entries",
+            "query parameter size: 99, more than the log's 5 entries",
         ),
-        ("seq=x", "query parameter seq is x, not a number"),
-        ("seq=", "query parameter seq is empty, not a number"),
-        ("size=4", "query parameter seq is required"),
+        ("seq=x", "query parameter seq: x, not a number"),
+        ("seq=", "query parameter seq: empty, not a number"),
+        ("size=4", "query parameter seq: required"),
     ] {
         let r = c.get(&format!("/audit/proof?{bad}")).await;
         let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;

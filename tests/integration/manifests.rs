@@ -373,7 +373,7 @@ async fn tag_list_and_catalog_paginate_with_link_headers() {
     assert_eq!(v["tags"], json!([]));
     let r = c.get("/v2/team/app/tags/list?n=abc").await;
     let e = oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
-    assert_eq!(e.message, "query parameter n is abc, not a number");
+    assert_eq!(e.message, "query parameter n: abc, not a number");
 
     for repo in ["team/zz", "team/b/nested", "other/x"] {
         let m = c.image(repo, "cat").await;

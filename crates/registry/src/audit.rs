@@ -35,12 +35,12 @@ impl Registry {
                 return Err(if q.contains_key("repository") {
                     RegistryError::InvalidQuery {
                         name: "repository",
-                        value: "given without tag: give both or neither".into(),
+                        value: "given without tag; give both or neither".into(),
                     }
                 } else {
                     RegistryError::InvalidQuery {
                         name: "tag",
-                        value: "given without repository: give both or neither".into(),
+                        value: "given without repository; give both or neither".into(),
                     }
                 });
             }

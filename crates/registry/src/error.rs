@@ -61,9 +61,9 @@ pub enum RegistryError {
     BodyTooLarge { size: u64, limit: u64 },
     #[error("the request body failed: {0}")]
     RequestBody(String),
-    /// A query parameter that cannot be used. `value` completes "query parameter NAME is ...":
-    /// the value and what is wrong with it (`abc, not a number`), or `required`.
-    #[error("query parameter {name} is {value}")]
+    /// A query parameter that cannot be used. `value` is the value and what is wrong with it
+    /// (`abc, not a number`), or `required`; it is shown as it is, never quoted.
+    #[error("query parameter {name}: {value}")]
     InvalidQuery { name: &'static str, value: String },
     #[error(
         "{0} is not supported: Pier One never deletes through the API, so that deployed artifacts stay auditable"
@@ -357,7 +357,7 @@ mod tests {
             name: "n",
             value: "abc, not a number".into(),
         };
-        assert_eq!(e.to_string(), "query parameter n is abc, not a number");
+        assert_eq!(e.to_string(), "query parameter n: abc, not a number");
         assert_eq!(
             e.status_and_code(),
             (StatusCode::BAD_REQUEST, ErrorCode::Unsupported)
