@@ -290,7 +290,14 @@ async fn the_log_is_paged_and_filtered() {
     assert_eq!(one["entries"].as_array().unwrap().len(), 1);
     assert_eq!(one["entries"][0]["seq"], 5);
     let r = c.get("/audit/log?since=x").await;
-    crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    assert_eq!(e.message, "query parameter since: x, not a number");
+    let r = c.get("/audit/log?repository=team/app").await;
+    let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    assert_eq!(
+        e.message,
+        "query parameter repository: given without tag; give both or neither"
+    );
     // No signing key: no checkpoint, and a clear 404.
     let r = c.get("/audit/checkpoint").await;
     crate::util::oci_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
@@ -310,9 +317,26 @@ async fn the_log_is_paged_and_filtered() {
     let proof: pierone_protocol::audit::InclusionProof = serde_json::from_value(r.clone()).unwrap();
     assert_eq!(r["entry"]["seq"], 3);
     pierone_protocol::audit::verify_inclusion(&entries[2], &proof, &v.root()).unwrap();
-    for bad in ["seq=0&size=4", "seq=5&size=4", "seq=1&size=99", "seq=x"] {
+    for (bad, message) in [
+        (
+            "seq=0&size=4",
+            "query parameter seq: 0, not between 1 and size (4)",
+        ),
+        (
+            "seq=5&size=4",
+            "query parameter seq: 5, not between 1 and size (4)",
+        ),
+        (
+            "seq=1&size=99",
+            "query parameter size: 99, more than the log's 5 entries",
+        ),
+        ("seq=x", "query parameter seq: x, not a number"),
+        ("seq=", "query parameter seq: empty, not a number"),
+        ("size=4", "query parameter seq: required"),
+    ] {
         let r = c.get(&format!("/audit/proof?{bad}")).await;
-        crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+        let e = crate::util::oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+        assert_eq!(e.message, message, "{bad}");
     }
     s.stop().await;
 }

@@ -390,6 +390,18 @@ async fn token_info_trouble_fails_closed() {
             );
         }
     }
+    // The answer says which service is down (not that the credentials are wrong) and when to
+    // try again; TOOMANYREQUESTS would tell the client it is being throttled.
+    let r = with(&c, Method::GET, "/v2/", Some("Bearer boom"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "Retry-After").as_deref(), Some("5"));
+    let e = crate::util::oci_error(r, StatusCode::SERVICE_UNAVAILABLE, "UNSUPPORTED").await;
+    assert_eq!(
+        e.message,
+        "the token-info service is unavailable: it answered 503 Service Unavailable; retry later"
+    );
     // Unreachable altogether.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/tokeninfo", closed.local_addr().unwrap());

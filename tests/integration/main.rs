@@ -18,5 +18,6 @@ mod operations;
 mod replicas;
 mod robustness;
 mod scrub;
+mod startup;
 mod tokens;
 mod util;

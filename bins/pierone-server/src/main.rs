@@ -51,8 +51,8 @@ struct Args {
     #[arg(long, env = "PIERONE_ALLOW_LATEST_PUSH")]
     allow_latest_push: bool,
 
-    /// Largest blob accepted, in bytes.
-    #[arg(long, env = "PIERONE_MAX_BLOB_SIZE", default_value_t = 64 << 30)]
+    /// Largest blob accepted: bytes, or a number with a unit (`512MiB`, `64GiB`, `10MB`).
+    #[arg(long, env = "PIERONE_MAX_BLOB_SIZE", default_value = "64GiB", value_parser = byte_size)]
     max_blob_size: u64,
 
     /// Validate bearer tokens with this token-info endpoint
@@ -169,8 +169,9 @@ struct Args {
     #[arg(long, env = "PIERONE_MAX_UPLOADS_PER_PRINCIPAL", default_value_t = 64)]
     max_uploads_per_principal: usize,
 
-    /// Largest request head (request line and headers) accepted, in bytes; longer gets 431.
-    #[arg(long, env = "PIERONE_MAX_HEADER_BYTES", default_value_t = 64 << 10)]
+    /// Largest request head (request line and headers) accepted, in bytes or with a unit
+    /// (`64KiB`); longer gets 431.
+    #[arg(long, env = "PIERONE_MAX_HEADER_BYTES", default_value = "64KiB", value_parser = byte_size_usize)]
     max_header_bytes: usize,
 
     /// How long a client may take to send a request head before it is disconnected.
@@ -289,6 +290,98 @@ fn duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
     };
     Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+/// A size: plain bytes, or a whole number with a unit, `kB`, `MB`, `GB`, `TB` (powers of 1000)
+/// or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024), in any case, with or without a space.
+/// A bare `K`, `M` or `G` is refused: tools disagree on whether it means 1000 or 1024.
+fn byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let unit = unit.trim_start();
+    if n.is_empty() {
+        return Err(format!(
+            "{s} is not a size: give bytes, or a number with a unit such as 512MiB, 64GiB or 10MB"
+        ));
+    }
+    if unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "{s}: give a whole number, in a smaller unit if need be (1536MiB, not 1.5GiB)"
+        ));
+    }
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit} in {s}: use B, kB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
+            ));
+        }
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("{s} is too large: at most 16 EiB"))
+}
+
+/// [`byte_size`] for limits kept in memory-sized integers.
+fn byte_size_usize(s: &str) -> Result<usize, String> {
+    usize::try_from(byte_size(s)?)
+        .map_err(|_| format!("{} is too large for this machine", s.trim()))
+}
+
+/// Refuse a metrics address that `--listen` already takes: the second bind would fail only
+/// after the server had said it was ready.
+fn check_metrics_listen(listen: SocketAddr, metrics: Option<SocketAddr>) -> Result<(), String> {
+    let Some(metrics) = metrics else {
+        return Ok(());
+    };
+    // Port 0 asks for a free port, which is never the other listener's.
+    if listen.port() == 0 || listen.port() != metrics.port() {
+        return Ok(());
+    }
+    let hint = "give the metrics a port of their own, or leave out --metrics-listen to serve them on --listen";
+    if listen == metrics {
+        return Err(format!(
+            "--metrics-listen {metrics} is the address of --listen: {hint}"
+        ));
+    }
+    // A wildcard address takes the port on every address of its family (IPv6's on IPv4's
+    // too, where it is dual-stack).
+    let covers = |wide: SocketAddr, narrow: SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || wide.is_ipv4() == narrow.is_ipv4())
+    };
+    if covers(listen, metrics) || covers(metrics, listen) {
+        return Err(format!(
+            "--metrics-listen {metrics} and --listen {listen} overlap (both port {}): {hint}",
+            listen.port()
+        ));
+    }
+    Ok(())
+}
+
+/// A database URL fit for a log or an error: no password (in the user part or the query),
+/// nothing after `?`.
+fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    match rest.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{user}@{host}"),
+        },
+        None => format!("{scheme}://{rest}"),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -416,11 +509,14 @@ async fn tag_store(args: &StoreArgs) -> Result<SqlTagStore, String> {
             format!("sqlite://{}", args.data_dir.join("pierone.db").display())
         }
     };
-    SqlTagStore::open(&db).await.map_err(|e| {
-        // Never print a password that may be in the URL.
-        let shown = db.split_once('@').map_or(db.as_str(), |(_, host)| host);
-        format!("metadata database {shown}: {e}")
-    })
+    // Name the flag when it was given: the URL alone may not say where it came from.
+    let flag = match args.database_url {
+        Some(_) => "--database-url",
+        None => "metadata database",
+    };
+    SqlTagStore::open(&db)
+        .await
+        .map_err(|e| format!("{flag} {}: {e}", shown_url(&db)))
 }
 
 fn main() -> ExitCode {
@@ -648,6 +744,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
+    check_metrics_listen(args.listen, args.metrics_listen)?;
     let auth = authorizer(&args)?;
     let blobs = blob_store(&args.stores).await?;
     let tags = tag_store(&args.stores).await?;
@@ -655,8 +752,13 @@ async fn serve(args: Args) -> Result<(), String> {
         Some(path) => {
             let pem = std::fs::read_to_string(path)
                 .map_err(|e| format!("audit signing key {}: {e}", path.display()))?;
-            let signer = AuditSigner::from_pem(&pem)
-                .map_err(|e| format!("audit signing key {}: {e}", path.display()))?;
+            let signer = AuditSigner::from_pem(&pem).map_err(|e| match e {
+                // Its message starts with "audit signing key" already.
+                pierone_protocol::Error::AuditKeyInvalid(why) => {
+                    format!("audit signing key {}: {why}", path.display())
+                }
+                other => format!("audit signing key {}: {other}", path.display()),
+            })?;
             tracing::info!(public_key = %signer.public_key(), "audit checkpoints are signed; verifiers pin this key");
             Some(Arc::new(signer))
         }
@@ -711,6 +813,15 @@ async fn serve(args: Args) -> Result<(), String> {
     let bound = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    // Both listeners are bound before "ready", so a failure of either stops the start-up.
+    let ops = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (--metrics-listen): {e}"))?,
+        ),
+        None => None,
+    };
     // Tests and scripts read the real address from this line when asked to bind port 0.
     tracing::info!(
         listen = %bound,
@@ -727,10 +838,7 @@ async fn serve(args: Args) -> Result<(), String> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    if let Some(addr) = args.metrics_listen {
-        let ops = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    if let Some(ops) = ops {
         tracing::info!(metrics_listen = %ops.local_addr().map_err(|e| e.to_string())?, "metrics and probes served here");
         let (registry, rx) = (registry.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -768,4 +876,166 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sizes_take_units() {
+        for (given, bytes) in [
+            ("0", 0),
+            ("1048576", 1 << 20),
+            ("64GiB", 64 << 30),
+            ("512MiB", 512 << 20),
+            ("64KiB", 64 << 10),
+            ("2TiB", 2 << 40),
+            ("10MB", 10_000_000),
+            ("3kB", 3_000),
+            ("1GB", 1_000_000_000),
+            ("5TB", 5_000_000_000_000),
+            ("7B", 7),
+            ("64 GiB", 64 << 30),
+            (" 64gib ", 64 << 30),
+            ("10mb", 10_000_000),
+        ] {
+            assert_eq!(byte_size(given), Ok(bytes), "{given}");
+        }
+    }
+
+    #[test]
+    fn sizes_that_are_not_say_why() {
+        for (given, message) in [
+            (
+                "",
+                " is not a size: give bytes, or a number with a unit such as 512MiB, 64GiB or 10MB",
+            ),
+            (
+                "GiB",
+                "GiB is not a size: give bytes, or a number with a unit such as 512MiB, 64GiB or 10MB",
+            ),
+            (
+                "-1",
+                "-1 is not a size: give bytes, or a number with a unit such as 512MiB, 64GiB or 10MB",
+            ),
+            (
+                "10G",
+                "unknown unit G in 10G: use B, kB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)",
+            ),
+            (
+                "10 XB",
+                "unknown unit XB in 10 XB: use B, kB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)",
+            ),
+            (
+                "1.5GiB",
+                "1.5GiB: give a whole number, in a smaller unit if need be (1536MiB, not 1.5GiB)",
+            ),
+            ("16777216TiB", "16777216TiB is too large: at most 16 EiB"),
+            (
+                "99999999999999999999",
+                "99999999999999999999 is too large: at most 16 EiB",
+            ),
+        ] {
+            assert_eq!(byte_size(given), Err(message.to_owned()), "{given:?}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_what_readme_says() {
+        let args = Args::try_parse_from(["pierone-server"]).unwrap();
+        assert_eq!(args.max_blob_size, 64 << 30);
+        assert_eq!(args.max_header_bytes, 64 << 10);
+        let args = Args::try_parse_from(["pierone-server", "--max-blob-size", "512MiB"]).unwrap();
+        assert_eq!(args.max_blob_size, 512 << 20);
+    }
+
+    const UNITS: [(&str, u64); 10] = [
+        ("", 1),
+        ("B", 1),
+        ("kB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("TB", 1_000_000_000_000),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("TiB", 1 << 40),
+    ];
+
+    proptest! {
+        /// Every number with every unit, in any case and spacing, is exactly its bytes, or
+        /// refused as too large when it does not fit.
+        #[test]
+        fn every_size_is_its_bytes(n in any::<u64>(), unit in 0..UNITS.len(), upper in any::<bool>(), space in any::<bool>()) {
+            let (name, multiplier) = UNITS[unit];
+            let name = if upper { name.to_ascii_uppercase() } else { name.to_owned() };
+            let given = format!("{n}{}{name}", if space { " " } else { "" });
+            match n.checked_mul(multiplier) {
+                Some(bytes) => prop_assert_eq!(byte_size(&given), Ok(bytes)),
+                None => prop_assert_eq!(
+                    byte_size(&given),
+                    Err(format!("{} is too large: at most 16 EiB", given.trim()))
+                ),
+            }
+        }
+
+        /// Any text at all gets an answer, never a panic.
+        #[test]
+        fn any_text_is_answered(s in ".{0,40}") {
+            let _ = byte_size(&s);
+        }
+    }
+
+    #[test]
+    fn the_metrics_address_must_differ_from_listen() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let hint = "give the metrics a port of their own, or leave out --metrics-listen to serve them on --listen";
+        assert_eq!(
+            check_metrics_listen(a("127.0.0.1:5000"), Some(a("127.0.0.1:5000"))),
+            Err(format!(
+                "--metrics-listen 127.0.0.1:5000 is the address of --listen: {hint}"
+            ))
+        );
+        assert_eq!(
+            check_metrics_listen(a("0.0.0.0:5000"), Some(a("127.0.0.1:5000"))),
+            Err(format!(
+                "--metrics-listen 127.0.0.1:5000 and --listen 0.0.0.0:5000 overlap (both port 5000): {hint}"
+            ))
+        );
+        assert!(check_metrics_listen(a("[::]:5000"), Some(a("10.0.0.1:5000"))).is_err());
+        for ok in [
+            ("127.0.0.1:5000", Some("127.0.0.1:9090")),
+            ("127.0.0.1:0", Some("127.0.0.1:0")),
+            ("127.0.0.1:5000", Some("10.0.0.1:5000")),
+            ("0.0.0.0:5000", Some("[::1]:5000")),
+            ("127.0.0.1:5000", None),
+        ] {
+            assert_eq!(check_metrics_listen(a(ok.0), ok.1.map(a)), Ok(()), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn database_urls_are_shown_without_passwords() {
+        for (url, shown) in [
+            (
+                "postgres://pierone:SECRET@db:5432/pierone",
+                "postgres://pierone:***@db:5432/pierone",
+            ),
+            (
+                "postgres://pierone@db/pierone?password=SECRET",
+                "postgres://pierone@db/pierone",
+            ),
+            ("mysql://root:p@ss@db/x", "mysql://root:***@db/x"),
+            ("postgresql://db/pierone", "postgresql://db/pierone"),
+            (
+                "sqlite:///var/lib/pierone.db",
+                "sqlite:///var/lib/pierone.db",
+            ),
+            ("/var/lib/pierone.db", "/var/lib/pierone.db"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+    }
 }

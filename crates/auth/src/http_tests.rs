@@ -109,10 +109,16 @@ async fn tokeninfo_answers() {
     }
     for down in ["garbage", "boom", "slow"] {
         assert!(
-            matches!(v.validate(down).await, Err(Error::Unavailable(_))),
+            matches!(v.validate(down).await, Err(Error::Unavailable { .. })),
             "{down}"
         );
     }
+    // The message says the service is unavailable (not that the credentials are wrong) and
+    // why, for the operator.
+    assert_eq!(
+        v.validate("boom").await.unwrap_err().to_string(),
+        "the token-info service is unavailable: it answered 502 Bad Gateway; retry later"
+    );
 }
 
 #[tokio::test]
@@ -123,7 +129,7 @@ async fn tokeninfo_unreachable_is_unavailable() {
     let v = TokenInfoValidator::new(&url, Duration::from_millis(500)).unwrap();
     assert!(matches!(
         v.validate("good").await,
-        Err(Error::Unavailable(_))
+        Err(Error::Unavailable { .. })
     ));
 }
 
@@ -156,7 +162,7 @@ async fn introspection_answers() {
         IntrospectionValidator::new(&url, "client", "nope", Duration::from_secs(2)).unwrap();
     assert!(matches!(
         wrong.validate("good").await,
-        Err(Error::Unavailable(_))
+        Err(Error::Unavailable { .. })
     ));
 }
 
@@ -201,7 +207,7 @@ async fn team_service_and_application_registry() {
     );
     assert!(matches!(
         t.teams_of_user("broken").await,
-        Err(Error::Unavailable(_))
+        Err(Error::Unavailable { .. })
     ));
     // Cached: asking again costs nothing.
     let before = count.load(Ordering::SeqCst);
@@ -242,7 +248,7 @@ fn refused_url() -> String {
 /// `result` is `Unavailable`, and neither its message nor its debug form holds any secret.
 fn assert_clean<T: std::fmt::Debug>(result: Result<T, Error>, secrets: &[&str], case: &str) {
     let e = match result {
-        Err(e @ Error::Unavailable(_)) => e,
+        Err(e @ Error::Unavailable { .. }) => e,
         other => panic!("{case}: {other:?}"),
     };
     let shown = format!("{e} {e:?}");

@@ -49,9 +49,10 @@ pub enum Error {
         uid: String,
         why: String,
     },
-    /// The token or team service could not be asked; we never guess.
-    #[error("cannot check credentials right now: {0}")]
-    Unavailable(String),
+    /// The token or team service could not be asked; we never guess. `why` completes "the
+    /// SERVICE is unavailable: ...", starting with "it".
+    #[error("the {service} is unavailable: {why}; retry later")]
+    Unavailable { service: &'static str, why: String },
     /// Configuration that cannot work (unreadable teams file, bad URL).
     #[error("authorization is misconfigured: {0}")]
     Config(String),
@@ -101,7 +102,7 @@ const MAX_ANSWER_BYTES: usize = 64 << 10;
 /// by where it went wrong, never by quoting it: it may echo the token.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     mut resp: reqwest::Response,
-    what: &str,
+    what: &'static str,
     expected: &str,
     secrets: &[&str],
 ) -> Result<T, Error> {
@@ -109,23 +110,32 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| Error::Unavailable(format!("{what} {}", describe(e, secrets))))?
+        .map_err(|e| unavailable(what, format!("it {}", describe(e, secrets))))?
     {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(Error::Unavailable(format!(
-                "{what} answered more than {MAX_ANSWER_BYTES} bytes"
-            )));
+            return Err(unavailable(
+                what,
+                format!("it answered more than {MAX_ANSWER_BYTES} bytes"),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
     serde_json::from_slice(&body).map_err(|e| {
-        Error::Unavailable(format!(
-            "{what} answered something that is not {expected} ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
+        unavailable(
+            what,
+            format!(
+                "it answered something that is not {expected} ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
     })
+}
+
+/// [`Error::Unavailable`] for `service`.
+pub(crate) fn unavailable(service: &'static str, why: String) -> Error {
+    Error::Unavailable { service, why }
 }
 
 /// The HTTP client used for identity services: bounded time, no redirects to follow blindly.

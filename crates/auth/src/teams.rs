@@ -225,22 +225,22 @@ impl HttpTeams {
         })
     }
 
-    async fn get(&self, url: &str, what: &str) -> Result<Option<reqwest::Response>, Error> {
+    async fn get(&self, url: &str, what: &'static str) -> Result<Option<reqwest::Response>, Error> {
         let mut req = self.http.get(url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.map_err(|e| {
-            Error::Unavailable(format!("{what} {}", crate::describe(e, &self.secrets())))
+            crate::unavailable(what, format!("it {}", crate::describe(e, &self.secrets())))
         })?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !resp.status().is_success() {
-            return Err(Error::Unavailable(format!(
-                "{what} answered {}",
-                resp.status()
-            )));
+            return Err(crate::unavailable(
+                what,
+                format!("it answered {}", resp.status()),
+            ));
         }
         Ok(Some(resp))
     }

@@ -65,13 +65,13 @@ impl Scopes {
 
 /// Classify a response from an identity endpoint: 2xx is an answer, 400/401/403/404 mean
 /// "this token is not valid", anything else means the endpoint cannot answer now.
-fn classify(status: reqwest::StatusCode, what: &str) -> Result<bool, Error> {
+fn classify(status: reqwest::StatusCode, what: &'static str) -> Result<bool, Error> {
     if status.is_success() {
         Ok(true)
     } else if matches!(status.as_u16(), 400 | 401 | 403 | 404) {
         Ok(false)
     } else {
-        Err(Error::Unavailable(format!("{what} answered {status}")))
+        Err(crate::unavailable(what, format!("it answered {status}")))
     }
 }
 
@@ -107,14 +107,16 @@ struct TokenInfoBody {
 #[async_trait]
 impl TokenValidator for TokenInfoValidator {
     async fn validate(&self, token: &str) -> Result<Option<TokenInfo>, Error> {
-        let what = "token-info";
+        let what = "token-info service";
         let resp = self
             .http
             .get(&self.url)
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| Error::Unavailable(format!("{what} {}", crate::describe(e, &[token]))))?;
+            .map_err(|e| {
+                crate::unavailable(what, format!("it {}", crate::describe(e, &[token])))
+            })?;
         if !classify(resp.status(), what)? {
             return Ok(None);
         }
@@ -176,7 +178,7 @@ struct IntrospectionBody {
 #[async_trait]
 impl TokenValidator for IntrospectionValidator {
     async fn validate(&self, token: &str) -> Result<Option<TokenInfo>, Error> {
-        let what = "token introspection";
+        let what = "token introspection endpoint";
         let secrets = [token, self.client_secret.as_str()];
         let resp = self
             .http
@@ -185,13 +187,18 @@ impl TokenValidator for IntrospectionValidator {
             .form(&[("token", token)])
             .send()
             .await
-            .map_err(|e| Error::Unavailable(format!("{what} {}", crate::describe(e, &secrets))))?;
+            .map_err(|e| {
+                crate::unavailable(what, format!("it {}", crate::describe(e, &secrets)))
+            })?;
         // The introspection endpoint refusing *us* is a configuration fault, not a bad token.
         if matches!(resp.status().as_u16(), 401 | 403) {
-            return Err(Error::Unavailable(format!(
-                "{what} refused the server's client credentials ({})",
-                resp.status()
-            )));
+            return Err(crate::unavailable(
+                what,
+                format!(
+                    "it refused the server's client credentials ({})",
+                    resp.status()
+                ),
+            ));
         }
         if !classify(resp.status(), what)? {
             return Ok(None);
@@ -383,7 +390,10 @@ mod tests {
         async fn validate(&self, token: &str) -> Result<Option<TokenInfo>, Error> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.fail {
-                return Err(Error::Unavailable("down".into()));
+                return Err(crate::unavailable(
+                    "token-info service",
+                    "it is down".into(),
+                ));
             }
             Ok((token != "bad" && !self.reject_all).then(|| TokenInfo {
                 uid: "alice".into(),

@@ -175,6 +175,123 @@ pub fn decode_public_key(b64: &str) -> Result<Vec<u8>, Error> {
     Ok(raw)
 }
 
+/// The `(label, base64 body)` of each `-----BEGIN label-----` block of a PEM text.
+fn pem_blocks(pem: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in pem.lines().map(str::trim) {
+        if let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            current = Some((label.to_owned(), String::new()));
+        } else if line.starts_with("-----END") {
+            blocks.extend(current.take());
+        } else if let Some((_, body)) = &mut current
+            && !line.contains(':')
+        {
+            // Lines with a colon are RFC 1421 headers (`Proc-Type: ...`), not base64.
+            body.push_str(line);
+        }
+    }
+    blocks
+}
+
+const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// The error for a key of another kind than Ed25519.
+fn not_ed25519(kind: &str) -> Error {
+    Error::AuditKeyInvalid(format!(
+        "found {kind}, but audit checkpoints need an Ed25519 key (create one with `openssl genpkey -algorithm ed25519`)"
+    ))
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, &x| (l << 8) | usize::from(x));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The algorithm OID of a PKCS#8 `PrivateKeyInfo`, and the OID parameter (an EC key's
+/// curve) if it has one.
+fn pkcs8_algorithm(der: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let (0x30, info, _) = der_element(der)? else {
+        return None;
+    };
+    let (0x02, _, rest) = der_element(info)? else {
+        return None;
+    };
+    let (0x30, algorithm, _) = der_element(rest)? else {
+        return None;
+    };
+    let (0x06, oid, rest) = der_element(algorithm)? else {
+        return None;
+    };
+    let param = der_element(rest)
+        .filter(|(tag, _, _)| *tag == 0x06)
+        .map(|(_, p, _)| p);
+    Some((oid, param))
+}
+
+/// The curve OID of a SEC1 `ECPrivateKey` (`BEGIN EC PRIVATE KEY`).
+fn sec1_curve(der: &[u8]) -> Option<&[u8]> {
+    let (0x30, key, _) = der_element(der)? else {
+        return None;
+    };
+    let (0x02, _, rest) = der_element(key)? else {
+        return None;
+    };
+    let (0x04, _, rest) = der_element(rest)? else {
+        return None;
+    };
+    let (0xa0, params, _) = der_element(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = der_element(params)? else {
+        return None;
+    };
+    Some(oid)
+}
+
+/// A PKCS#8 key's kind, as `openssl` names its algorithm.
+fn pkcs8_kind(oid: &[u8], param: Option<&[u8]>) -> &'static str {
+    match oid {
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01] => "an RSA key",
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a] => "an RSA-PSS key",
+        [0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01] => "a DSA key",
+        OID_EC_PUBLIC_KEY => ec_kind(param),
+        [0x2b, 0x65, 0x71] => "an Ed448 key",
+        [0x2b, 0x65, 0x6e] => "an X25519 key",
+        [0x2b, 0x65, 0x6f] => "an X448 key",
+        _ => "a key of another algorithm",
+    }
+}
+
+/// An EC key's kind by its curve.
+fn ec_kind(curve: Option<&[u8]>) -> &'static str {
+    match curve {
+        Some([0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]) => "an EC P-256 key",
+        Some([0x2b, 0x81, 0x04, 0x00, 0x22]) => "an EC P-384 key",
+        Some([0x2b, 0x81, 0x04, 0x00, 0x23]) => "an EC P-521 key",
+        Some([0x2b, 0x81, 0x04, 0x00, 0x0a]) => "an EC secp256k1 key",
+        _ => "an EC key",
+    }
+}
+
 /// The server's checkpoint signing key.
 pub struct AuditSigner {
     key: Ed25519KeyPair,
@@ -190,24 +307,53 @@ impl std::fmt::Debug for AuditSigner {
 
 impl AuditSigner {
     /// A key from a PEM file as `openssl genpkey -algorithm ed25519` writes it (PKCS#8).
+    /// Any other key is refused with the kind of key it is, in the words of `openssl`.
     pub fn from_pem(pem: &str) -> Result<AuditSigner, Error> {
-        let body: String = pem
-            .lines()
-            .skip_while(|l| !l.starts_with("-----BEGIN PRIVATE KEY-----"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("-----END"))
-            .collect();
-        if body.is_empty() {
+        let blocks = pem_blocks(pem);
+        // `openssl ecparam -genkey` writes an "EC PARAMETERS" block before the key.
+        let Some((label, body)) = blocks
+            .iter()
+            .find(|(label, _)| label.ends_with("PRIVATE KEY"))
+            .or(blocks.first())
+        else {
             return Err(Error::AuditKeyInvalid(
                 "no \"BEGIN PRIVATE KEY\" block (expected PKCS#8 PEM, e.g. from `openssl genpkey -algorithm ed25519`)".into(),
             ));
+        };
+        let der = || {
+            B64.decode(body)
+                .map_err(|e| Error::AuditKeyInvalid(format!("PEM body is not base64: {e}")))
+        };
+        match label.as_str() {
+            "PRIVATE KEY" => {}
+            "RSA PRIVATE KEY" => return Err(not_ed25519("an RSA key")),
+            "EC PRIVATE KEY" => {
+                let curve = der().ok().and_then(|d| sec1_curve(&d).map(<[u8]>::to_vec));
+                return Err(not_ed25519(ec_kind(curve.as_deref())));
+            }
+            "ENCRYPTED PRIVATE KEY" => {
+                return Err(Error::AuditKeyInvalid(
+                    "the key is encrypted; the server needs it unencrypted (`openssl pkey -in KEY -out PLAIN`)".into(),
+                ));
+            }
+            "PUBLIC KEY" => {
+                return Err(Error::AuditKeyInvalid(
+                    "found a public key; signing needs the Ed25519 private key (create one with `openssl genpkey -algorithm ed25519`)".into(),
+                ));
+            }
+            "OPENSSH PRIVATE KEY" => return Err(not_ed25519("an OpenSSH key")),
+            other => return Err(not_ed25519(&format!("a PEM block of type {other}"))),
         }
-        let der = B64
-            .decode(body.trim())
-            .map_err(|e| Error::AuditKeyInvalid(format!("PEM body is not base64: {e}")))?;
-        Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-            .map(|key| AuditSigner { key })
-            .map_err(|e| Error::AuditKeyInvalid(format!("not an Ed25519 PKCS#8 key: {e}")))
+        let der = der()?;
+        match pkcs8_algorithm(&der) {
+            Some((OID_ED25519, _)) => Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+                .map(|key| AuditSigner { key })
+                .map_err(|_| Error::AuditKeyInvalid("the Ed25519 key is malformed".into())),
+            Some((oid, param)) => Err(not_ed25519(pkcs8_kind(oid, param))),
+            None => Err(Error::AuditKeyInvalid(
+                "the PRIVATE KEY block is not a PKCS#8 key".into(),
+            )),
+        }
     }
 
     /// The public key, base64: what verifiers should pin.
@@ -751,6 +897,69 @@ mod tests {
         cp.root = "0".repeat(64);
         assert!(verify(&entries, &cp, &key).is_err(), "the root is signed");
         assert!(AuditSigner::from_pem("nonsense").is_err());
+    }
+
+    /// Keys of other kinds, as `openssl` writes them (the RSA one is only the PKCS#8 header,
+    /// which is all the kind is read from).
+    #[test]
+    fn a_key_of_another_kind_is_named() {
+        let need = "but audit checkpoints need an Ed25519 key (create one with `openssl genpkey -algorithm ed25519`)";
+        let rsa = "-----BEGIN PRIVATE KEY-----\nMBQCAQAwDQYJKoZIhvcNAQEBBQAEAA==\n-----END PRIVATE KEY-----\n";
+        let p256 = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg17swRaKScogcesKd
+rVeRyf13Vm9obMS97UnqZzv1uXqhRANCAARCKLVpr3rmdfP+mJrs/r4rPRV98AGB
+Mw8gF+Th1YFZGJf+PwTm7NDWKTohS8IiOoEkfReBnb/QyZ5VUUuCzQ9G
+-----END PRIVATE KEY-----
+";
+        let sec1 = "-----BEGIN EC PARAMETERS-----
+BggqhkjOPQMBBw==
+-----END EC PARAMETERS-----
+-----BEGIN EC PRIVATE KEY-----
+MHcCAQEEIJtEFdQ2zG17awF6ZPugR+8XP0PdEPZmVPBh7JztSLr5oAoGCCqGSM49
+AwEHoUQDQgAEFvO/p88X/205njicW7Ear3G7RMDeh6Pye0GqPV5PwlsMaPt1+w+W
+slTuCeZn5s/VJO9gi7J5O8JydSG5q9WjMw==
+-----END EC PRIVATE KEY-----
+";
+        let ed448 = "-----BEGIN PRIVATE KEY-----
+MEcCAQAwBQYDK2VxBDsEOS//so+NGVFs9C4J6MwFNwAlwLWocJ813cCJ4zRKj7uN
+r3xLUwlK5VvpJJfcArXtSRL0HRsmJq6KTA==
+-----END PRIVATE KEY-----
+";
+        let public = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEA6g85bNqTUVnZUKENTikMwOXKwW2I02HX18JWh1RMCOI=
+-----END PUBLIC KEY-----
+";
+        let message = |pem: &str| AuditSigner::from_pem(pem).unwrap_err().to_string();
+        assert_eq!(
+            message(rsa),
+            format!("audit signing key: found an RSA key, {need}")
+        );
+        assert_eq!(
+            message(p256),
+            format!("audit signing key: found an EC P-256 key, {need}")
+        );
+        assert_eq!(
+            message(sec1),
+            format!("audit signing key: found an EC P-256 key, {need}")
+        );
+        assert_eq!(
+            message(ed448),
+            format!("audit signing key: found an Ed448 key, {need}")
+        );
+        assert_eq!(
+            message("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"),
+            format!("audit signing key: found an RSA key, {need}")
+        );
+        assert_eq!(
+            message(public),
+            "audit signing key: found a public key; signing needs the Ed25519 private key (create one with `openssl genpkey -algorithm ed25519`)"
+        );
+        assert_eq!(
+            message("nonsense"),
+            "audit signing key: no \"BEGIN PRIVATE KEY\" block (expected PKCS#8 PEM, e.g. from `openssl genpkey -algorithm ed25519`)"
+        );
+        // And the key of the right kind still loads.
+        assert!(AuditSigner::from_pem(KEY).is_ok());
     }
 
     #[test]

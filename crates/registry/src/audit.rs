@@ -31,9 +31,16 @@ impl Registry {
             (Some(r), Some(t)) => Some((r.parse::<RepoName>()?, t.parse::<Tag>()?)),
             (None, None) => None,
             _ => {
-                return Err(RegistryError::InvalidQuery {
-                    name: "repository",
-                    value: "repository and tag go together".into(),
+                return Err(if q.contains_key("repository") {
+                    RegistryError::InvalidQuery {
+                        name: "repository",
+                        value: "given without tag; give both or neither".into(),
+                    }
+                } else {
+                    RegistryError::InvalidQuery {
+                        name: "tag",
+                        value: "given without repository; give both or neither".into(),
+                    }
                 });
             }
         };
@@ -70,7 +77,7 @@ impl Registry {
         let q = query(req);
         let seq: u64 = query_number(&q, "seq")?.ok_or(RegistryError::InvalidQuery {
             name: "seq",
-            value: String::new(),
+            value: "required".into(),
         })?;
         let size = match query_number(&q, "size")? {
             Some(s) => s,
@@ -85,10 +92,16 @@ impl Registry {
         let (logged, _) = self.tags.audit_head().await?;
         let mut builder = match InclusionBuilder::new(seq, size) {
             Some(b) if size <= logged => b,
+            _ if size > logged => {
+                return Err(RegistryError::InvalidQuery {
+                    name: "size",
+                    value: format!("{size}, more than the log's {logged} entries"),
+                });
+            }
             _ => {
                 return Err(RegistryError::InvalidQuery {
                     name: "seq",
-                    value: format!("{seq} (the tree must hold it: 1 <= seq <= size <= {logged})"),
+                    value: format!("{seq}, not between 1 and size ({size})"),
                 });
             }
         };

@@ -38,7 +38,11 @@ pub(crate) fn query_number<T: std::str::FromStr>(
         .map(|v| {
             v.parse().map_err(|_| RegistryError::InvalidQuery {
                 name,
-                value: v.clone(),
+                value: if v.is_empty() {
+                    "empty, not a number".to_owned()
+                } else {
+                    format!("{v}, not a number")
+                },
             })
         })
         .transpose()

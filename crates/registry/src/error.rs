@@ -61,7 +61,9 @@ pub enum RegistryError {
     BodyTooLarge { size: u64, limit: u64 },
     #[error("the request body failed: {0}")]
     RequestBody(String),
-    #[error("invalid query parameter {name}: {value:?}")]
+    /// A query parameter that cannot be used. `value` is the value and what is wrong with it
+    /// (`abc, not a number`), or `required`; it is shown as it is, never quoted.
+    #[error("query parameter {name}: {value}")]
     InvalidQuery { name: &'static str, value: String },
     #[error(
         "{0} is not supported: Pier One never deletes through the API, so that deployed artifacts stay auditable"
@@ -123,8 +125,10 @@ impl RegistryError {
     /// decide here how clients see it.
     ///
     /// The spec has no code for server faults; 5xx answers use `UNSUPPORTED` (the operation
-    /// could not be done) and `TOOMANYREQUESTS` for "unavailable, retry later", so that every
-    /// body still carries one of the fourteen codes.
+    /// could not be done now), with 503 and `Retry-After` when a backend or identity service
+    /// is unavailable, so that every body still carries one of the fourteen codes.
+    /// `TOOMANYREQUESTS` is kept for throttling (of this client, or of us by S3): a client
+    /// reading it should slow down, which does not help when a service is down.
     pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         use pierone_blobstore::Error as B;
         use pierone_protocol::Error as P;
@@ -152,9 +156,8 @@ impl RegistryError {
                 B::Io { .. } | B::Backend(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
                 }
-                B::Throttled(_) | B::Unavailable(_) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
-                }
+                B::Throttled(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
+                B::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
                 B::Body(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
                 // Parts that are not stored as recorded: the upload can never be finished, and
                 // the client must start again.
@@ -176,14 +179,17 @@ impl RegistryError {
                 T::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
                 T::BlobCollected(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
                 // Only when a write stalled for minutes: the client retries.
-                T::StaleCheck { .. } => {
-                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
-                }
+                T::StaleCheck { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
                 T::UploadOffsetConflict { .. } => (
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     ErrorCode::BlobUploadInvalid,
                 ),
-                T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
+                T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
+                // Only when opening the store at start-up, never an answer; mapped for
+                // completeness.
+                T::UnsupportedScheme(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+                }
                 T::Query(_) | T::Corrupt(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
                 }
@@ -193,8 +199,10 @@ impl RegistryError {
                     (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
                 }
                 pierone_auth::Error::Denied { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
-                pierone_auth::Error::Unavailable(_) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
+                // Not UNAUTHORIZED: the credentials may be fine, and clients would ask the user
+                // for new ones.
+                pierone_auth::Error::Unavailable { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported)
                 }
                 pierone_auth::Error::Config(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
@@ -254,8 +262,11 @@ impl RegistryError {
             RegistryError::ImageUnknown(_) | RegistryError::ScmSourceUnknown => {
                 (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
             }
+            // Not MANIFEST_UNKNOWN: several images were found. UNSUPPORTED is the code for "an
+            // invalid set of parameters", which a prefix that selects no single image is. The
+            // status stays 412, which the CLI and the API description promise for this case.
             RegistryError::ImageAmbiguous(..) => {
-                (StatusCode::PRECONDITION_FAILED, ErrorCode::ManifestUnknown)
+                (StatusCode::PRECONDITION_FAILED, ErrorCode::Unsupported)
             }
             RegistryError::ScmSourceInvalid(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
@@ -285,10 +296,12 @@ impl RegistryError {
                 repo,
                 tag,
                 existing,
+                pushed,
             }) => Some(serde_json::json!({
                 "repository": repo.as_str(),
                 "tag": tag.as_str(),
                 "digest": existing.as_str(),
+                "pushed": pushed.as_str(),
             })),
             RegistryError::Auth(pierone_auth::Error::Denied { team, uid, .. }) => {
                 Some(serde_json::json!({ "team": team, "uid": uid }))
@@ -316,6 +329,11 @@ impl RegistryError {
             RegistryError::Auth(pierone_auth::Error::Unauthorized(_)) => ErrorHeaders::Challenge,
             RegistryError::TooManyUploads { .. } => ErrorHeaders::RetryAfter(1),
             RegistryError::ScanBusy => ErrorHeaders::RetryAfter(5),
+            // Identity services answer again within seconds or not for a while; a client that
+            // retries at once only adds load to one that is struggling.
+            RegistryError::Auth(pierone_auth::Error::Unavailable { .. }) => {
+                ErrorHeaders::RetryAfter(5)
+            }
             RegistryError::ChunkOutOfOrder { received, .. } => ErrorHeaders::UploadRange(*received),
             RegistryError::Tags(pierone_tagstore::Error::UploadOffsetConflict {
                 actual, ..
@@ -326,5 +344,55 @@ impl RegistryError {
             }) => ErrorHeaders::BlobSize(*size),
             _ => ErrorHeaders::None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_errors_name_the_parameter_without_quotes() {
+        let e = RegistryError::InvalidQuery {
+            name: "n",
+            value: "abc, not a number".into(),
+        };
+        assert_eq!(e.to_string(), "query parameter n: abc, not a number");
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::BAD_REQUEST, ErrorCode::Unsupported)
+        );
+    }
+
+    #[test]
+    fn an_ambiguous_prefix_is_not_an_unknown_manifest() {
+        let e = RegistryError::ImageAmbiguous("2cf2".into(), 3);
+        assert_eq!(
+            e.to_string(),
+            "2cf2 matches 3 different images; give a longer prefix"
+        );
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::PRECONDITION_FAILED, ErrorCode::Unsupported)
+        );
+    }
+
+    #[test]
+    fn an_identity_service_down_is_unavailable_not_throttling() {
+        let e = RegistryError::Auth(pierone_auth::Error::Unavailable {
+            service: "token-info service",
+            why: "it answered 502 Bad Gateway".into(),
+        });
+        assert_eq!(
+            e.to_string(),
+            "the token-info service is unavailable: it answered 502 Bad Gateway; retry later"
+        );
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported)
+        );
+        assert_eq!(e.headers(), ErrorHeaders::RetryAfter(5));
+        let throttled = RegistryError::TooManyUploads { limit: 4 };
+        assert_eq!(throttled.status_and_code().1, ErrorCode::TooManyRequests);
     }
 }

@@ -83,13 +83,27 @@ pub async fn tags_are_immutable(store: &dyn TagStore) {
         store.put_manifest(&r, m1.clone(), w.clone()).await.unwrap(),
         TagOutcome::Unchanged
     );
-    match store.put_manifest(&r, m2.clone(), w.clone()).await {
-        Err(Error::TagImmutable { existing, tag, .. }) => {
-            assert_eq!(existing, m1.digest);
-            assert_eq!(tag.as_str(), "1.0");
-        }
-        other => panic!("expected TagImmutable, got {other:?}"),
-    }
+    let refused = store.put_manifest(&r, m2.clone(), w.clone()).await;
+    let Err(Error::TagImmutable {
+        existing,
+        pushed,
+        tag: refused_tag,
+        ..
+    }) = &refused
+    else {
+        panic!("expected TagImmutable, got {refused:?}");
+    };
+    assert_eq!(existing, &m1.digest);
+    assert_eq!(pushed, &m2.digest);
+    assert_eq!(refused_tag.as_str(), "1.0");
+    // Both digests, so the pusher sees what the tag keeps and what was refused.
+    assert_eq!(
+        refused.unwrap_err().to_string(),
+        format!(
+            "tag {r}:1.0 already names {}; it is immutable, so it cannot name {} (push a new tag)",
+            m1.digest, m2.digest
+        )
+    );
     // The refused write changed nothing: the tag still resolves to m1 and m2 is not stored.
     assert_eq!(
         store.resolve_tag(&r, &tag("1.0")).await.unwrap(),

@@ -106,11 +106,16 @@ pub(crate) fn digest_has_prefix(digest: &Digest, prefix: &str) -> bool {
 /// What went wrong in the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("tag {repo}:{tag} already names {existing}; tags are immutable, push a new tag")]
+    #[error(
+        "tag {repo}:{tag} already names {existing}; it is immutable, so it cannot name {pushed} (push a new tag)"
+    )]
     TagImmutable {
         repo: RepoName,
         tag: Tag,
+        /// What the tag names, and will keep naming.
         existing: Digest,
+        /// What the refused write asked it to name.
+        pushed: Digest,
     },
     #[error("pushing the tag \"latest\" is not allowed: it always means the newest tag")]
     LatestNotAllowed,
@@ -130,6 +135,9 @@ pub enum Error {
     StaleCheck { age_ms: Millis },
     #[error("the metadata database is unavailable: {0}")]
     Unavailable(String),
+    /// A database URL of a kind no backend speaks (`mysql://...`).
+    #[error("unsupported database URL scheme {0}: use postgres://, postgresql:// or sqlite://")]
+    UnsupportedScheme(String),
     #[error("metadata database query failed: {0}")]
     Query(String),
     #[error("stored metadata is corrupt: {0}")]

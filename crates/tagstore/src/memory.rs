@@ -121,6 +121,7 @@ impl TagStore for MemoryTagStore {
                         repo: repo.clone(),
                         tag: w.tag.clone(),
                         existing: rec.digest.clone(),
+                        pushed: manifest.digest.clone(),
                     });
                 }
             },

@@ -299,19 +299,49 @@ fn parse_digest(s: &str) -> Result<Digest, Error> {
 impl SqlTagStore {
     /// Open the database at `url`, creating it (SQLite) and applying migrations as needed:
     /// `postgres://...` or `postgresql://...` for PostgreSQL, `sqlite://PATH` or a bare path
-    /// for SQLite. The backend is chosen from the scheme so that a connection failure reports
-    /// the real error.
+    /// for SQLite; any other `SCHEME://` is refused by name rather than taken for a file name.
+    /// The backend is chosen from the scheme so that a connection failure reports the real
+    /// error.
     pub async fn open(url: &str) -> Result<SqlTagStore, Error> {
         let url = url.to_owned();
-        blocking(move || {
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                open_postgres(url)
-            } else {
-                open_sqlite(url.strip_prefix("sqlite://").unwrap_or(&url).to_owned())
+        match url_scheme(&url) {
+            Some("postgres" | "postgresql") => blocking(move || open_postgres(url)).await,
+            Some("sqlite") | None => {
+                blocking(move || {
+                    open_sqlite(url.strip_prefix("sqlite://").unwrap_or(&url).to_owned())
+                })
+                .await
             }
-        })
-        .await
+            Some(other) => Err(Error::UnsupportedScheme(other.to_owned())),
+        }
     }
+}
+
+/// The scheme of `SCHEME://...`, `None` for a path. Only what RFC 3986 allows in a scheme
+/// counts, so that a path such as `./data://x` stays a path.
+fn url_scheme(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
+
+/// How long a PostgreSQL connection attempt may take unless the URL says otherwise: without
+/// it, libpq waits for the operating system, minutes for a host that drops packets.
+#[cfg(feature = "postgres")]
+const PG_CONNECT_TIMEOUT_S: u32 = 10;
+
+/// libpq's message on one line: it spreads one failure over several, with a hint indented
+/// below, which would read as separate errors in a log.
+#[cfg(feature = "postgres")]
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn unavailable(e: diesel::r2d2::PoolError) -> Error {
@@ -323,16 +353,25 @@ fn migrate(e: Box<dyn std::error::Error + Send + Sync>) -> Error {
 }
 
 #[cfg(feature = "postgres")]
-fn open_postgres(url: String) -> Result<SqlTagStore, Error> {
+fn open_postgres(mut url: String) -> Result<SqlTagStore, Error> {
+    if !url.contains("connect_timeout=") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        url = format!("{url}{sep}connect_timeout={PG_CONNECT_TIMEOUT_S}");
+    }
+    // One connection first: the pool would open all of its connections at once and log every
+    // failure, several times over, before giving up with the last one. This way an unreachable
+    // database is one error, with libpq's reason.
+    let mut first = PgConnection::establish(&url)
+        .map_err(|e| Error::Unavailable(format!("cannot connect: {}", one_line(&e.to_string()))))?;
+    first
+        .run_pending_migrations(POSTGRES_MIGRATIONS)
+        .map_err(migrate)?;
+    drop(first);
     let pool = Pool::builder()
         .max_size(16)
         .connection_timeout(Duration::from_secs(5))
         .build(ConnectionManager::<PgConnection>::new(url))
         .map_err(unavailable)?;
-    pool.get()
-        .map_err(unavailable)?
-        .run_pending_migrations(POSTGRES_MIGRATIONS)
-        .map_err(migrate)?;
     Ok(SqlTagStore {
         pools: Pools::Postgres(pool),
     })
@@ -429,6 +468,7 @@ macro_rules! backend_ops {
                                             repo: repo.clone(),
                                             tag: w.tag.clone(),
                                             existing: previous,
+                                            pushed: m.digest.clone(),
                                         }));
                                     }
                                 }
@@ -1934,5 +1974,41 @@ mod tests {
             let url = create_test_database(&base).await.unwrap();
             (SqlTagStore::open(&url).await.unwrap(), ())
         });
+
+        #[tokio::test]
+        async fn an_unreachable_server_is_one_error_line() {
+            // Port 1 on the loopback: refused at once, and nothing listens there.
+            let e = SqlTagStore::open("postgres://pierone:SECRET@127.0.0.1:1/pierone")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                "the metadata database is unavailable: cannot connect: connection to server at \"127.0.0.1\", port 1 failed: Connection refused; Is the server running on that host and accepting TCP/IP connections?"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused_by_name() {
+        let e = SqlTagStore::open("mysql://root:SECRET@db.example/pierone")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "unsupported database URL scheme mysql: use postgres://, postgresql:// or sqlite://"
+        );
+    }
+
+    #[test]
+    fn schemes_are_told_from_paths() {
+        assert_eq!(url_scheme("postgres://u@h/db"), Some("postgres"));
+        assert_eq!(url_scheme("sqlite:///var/lib/p.db"), Some("sqlite"));
+        assert_eq!(url_scheme("my+sql.x-y://h"), Some("my+sql.x-y"));
+        assert_eq!(url_scheme("/var/lib/pierone.db"), None);
+        assert_eq!(url_scheme("./data://x"), None);
+        assert_eq!(url_scheme("://x"), None);
+        assert_eq!(url_scheme("1db://x"), None);
     }
 }
