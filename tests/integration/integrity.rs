@@ -542,7 +542,7 @@ impl BlobStore for PausingStat {
         id: &pierone_protocol::UploadId,
         parts: &[pierone_protocol::UploadPart],
         digest: &Digest,
-    ) -> Result<(), pierone_blobstore::Error> {
+    ) -> Result<bool, pierone_blobstore::Error> {
         self.inner.commit_upload(id, parts, digest).await
     }
     async fn abort_upload(

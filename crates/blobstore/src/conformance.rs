@@ -308,6 +308,14 @@ pub async fn racing_parts_keep_their_own_bytes(store: &dyn BlobStore) {
 
 pub async fn commit_is_idempotent_per_digest(store: &dyn BlobStore) {
     let data = b"same content twice";
+    // The first commit stores the bytes; the second finds them stored.
+    for first in [true, false] {
+        let id = uid("twice");
+        store.create_upload(&id).await.unwrap();
+        let p = part(store, &id, b"stored or found").await;
+        let d = Digest::sha256_of(b"stored or found");
+        assert_eq!(store.commit_upload(&id, &[p], &d).await.unwrap(), first);
+    }
     let d1 = put(store, data).await;
     let d2 = put(store, data).await;
     assert_eq!(d1, d2);

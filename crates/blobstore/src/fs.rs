@@ -137,6 +137,22 @@ fn lock_checked(file: std::fs::File, path: &Path, id: &UploadId) -> Result<std::
     }
 }
 
+/// Whether the recorded `ranges` are exactly the `stored` bytes of the upload file, in order
+/// from byte 0, so that the file itself can be published.
+fn in_place(ranges: &[Range<u64>], stored: u64) -> bool {
+    let mut next = 0;
+    ranges.iter().all(|r| {
+        let follows = r.start == next;
+        next = r.end;
+        follows
+    }) && next == stored
+}
+
+/// Where a commit assembles the recorded parts of an upload that cannot be published in place.
+fn assembly_path(upload: &Path) -> PathBuf {
+    upload.with_extension("assemble")
+}
+
 /// Defence in depth before publishing: the file holds exactly the bytes the parts add up to.
 fn check_size(file: &std::fs::File, size: u64) -> Result<(), Error> {
     let len = file
@@ -467,13 +483,13 @@ impl BlobStore for FsBlobStore {
         id: &UploadId,
         parts: &[UploadPart],
         digest: &Digest,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let upload = self.upload_path(id);
         let target = self.blob_path(digest);
         let id = id.clone();
         let parts = parts.to_vec();
         let fsync = self.fsync;
-        tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        tokio::task::spawn_blocking(move || -> Result<bool, Error> {
             let mut file = open_locked(&upload, &id)?;
             let stored = file
                 .metadata()
@@ -489,32 +505,27 @@ impl BlobStore for FsBlobStore {
                     .write(true)
                     .open(&target)
                     .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-                return std::fs::remove_file(&upload).map_err(Error::io("remove upload file"));
+                std::fs::remove_file(&upload).map_err(Error::io("remove upload file"))?;
+                return Ok(false);
             }
-            let mut next = 0;
-            let in_place = ranges.iter().all(|r| {
-                let follows = r.start == next;
-                next = r.end;
-                follows
-            });
+            let in_place = in_place(&ranges, stored);
             let dir = target.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(Error::io("create blob directory"))?;
             if in_place {
-                // Every sequential push: the parts are the file's first `size` bytes, and what
-                // follows them (a refused or unrecorded request's bytes) is cut off.
-                if stored > size {
-                    file.set_len(size)
-                        .map_err(Error::io("truncate upload file"))?;
-                }
+                // Every sequential push: the parts are exactly the file. The file is never cut
+                // here: a commit that fails after a cut would let the next append take the key
+                // (the position) of a part another request may still record.
                 if fsync {
                     file.sync_all().map_err(Error::io("fsync upload file"))?;
                 }
                 check_size(&file, size)?;
                 std::fs::rename(&upload, &target).map_err(Error::io("publish blob"))?;
             } else {
-                // A request between the recorded parts was refused or never recorded: copy
-                // exactly the recorded ranges into a new file and publish that.
-                let assembled = upload.with_extension(format!("assemble-{}", std::process::id()));
+                // Bytes of a refused or unrecorded request lie between or after the recorded
+                // parts: copy exactly the recorded ranges into a new file and publish that,
+                // leaving the upload file as it was until the blob is in place. One assembler
+                // at a time: this runs under the upload's lock.
+                let assembled = assembly_path(&upload);
                 let result = (|| {
                     let mut out = std::fs::File::create(&assembled)
                         .map_err(Error::io("create assembled upload"))?;
@@ -549,13 +560,15 @@ impl BlobStore for FsBlobStore {
                     .and_then(|d| d.sync_all())
                     .map_err(Error::io("fsync blob directory"))?;
             }
-            Ok(())
+            Ok(true)
         })
         .await
         .map_err(|e| Error::Backend(format!("blocking task failed: {e}")))?
     }
 
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error> {
+        // What a commit that died while assembling left behind.
+        let _ = tokio::fs::remove_file(assembly_path(&self.upload_path(id))).await;
         match tokio::fs::remove_file(self.upload_path(id)).await {
             Ok(()) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
@@ -757,6 +770,48 @@ mod tests {
         );
         assert_eq!(std::fs::read(kept).unwrap(), b"evidence");
         assert!(!store.blob_path(&digest).exists());
+    }
+
+    #[test]
+    fn only_a_file_of_exactly_the_recorded_parts_is_published_in_place() {
+        assert!(in_place(&[0..5, 5..9], 9));
+        assert!(in_place(&[], 0));
+        // Bytes after the parts (a refused request's, a crash's): copy, never cut the file.
+        assert!(!in_place(&[0..5, 5..9], 12));
+        assert!(!in_place(&[], 3));
+        // A gap between parts.
+        assert!(!in_place(&[0..5, 7..9], 9));
+    }
+
+    /// The attack found in review: a commit must not cut the upload file, or a part appended
+    /// afterwards could take the key of a part another request is about to record.
+    #[tokio::test]
+    async fn a_commit_never_cuts_the_parts_of_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let id: UploadId = "nocut".parse().unwrap();
+        store.create_upload(&id).await.unwrap();
+        let stream = crate::conformance::stream_of;
+        let p = store.write_part(&id, stream(&[b"PPPPPP"])).await.unwrap();
+        let y = store.write_part(&id, stream(&[b"YY"])).await.unwrap();
+        // A racing PATCH's part, written after the PUT's final part, not yet recorded.
+        let z = store.write_part(&id, stream(&[b"ZZZZ"])).await.unwrap();
+        // The commit of [p, y] must copy (z follows the parts); make that copy fail.
+        std::fs::create_dir(assembly_path(&store.upload_path(&id))).unwrap();
+        let d = Digest::sha256_of(b"PPPPPPYY");
+        assert!(store.commit_upload(&id, &[p, y], &d).await.is_err());
+        assert_eq!(store.stat(&d).await.unwrap(), None);
+        // Every part is where it was: z still holds its own bytes, and a part appended now
+        // gets a key of its own.
+        let upload = store.upload_path(&id);
+        assert_eq!(std::fs::metadata(&upload).unwrap().len(), 12);
+        let read = store
+            .read_upload(&id, std::slice::from_ref(&z))
+            .await
+            .unwrap();
+        assert_eq!(crate::conformance::collect(read).await, b"ZZZZ");
+        let v = store.write_part(&id, stream(&[b"EVIL"])).await.unwrap();
+        assert_ne!(v.key, z.key);
     }
 
     #[tokio::test]

@@ -169,12 +169,14 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
     /// forget the upload with all its parts. The caller must already have verified that those
     /// bytes hash to `digest`. Every part must be stored with its recorded length
     /// ([`Error::PartUnknown`], [`Error::PartSizeMismatch`] otherwise, and nothing is published).
+    /// `true` when this commit stored the bytes, `false` when the digest was stored already
+    /// (garbage collection needs to know which: only bytes stored now outlive a deletion).
     async fn commit_upload(
         &self,
         id: &UploadId,
         parts: &[UploadPart],
         digest: &Digest,
-    ) -> Result<(), Error>;
+    ) -> Result<bool, Error>;
 
     /// Forget an upload's data. Succeeds when there is none.
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error>;

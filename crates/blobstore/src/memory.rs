@@ -122,7 +122,7 @@ impl BlobStore for MemoryBlobStore {
         id: &UploadId,
         parts: &[UploadPart],
         digest: &Digest,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let chunks = self.recorded(id, parts)?;
         let mut inner = self.lock();
         if inner.uploads.remove(id).is_none() {
@@ -130,12 +130,13 @@ impl BlobStore for MemoryBlobStore {
             return Err(Error::UploadUnknown(id.clone()));
         }
         let now = now_millis();
+        let stored = !inner.blobs.contains_key(digest.as_str());
         inner
             .blobs
             .entry(digest.as_str().to_owned())
             .and_modify(|b| b.2 = now)
             .or_insert_with(|| (digest.clone(), Bytes::from(chunks.concat()), now));
-        Ok(())
+        Ok(stored)
     }
 
     async fn list_blobs(

@@ -97,7 +97,8 @@ fn parse_content_range(value: &str) -> Result<(u64, u64), RegistryError> {
     let (s, e) = v.split_once('-').ok_or_else(bad)?;
     let s: u64 = s.trim().parse().map_err(|_| bad())?;
     let e: u64 = e.trim().parse().map_err(|_| bad())?;
-    if e < s {
+    // The span (e - s + 1) must be a number too: `0-18446744073709551615` is not a chunk.
+    if e < s || e.checked_add(1).is_none() {
         return Err(bad());
     }
     Ok((s, e))
@@ -318,20 +319,23 @@ impl Registry {
                 actual,
             });
         }
-        if let Err(e) = self.blobs.commit_upload(id, parts, expected).await {
-            if matches!(
-                e,
-                BlobError::PartUnknown { .. } | BlobError::PartSizeMismatch { .. }
-            ) {
-                // The recorded parts are not what the store holds: nothing was published,
-                // and the upload can never be finished.
-                tracing::error!(upload = %id, error = %e, "upload parts do not match their record");
-                self.discard(id).await;
+        let stored_now = match self.blobs.commit_upload(id, parts, expected).await {
+            Ok(stored_now) => stored_now,
+            Err(e) => {
+                if matches!(
+                    e,
+                    BlobError::PartUnknown { .. } | BlobError::PartSizeMismatch { .. }
+                ) {
+                    // The recorded parts are not what the store holds: nothing was published,
+                    // and the upload can never be finished.
+                    tracing::error!(upload = %id, error = %e, "upload parts do not match their record");
+                    self.discard(id).await;
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
         self.tags.delete_upload(id).await?;
-        self.wanted(expected).await;
+        self.wanted(expected, stored_now).await;
         Ok(created(&blob_location(repo, expected), expected))
     }
 
@@ -356,11 +360,13 @@ impl Registry {
         Ok(h.finish())
     }
 
-    /// A push just stored or mounted `digest`: take it off garbage collection's list. Failing
-    /// that only means collection may take it while the push is in its grace period's tail,
-    /// which the manifest write then detects, so it is logged, not returned.
-    async fn wanted(&self, digest: &Digest) {
-        if let Err(e) = self.tags.gc_unmark(digest).await {
+    /// A push just stored (`stored_now`) or found or mounted `digest`: take it off garbage
+    /// collection's list. Only bytes this push stored may clear a deletion's tombstone: a push
+    /// that found the blob may have found it just before the collector deleted it. Failing
+    /// only means collection may take it while the push is in its grace period's tail, which
+    /// the manifest write then detects, so it is logged, not returned.
+    async fn wanted(&self, digest: &Digest, stored_now: bool) {
+        if let Err(e) = self.tags.gc_unmark(digest, stored_now).await {
             tracing::warn!(%digest, error = %e, "could not unmark a blob for garbage collection");
         }
         // Verified bytes of a quarantined digest are stored again: it is back in service. A
@@ -410,7 +416,7 @@ impl Registry {
                 };
                 self.config.auth.authorize(principal, &read).await?;
                 if self.blobs.stat(&digest).await?.is_some() {
-                    self.wanted(&digest).await;
+                    self.wanted(&digest, false).await;
                     return Ok(created(&blob_location(repo, &digest), &digest));
                 }
             }
@@ -707,6 +713,13 @@ mod tests {
         }
 
         #[test]
+        fn numeric_content_ranges(a in proptest::prelude::any::<u64>(), b in proptest::prelude::any::<u64>()) {
+            if let Ok((s, e)) = parse_content_range(&format!("{a}-{b}")) {
+                proptest::prop_assert!(s <= e && (e - s).checked_add(1).is_some());
+            }
+        }
+
+        #[test]
         fn any_content_range(value in "(bytes )?[0-9a-z -]{0,40}(/[0-9*]{0,8})?") {
             if let Ok((s, e)) = parse_content_range(&value) {
                 proptest::prop_assert!(s <= e);
@@ -729,6 +742,7 @@ mod tests {
         assert_eq!(parse_content_range("0-99").unwrap(), (0, 99));
         assert_eq!(parse_content_range("bytes 100-199/*").unwrap(), (100, 199));
         assert!(parse_content_range("9-1").is_err());
+        assert!(parse_content_range("0-18446744073709551615").is_err());
         assert!(parse_content_range("abc").is_err());
     }
 }

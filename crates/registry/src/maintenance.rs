@@ -261,7 +261,7 @@ impl Registry {
                 };
                 if stored_at > marked_at {
                     // Stored again since it was marked: someone wants it; start over.
-                    self.tags.gc_unmark(&b.digest).await?;
+                    self.tags.gc_unmark(&b.digest, true).await?;
                     continue;
                 }
                 if marked_at == now {

@@ -656,12 +656,25 @@ impl BlobStore for S3BlobStore {
         id: &UploadId,
         parts: &[UploadPart],
         digest: &Digest,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         // An upload without parts is the empty blob (the caller verified its digest).
         let (whole, all_keys) = self.recorded_segments(id, parts).await?;
         let size: u64 = whole.iter().map(|s| s.len).sum();
         let target = self.blob_key(digest);
-        if self.stat(digest).await?.is_none() {
+        let stored = self.stat(digest).await?.is_none();
+        if !stored {
+            // Stored already: restart its age (garbage collection reads LastModified) by
+            // copying it onto itself, as a re-push of the blob must.
+            self.client
+                .copy_object()
+                .bucket(&self.config.bucket)
+                .key(&target)
+                .copy_source(format!("{}/{}", self.config.bucket, target))
+                .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+                .send()
+                .await
+                .map_err(|e| classify("refresh blob", e))?;
+        } else {
             let whole: Vec<Segment> = whole.into_iter().filter(|s| s.len > 0).collect();
             let single = whole.len() == 1;
             if whole.is_empty() {
@@ -729,7 +742,7 @@ impl BlobStore for S3BlobStore {
         if let Err(e) = self.delete_keys(all_keys).await {
             tracing::warn!(upload = %id, error = %e, "published, but could not delete the segments");
         }
-        Ok(())
+        Ok(stored)
     }
 
     async fn abort_upload(&self, id: &UploadId) -> Result<(), Error> {

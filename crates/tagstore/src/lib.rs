@@ -497,9 +497,11 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// Drop tombstones of blobs deleted before `deleted_before`; how many.
     async fn gc_prune(&self, deleted_before: Millis) -> Result<u64, Error>;
 
-    /// A blob was just stored or mounted: it is wanted, drop its mark (or its tombstone)
-    /// unless a collector has claimed it.
-    async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error>;
+    /// A blob was just stored or mounted: it is wanted, drop its mark unless a collector has
+    /// claimed it. `stored_again` (bytes stored by this push, after any deletion) drops a
+    /// deletion's tombstone too; a push that merely found the blob must not, since it may have
+    /// found it just before the collector deleted it.
+    async fn gc_unmark(&self, digest: &Digest, stored_again: bool) -> Result<(), Error>;
 
     /// The manifests that reference `digest` (directly, not through an index), once per
     /// repository they were pushed to, sorted by manifest and repository.

@@ -644,9 +644,10 @@ impl TagStore for MemoryTagStore {
         Ok((before - s.gc.len()) as u64)
     }
 
-    async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error> {
+    async fn gc_unmark(&self, digest: &Digest, stored_again: bool) -> Result<(), Error> {
         let mut s = self.lock();
-        if s.gc.get(digest).is_some_and(|(_, g)| *g != Gc::Claimed) {
+        let goes = |g: Gc| g == Gc::Marked || (stored_again && g == Gc::Deleted);
+        if s.gc.get(digest).is_some_and(|(_, g)| goes(*g)) {
             s.gc.remove(digest);
         }
         Ok(())

@@ -1822,15 +1822,20 @@ impl TagStore for SqlTagStore {
         })
     }
 
-    async fn gc_unmark(&self, digest: &Digest) -> Result<(), Error> {
+    async fn gc_unmark(&self, digest: &Digest, stored_again: bool) -> Result<(), Error> {
         let digest = digest.clone();
+        let states: &'static [&'static str] = if stored_again {
+            &["marked", "deleted"]
+        } else {
+            &["marked"]
+        };
         run!(self, |c| {
             // Stored again: neither a mark nor a tombstone applies any more; a claim does,
             // since its collector may be deleting right now.
             diesel::delete(
                 gc_candidates::table
                     .filter(gc_candidates::digest.eq(digest.as_str()))
-                    .filter(gc_candidates::state.eq_any(["marked", "deleted"])),
+                    .filter(gc_candidates::state.eq_any(states)),
             )
             .execute(c)
             .map(drop)
