@@ -681,3 +681,59 @@ async fn listings_follow_every_page_and_limit_stops_early() {
     let r = pierone(home.path(), &env, &["teams", "--limit", "1", "-o", "tsv"]).await;
     assert_eq!(r.stdout, "name\nmyteam\n", "{}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_config_digest_names_every_manifest_that_shares_it() {
+    let (s, _ti) = seeded().await;
+    let c = s.client();
+    // What podman does when it re-compresses on push: new manifests, the same config (1.0's).
+    let config = r#"{"architecture":"amd64","os":"linux","t":"1.0"}"#;
+    let image = Digest::sha256_of(config.as_bytes());
+    let layer = pierone_protocol::tar_with(&[("hello.txt", "hi")]);
+    for tag in ["shared-a", "shared-b"] {
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": image.as_str(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::sha256_of(&layer).as_str(), "size": layer.len()}],
+            "annotations": {"pushed-as": tag},
+        }))
+        .unwrap();
+        let r = c
+            .req(Method::PUT, &format!("/v2/myteam/app/manifests/{tag}"))
+            .header("Authorization", "Bearer alice")
+            .header("Content-Type", OCI_MANIFEST)
+            .body(m)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let home = tempfile::tempdir().unwrap();
+    let env = [("PIERONE_URL", s.url.as_str()), ("PIERONE_TOKEN", "alice")];
+    let every =
+        "team\tartifact\tname\nmyteam\tapp\t1.0\nmyteam\tapp\tshared-a\nmyteam\tapp\tshared-b\n";
+    // The full digest, with and without the algorithm, and a short prefix of it: one image.
+    for arg in [image.as_str(), image.hex(), &image.hex()[..12]] {
+        let r = pierone(home.path(), &env, &["image", arg, "-o", "tsv"]).await;
+        assert!(r.ok, "{arg}: {}", r.stderr);
+        assert_eq!(r.stdout, every, "{arg}");
+    }
+
+    // An empty prefix would match everything: 400, not 404.
+    for arg in ["", "sha256:"] {
+        let r = pierone(home.path(), &env, &["image", arg]).await;
+        assert!(!r.ok);
+        assert_eq!(
+            r.stderr,
+            "pierone: the registry answered 400: an empty prefix matches every image; give a digest or a prefix of one\n",
+            "{arg:?}"
+        );
+    }
+    let r = c
+        .req(Method::GET, "/tags/")
+        .header("Authorization", "Bearer alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}

@@ -594,21 +594,15 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         }
         Command::Audit { command } => audit(&api, command, fmt, out).await,
         Command::Image { prefix, limit } => {
-            let found: Vec<ImageMatch> = match api
+            // An ambiguous prefix is refused with the candidates in the registry's message,
+            // which is passed on as it is.
+            let found: Vec<ImageMatch> = api
                 .list(
                     &format!("/tags/{prefix}"),
                     &format!("image {prefix}"),
                     limit,
                 )
-                .await
-            {
-                Err(Error::Ambiguous(_)) => {
-                    return Err(Error::Ambiguous(format!(
-                        "{prefix} matches more than one image"
-                    )));
-                }
-                other => other?,
-            };
+                .await?;
             let rows: Vec<Vec<Cell>> = found
                 .into_iter()
                 .map(|m| vec![text(m.team), text(m.artifact), text(m.name)])
