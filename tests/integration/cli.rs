@@ -35,6 +35,8 @@ fn bin(name: &str) -> PathBuf {
 
 pub struct Run {
     pub ok: bool,
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -85,6 +87,7 @@ async fn run(
         let out = child.wait_with_output().unwrap();
         Run {
             ok: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
@@ -201,6 +204,27 @@ async fn listings_in_every_format() {
 
     let r = pierone(home.path(), &env, &["latest", "myteam", "app"]).await;
     assert_eq!(r.stdout, "2.0\n");
+    // -o json: the API's object, field for field.
+    let r = pierone(
+        home.path(),
+        &env,
+        &["latest", "myteam", "app", "-o", "json"],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    let api: Value = s
+        .client()
+        .req(Method::GET, "/teams/myteam/artifacts/app/latest")
+        .header("Authorization", "Bearer alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&r.stdout).unwrap(), api);
+    assert_eq!(api["name"], "2.0");
+    assert!(api["size"].is_u64(), "{api}");
 
     let digest: String = {
         let r = pierone(home.path(), &env, &["tags", "myteam", "app", "-o", "json"]).await;
