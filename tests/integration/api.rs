@@ -230,17 +230,37 @@ async fn image_search_and_stats() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+        // The candidates, like git's ambiguous object names, each with its tags.
+        let e = oci_error(r, StatusCode::PRECONDITION_FAILED, "UNSUPPORTED").await;
+        let tags: Vec<Value> = e.detail["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["tags"].clone())
+            .collect();
+        assert_eq!(tags.len(), 2, "{:?}", e.detail);
+        assert!(tags.contains(&json!(["myteam/app:1.0"])), "{:?}", e.detail);
+        assert!(tags.contains(&json!(["myteam/app:2.0"])), "{:?}", e.detail);
+        assert!(
+            e.message
+                .starts_with(&format!("{common} matches 2 different images: sha256:"))
+                && e.message.ends_with("); give a longer prefix"),
+            "{}",
+            e.message
+        );
     }
-    let r = authed(&c, Method::GET, "/tags/sha256:", "alice")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::PRECONDITION_FAILED,
-        "every image matches the bare algorithm"
-    );
+    // The bare algorithm, or nothing, would match every image.
+    for empty in ["/tags/sha256:", "/tags/"] {
+        let r = authed(&c, Method::GET, empty, "alice")
+            .send()
+            .await
+            .unwrap();
+        let e = oci_error(r, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+        assert_eq!(
+            e.message,
+            "an empty prefix matches every image; give a digest or a prefix of one"
+        );
+    }
 
     let (_, stats) = get(&c, "/stats").await;
     assert_eq!(

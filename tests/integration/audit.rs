@@ -340,3 +340,247 @@ async fn the_log_is_paged_and_filtered() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prove_right_after_a_push_says_not_checkpointed_yet_and_wait_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = ed25519_key(dir.path());
+    let key = key_file.clone();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+
+    // An hour between checkpoints: the one signed at start-up (of the empty log) is all there
+    // is while the test runs.
+    let slow = Process::start(
+        &dir.path().join("slow"),
+        &[
+            "--audit-signing-key",
+            key.to_str().unwrap(),
+            "--audit-checkpoint-interval",
+            "1h",
+        ],
+    );
+    let c = Client::new(&slow.url);
+    checkpoint_of(&c, 0).await;
+    let m = c.image("team/app", "a").await;
+    let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cp: Value = c.get("/audit/checkpoint").await.json().await.unwrap();
+    assert_eq!(
+        (cp["size"].as_u64(), cp["interval_ms"].as_u64()),
+        (Some(0), Some(3_600_000))
+    );
+
+    let prove = ["--url", &slow.url, "audit", "prove", "team", "app", "1.0"];
+    let r = pierone(&home, &[], &prove).await;
+    assert_eq!(r.code, Some(3), "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "");
+    // "within N s", N just under the hour.
+    let (head, tail) = (
+        "pierone: team/app:1.0 (audit log entry 1) is not checkpointed yet (next checkpoint within ",
+        " s); run again then, or with --wait\n",
+    );
+    let n: u64 = r
+        .stderr
+        .strip_prefix(head)
+        .and_then(|s| s.strip_suffix(tail))
+        .unwrap_or_else(|| panic!("{}", r.stderr))
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&n), "{}", r.stderr);
+
+    // --wait is bounded by --timeout.
+    let mut waiting = prove.to_vec();
+    waiting.extend(["--wait", "--timeout", "1"]);
+    let r = pierone(&home, &[], &waiting).await;
+    assert_eq!(r.code, Some(3), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.starts_with(
+            "pierone: team/app:1.0 (audit log entry 1) is not checkpointed yet after waiting 1 s (next checkpoint within "
+        ) && r.stderr.ends_with(" s)\n"),
+        "{}",
+        r.stderr
+    );
+
+    // Every 2 s: --wait returns once the next checkpoint covers the push.
+    let fast = Process::start(
+        &dir.path().join("fast"),
+        &[
+            "--audit-signing-key",
+            key.to_str().unwrap(),
+            "--audit-checkpoint-interval",
+            "2s",
+        ],
+    );
+    let c = Client::new(&fast.url);
+    let m = c.image("team/app", "a").await;
+    let r = c.put_manifest("team/app", "1.0", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let digest = crate::util::header(&r, "Docker-Content-Digest").unwrap();
+    let r = pierone(
+        &home,
+        &[],
+        &[
+            "--url",
+            &fast.url,
+            "audit",
+            "prove",
+            "team",
+            "app",
+            "1.0",
+            "--wait",
+            "--timeout",
+            "30",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.starts_with(&format!("team/app:1.0 = {digest}\n"))
+            && r.stdout
+                .contains("(entry 1), included in the log of 1 entries"),
+        "{}",
+        r.stdout
+    );
+
+    // -o json: the API's objects under the API's field names, numbers as numbers.
+    let mut cp: Value = c.get("/audit/checkpoint").await.json().await.unwrap();
+    assert_eq!(cp["size"], 1);
+    cp.as_object_mut().unwrap().remove("interval_ms");
+    let log: Value = c.get("/audit/log").await.json().await.unwrap();
+    let proof: Value = c
+        .get("/audit/proof?seq=1&size=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key = cp["public_key"].as_str().unwrap().to_owned();
+    let r = pierone(
+        &home,
+        &[],
+        &[
+            "--url",
+            &fast.url,
+            "-o",
+            "json",
+            "audit",
+            "prove",
+            "team",
+            "app",
+            "1.0",
+            "--public-key",
+            &key,
+        ],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.stdout).unwrap(),
+        serde_json::json!({
+            "repository": "team/app",
+            "tag": "1.0",
+            "digest": digest,
+            "entry": log["entries"][0],
+            "checkpoint": cp,
+            "proof": {"seq": 1, "size": 1, "path": proof["path"]},
+            "key_pinned": true,
+        })
+    );
+    // The operator prints the public key from the signing key; auditors pin it as base64,
+    // as PEM, or as the PEM file, just as openssl writes it.
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let openssl_pem = String::from_utf8(out.stdout).unwrap();
+    let r = pierone(
+        &home,
+        &[],
+        &["audit", "public-key", "--key", key_file.to_str().unwrap()],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout, format!("{key}\n{openssl_pem}"));
+    let pub_file = dir.path().join("audit.pub.pem");
+    std::fs::write(&pub_file, &openssl_pem).unwrap();
+    let r = pierone(
+        &home,
+        &[],
+        &[
+            "-o",
+            "json",
+            "audit",
+            "public-key",
+            "--key",
+            pub_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.stdout).unwrap(),
+        serde_json::json!({"public_key": key, "pem": openssl_pem}),
+        "{}",
+        r.stderr
+    );
+    for pinned in [openssl_pem.as_str(), pub_file.to_str().unwrap()] {
+        let r = pierone(
+            &home,
+            &[],
+            &[
+                "--url",
+                &fast.url,
+                "audit",
+                "prove",
+                "team",
+                "app",
+                "1.0",
+                "--public-key",
+                pinned,
+            ],
+        )
+        .await;
+        assert!(r.ok, "{}", r.stderr);
+        assert!(
+            !r.stdout.contains("the key the registry presents"),
+            "{}",
+            r.stdout
+        );
+    }
+    let r = pierone(
+        &home,
+        &[],
+        &[
+            "--url",
+            &fast.url,
+            "audit",
+            "verify",
+            "--public-key",
+            key_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.stderr,
+        "pierone: audit signing key: found a private key; give its public key (`pierone audit public-key --key FILE` prints it)\n"
+    );
+
+    let r = pierone(
+        &home,
+        &[],
+        &["--url", &fast.url, "-o", "json", "audit", "verify"],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.stdout).unwrap(),
+        serde_json::json!({
+            "size": 1,
+            "head": log["entries"][0]["hash"],
+            "verified_before": 0,
+            "checkpoint": cp,
+            "key_pinned": false,
+        })
+    );
+}

@@ -35,6 +35,8 @@ fn bin(name: &str) -> PathBuf {
 
 pub struct Run {
     pub ok: bool,
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -85,6 +87,7 @@ async fn run(
         let out = child.wait_with_output().unwrap();
         Run {
             ok: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
@@ -201,6 +204,27 @@ async fn listings_in_every_format() {
 
     let r = pierone(home.path(), &env, &["latest", "myteam", "app"]).await;
     assert_eq!(r.stdout, "2.0\n");
+    // -o json: the API's object, field for field.
+    let r = pierone(
+        home.path(),
+        &env,
+        &["latest", "myteam", "app", "-o", "json"],
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    let api: Value = s
+        .client()
+        .req(Method::GET, "/teams/myteam/artifacts/app/latest")
+        .header("Authorization", "Bearer alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&r.stdout).unwrap(), api);
+    assert_eq!(api["name"], "2.0");
+    assert!(api["size"].is_u64(), "{api}");
 
     let digest: String = {
         let r = pierone(home.path(), &env, &["tags", "myteam", "app", "-o", "json"]).await;
@@ -680,4 +704,60 @@ async fn listings_follow_every_page_and_limit_stops_early() {
     assert_eq!(v[0]["name"], "1.0");
     let r = pierone(home.path(), &env, &["teams", "--limit", "1", "-o", "tsv"]).await;
     assert_eq!(r.stdout, "name\nmyteam\n", "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_config_digest_names_every_manifest_that_shares_it() {
+    let (s, _ti) = seeded().await;
+    let c = s.client();
+    // What podman does when it re-compresses on push: new manifests, the same config (1.0's).
+    let config = r#"{"architecture":"amd64","os":"linux","t":"1.0"}"#;
+    let image = Digest::sha256_of(config.as_bytes());
+    let layer = pierone_protocol::tar_with(&[("hello.txt", "hi")]);
+    for tag in ["shared-a", "shared-b"] {
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": image.as_str(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::sha256_of(&layer).as_str(), "size": layer.len()}],
+            "annotations": {"pushed-as": tag},
+        }))
+        .unwrap();
+        let r = c
+            .req(Method::PUT, &format!("/v2/myteam/app/manifests/{tag}"))
+            .header("Authorization", "Bearer alice")
+            .header("Content-Type", OCI_MANIFEST)
+            .body(m)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let home = tempfile::tempdir().unwrap();
+    let env = [("PIERONE_URL", s.url.as_str()), ("PIERONE_TOKEN", "alice")];
+    let every =
+        "team\tartifact\tname\nmyteam\tapp\t1.0\nmyteam\tapp\tshared-a\nmyteam\tapp\tshared-b\n";
+    // The full digest, with and without the algorithm, and a short prefix of it: one image.
+    for arg in [image.as_str(), image.hex(), &image.hex()[..12]] {
+        let r = pierone(home.path(), &env, &["image", arg, "-o", "tsv"]).await;
+        assert!(r.ok, "{arg}: {}", r.stderr);
+        assert_eq!(r.stdout, every, "{arg}");
+    }
+
+    // An empty prefix would match everything: 400, not 404.
+    for arg in ["", "sha256:"] {
+        let r = pierone(home.path(), &env, &["image", arg]).await;
+        assert!(!r.ok);
+        assert_eq!(
+            r.stderr,
+            "pierone: the registry answered 400: an empty prefix matches every image; give a digest or a prefix of one\n",
+            "{arg:?}"
+        );
+    }
+    let r = c
+        .req(Method::GET, "/tags/")
+        .header("Authorization", "Bearer alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }

@@ -193,6 +193,21 @@ pub struct AuditProof<E> {
     pub entry: Option<E>,
 }
 
+/// `GET /audit/checkpoint`: the newest signed checkpoint, with how often the server signs one.
+///
+/// Generic over the checkpoint for the same reason as [`AuditLog`]: its signed encoding is
+/// defined where the signing is (`pierone_protocol::audit::Checkpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint<C> {
+    #[serde(flatten)]
+    pub checkpoint: C,
+    /// Milliseconds between the server's checkpoints: an entry logged after the checkpoint's
+    /// `at` is in a signed checkpoint within about this long. Not signed, and absent where the
+    /// server does not sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+}
+
 /// The OCI error envelope every error answer carries.
 ///
 /// Each error's `detail` (free-form JSON) is not read: nothing the CLI shows depends on it.

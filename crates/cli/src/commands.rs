@@ -8,7 +8,7 @@ use futures_util::TryStreamExt;
 use serde_json::Value;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use pierone_api::{AuditLog, AuditProof, ImageMatch, ScmSource, TeamName};
+use pierone_api::{AuditCheckpoint, AuditLog, AuditProof, ImageMatch, ScmSource, TeamName};
 use pierone_protocol::audit::{self, AuditEntry, AuditKind, ChainVerifier, Checkpoint};
 
 use crate::client::{Api, MANIFEST_ACCEPT};
@@ -97,10 +97,12 @@ enum AuditCommand {
     /// Fetch the whole log and the latest signed checkpoint, and check every entry's hash,
     /// every link of the chain and the checkpoint's signature. Reports the first bad entry.
     Verify {
-        /// The registry's Ed25519 public key (base64), as its operator publishes it. Without
+        /// The registry's Ed25519 public key (base64 or PEM, or a file holding either), as its
+        /// operator publishes it (`pierone audit public-key` prints it). Without
         /// it the key the registry presents is used: that still catches edits to the
         /// database, but not a registry that signs a rewritten log with a new key.
-        #[arg(long, env = "PIERONE_AUDIT_PUBLIC_KEY")]
+        // PEM starts with dashes, which would otherwise be taken for a flag.
+        #[arg(long, env = "PIERONE_AUDIT_PUBLIC_KEY", allow_hyphen_values = true)]
         public_key: Option<String>,
         /// Remember what was verified in this file and, next time, check only what came
         /// since: the new entries must extend the remembered head and the new checkpoint must
@@ -114,9 +116,26 @@ enum AuditCommand {
         team: String,
         artifact: String,
         tag: String,
-        /// The registry's Ed25519 public key (base64); without it, the presented one is used.
-        #[arg(long, env = "PIERONE_AUDIT_PUBLIC_KEY")]
+        /// The registry's Ed25519 public key (base64 or PEM, or a file holding either); without
+        /// it, the presented one is used.
+        // PEM starts with dashes, which would otherwise be taken for a flag.
+        #[arg(long, env = "PIERONE_AUDIT_PUBLIC_KEY", allow_hyphen_values = true)]
         public_key: Option<String>,
+        /// When the tag's assignment is not in a signed checkpoint yet (right after a push),
+        /// wait for the next checkpoint instead of exiting with code 3.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up (exit code 3) after this many seconds.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        timeout: u64,
+    },
+    /// Print the public key of the registry's signing key (the PEM file given to
+    /// `pierone-server --audit-signing-key`), as base64 and as PEM: what auditors pin with
+    /// --public-key. Needs no registry.
+    PublicKey {
+        /// The Ed25519 private key (PKCS#8 PEM), or a public key PEM.
+        #[arg(long, value_name = "FILE")]
+        key: std::path::PathBuf,
     },
     /// Every assignment of one tag, oldest first: when, by whom, to which digest; and every
     /// quarantine of a blob it needs (kind `quarantine`, digest the blob's).
@@ -169,6 +188,53 @@ async fn audit_pages(
     }
 }
 
+/// A `--public-key` as base64, whether it was given as base64, as PEM, or as a file holding
+/// either: the form the registry presents, compared and remembered (`--state`) as such.
+fn pinned_key(arg: Option<String>) -> Result<Option<String>, Error> {
+    let Some(arg) = arg else { return Ok(None) };
+    let path = std::path::Path::new(&arg);
+    // Base64 has no line breaks and PEM has them, so neither is taken for a file name.
+    let text = if !arg.contains('\n') && path.is_file() {
+        std::fs::read_to_string(path).map_err(|e| state_error(path, e))?
+    } else {
+        arg
+    };
+    let raw = audit::decode_public_key(&text).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(Some(audit::encode_public_key(&raw)))
+}
+
+/// `pierone audit public-key --key FILE`.
+fn print_public_key(path: &std::path::Path, fmt: Format, out: &mut dyn Write) -> Result<(), Error> {
+    let pem = std::fs::read_to_string(path).map_err(|e| state_error(path, e))?;
+    let b64 = match audit::AuditSigner::from_pem(&pem) {
+        Ok(signer) => signer.public_key(),
+        // Or the public half already: printed in the other form.
+        Err(private) => audit::decode_public_key(&pem)
+            .map(|raw| audit::encode_public_key(&raw))
+            .map_err(|_| state_error(path, private))?,
+    };
+    let raw = audit::decode_public_key(&b64).map_err(|e| state_error(path, e))?;
+    let public_pem = audit::public_key_pem(&raw);
+    show(
+        out,
+        fmt,
+        &format!("{b64}\n{public_pem}"),
+        &serde_json::json!({"public_key": b64, "pem": public_pem}),
+    )
+}
+
+/// `report` as it is, or `object` as JSON with `-o json`.
+fn show(out: &mut dyn Write, fmt: Format, report: &str, object: &Value) -> Result<(), Error> {
+    match fmt {
+        Format::Json => {
+            let body = serde_json::to_string_pretty(object).map_err(not_json)?;
+            writeln!(out, "{body}")
+        }
+        Format::Text | Format::Tsv => write!(out, "{report}"),
+    }
+    .map_err(io)
+}
+
 fn state_error(path: &std::path::Path, why: impl std::fmt::Display) -> Error {
     Error::File {
         path: path.display().to_string(),
@@ -180,6 +246,7 @@ async fn verify(
     api: &Api,
     public_key: Option<String>,
     state: Option<&std::path::Path>,
+    fmt: Format,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     // What was verified last time: the checkpoint itself (size, head, root, frontier, key).
@@ -231,30 +298,34 @@ async fn verify(
     })
     .await?;
     let (size, head) = v.head();
+    let head = head.to_owned();
     let checked = size - start;
-    if start > 0 {
-        writeln!(
-            out,
-            "{checked} new entries verified: they extend the {start} verified before; head {head}"
+    let mut report = if start > 0 {
+        format!(
+            "{checked} new entries verified: they extend the {start} verified before; head {head}\n"
         )
     } else {
-        writeln!(
-            out,
-            "{size} entries verified: every hash and every link is intact; head {head}"
-        )
-    }
-    .map_err(io)?;
+        format!("{size} entries verified: every hash and every link is intact; head {head}\n")
+    };
+    // A script reads what was checked from one object, the checkpoint as the API has it.
+    let json = |cp: Option<&Checkpoint>| {
+        serde_json::json!({
+            "size": size,
+            "head": head,
+            "verified_before": start,
+            "checkpoint": cp,
+            "key_pinned": pinned.is_some(),
+        })
+    };
     let (Some(cp), Some(key)) = (&checkpoint, &key) else {
-        return writeln!(
-            out,
-            "no signed checkpoint: the chain is consistent, but a rewrite of the whole log would not be detected"
-        )
-        .map_err(io);
+        report.push_str(
+            "no signed checkpoint: the chain is consistent, but a rewrite of the whole log would not be detected\n",
+        );
+        return show(out, fmt, &report, &json(None));
     };
     v.check_checkpoint(cp, key).map_err(failed)?;
-    writeln!(
-        out,
-        "checkpoint of {} entries signed {} by {}{}: signature valid, matches the log",
+    report.push_str(&format!(
+        "checkpoint of {} entries signed {} by {}{}: signature valid, matches the log\n",
         cp.size,
         rfc3339(cp.at),
         cp.public_key,
@@ -263,8 +334,8 @@ async fn verify(
         } else {
             " (the key the registry presents; pin it with --public-key or --state)"
         }
-    )
-    .map_err(io)?;
+    ));
+    show(out, fmt, &report, &json(Some(cp)))?;
     if let Some(path) = state {
         let mut remembered = cp.clone();
         // Pin the key that verified it, even if the registry presented another.
@@ -278,15 +349,81 @@ async fn verify(
     Ok(())
 }
 
+/// Seconds until the server's next checkpoint, by its interval counted from the newest one's
+/// `at` (a server signs only when the log grew, so whole intervals may have passed since).
+fn next_checkpoint_in(at_ms: i64, interval_ms: u64, now_ms: i64) -> u64 {
+    let elapsed = u64::try_from(now_ms.saturating_sub(at_ms)).unwrap_or(0);
+    let left = interval_ms.max(1) - elapsed % interval_ms.max(1);
+    left.div_ceil(1000)
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
+}
+
+/// The newest signed checkpoint if it covers entry `seq`; else, with `wait`, the first one
+/// that does, polling once a second for at most `wait`'s duration.
+async fn checkpoint_covering(
+    api: &Api,
+    seq: u64,
+    wait: Option<std::time::Duration>,
+    what: &str,
+) -> Result<Checkpoint, Error> {
+    let started = std::time::Instant::now();
+    loop {
+        let newest: Option<AuditCheckpoint<Checkpoint>> = match api
+            .json("/audit/checkpoint", "a signed audit checkpoint")
+            .await
+        {
+            Ok(cp) => Some(cp),
+            // A server that signs has signed one at start-up; one that does not never will.
+            Err(Error::NotFound(_)) if wait.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        let next = match newest {
+            Some(a) if a.checkpoint.size >= seq => return Ok(a.checkpoint),
+            Some(a) => a
+                .interval_ms
+                .map(|i| next_checkpoint_in(a.checkpoint.at, i, now_ms())),
+            None => None,
+        };
+        let left = wait.and_then(|w| w.checked_sub(started.elapsed()));
+        match left {
+            Some(left) if !left.is_zero() => {
+                tokio::time::sleep(left.min(std::time::Duration::from_secs(1))).await;
+            }
+            _ => {
+                let when = match next {
+                    Some(n) => format!("next checkpoint within {n} s"),
+                    None => "the registry does not say when it signs the next one".to_owned(),
+                };
+                return Err(Error::NotCheckpointed(match wait {
+                    Some(w) => format!(
+                        "{what} (audit log entry {seq}) is not checkpointed yet after waiting {} s ({when})",
+                        w.as_secs()
+                    ),
+                    None => format!(
+                        "{what} (audit log entry {seq}) is not checkpointed yet ({when}); run again then, or with --wait"
+                    ),
+                }));
+            }
+        }
+    }
+}
+
 /// Prove that `team/artifact:tag` names what the signed log says: find its latest
 /// assignment, fetch an inclusion proof into the newest checkpoint, and check the proof, the
 /// signature and the tag's current digest.
+#[allow(clippy::too_many_arguments)]
 async fn prove(
     api: &Api,
     public_key: Option<String>,
+    wait: Option<std::time::Duration>,
     team: &str,
     artifact: &str,
     tag: &str,
+    fmt: Format,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     let failed = |e: pierone_protocol::Error| Error::AuditFailed(e.to_string());
@@ -308,18 +445,10 @@ async fn prove(
     .await?;
     let entry = latest
         .ok_or_else(|| Error::NotFound(format!("{team}/{artifact}:{tag} in the audit log")))?;
-    let cp: Checkpoint = api
-        .json("/audit/checkpoint", "a signed audit checkpoint")
-        .await?;
+    let cp = checkpoint_covering(api, entry.seq, wait, &format!("{team}/{artifact}:{tag}")).await?;
     let key = audit::decode_public_key(public_key.as_deref().unwrap_or(&cp.public_key))
         .map_err(|e| Error::Usage(e.to_string()))?;
     cp.verify_signature(&key).map_err(failed)?;
-    if entry.seq > cp.size {
-        return Err(Error::AuditFailed(format!(
-            "assignment #{} is newer than the newest checkpoint ({} entries); try again after the next one",
-            entry.seq, cp.size
-        )));
-    }
     let proof: AuditProof<AuditEntry> = api
         .json(
             &format!("/audit/proof?seq={}&size={}", entry.seq, cp.size),
@@ -344,9 +473,8 @@ async fn prove(
             current.digest, entry.digest
         )));
     }
-    writeln!(
-        out,
-        "{team}/{artifact}:{tag} = {}\nassigned {} by {} (entry {}), included in the log of {} entries signed {} by {}: inclusion proof of {} hashes valid{}",
+    let report = format!(
+        "{team}/{artifact}:{tag} = {}\nassigned {} by {} (entry {}), included in the log of {} entries signed {} by {}: inclusion proof of {} hashes valid{}\n",
         entry.digest,
         rfc3339(entry.at),
         entry.principal,
@@ -355,9 +483,23 @@ async fn prove(
         rfc3339(cp.at),
         cp.public_key,
         proof.path.len(),
-        if public_key.is_some() { "" } else { " (the key the registry presents; pin it with --public-key)" }
-    )
-    .map_err(io)
+        if public_key.is_some() {
+            ""
+        } else {
+            " (the key the registry presents; pin it with --public-key)"
+        }
+    );
+    // The entry, checkpoint and proof as the API answers them.
+    let object = serde_json::json!({
+        "repository": format!("{team}/{artifact}"),
+        "tag": tag,
+        "digest": entry.digest,
+        "entry": entry,
+        "checkpoint": cp,
+        "proof": {"seq": proof.seq, "size": proof.size, "path": proof.path},
+        "key_pinned": public_key.is_some(),
+    });
+    show(out, fmt, &report, &object)
 }
 
 async fn audit(
@@ -368,14 +510,22 @@ async fn audit(
 ) -> Result<(), Error> {
     match command {
         AuditCommand::Verify { public_key, state } => {
-            verify(api, public_key, state.as_deref(), out).await
+            let public_key = pinned_key(public_key)?;
+            verify(api, public_key, state.as_deref(), fmt, out).await
         }
+        AuditCommand::PublicKey { key } => print_public_key(&key, fmt, out),
         AuditCommand::Prove {
             public_key,
+            wait,
+            timeout,
             team,
             artifact,
             tag,
-        } => prove(api, public_key, &team, &artifact, &tag, out).await,
+        } => {
+            let wait = wait.then(|| std::time::Duration::from_secs(timeout));
+            let public_key = pinned_key(public_key)?;
+            prove(api, public_key, wait, &team, &artifact, &tag, fmt, out).await
+        }
         AuditCommand::History {
             team,
             artifact,
@@ -441,6 +591,13 @@ fn io(e: std::io::Error) -> Error {
 
 /// Run a parsed command line, writing results to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    // Reads a local file only: no registry URL or token is needed.
+    if let Command::Audit {
+        command: AuditCommand::PublicKey { key },
+    } = &cli.command
+    {
+        return print_public_key(key, cli.output, out);
+    }
     let url = config::resolve_url(cli.url.as_deref())?;
     let token = match (&cli.command, obtain_token(cli.token.as_deref()).await) {
         (_, Ok((t, _))) => Some(t),
@@ -535,7 +692,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     &format!("artifact {team}/{artifact}"),
                 )
                 .await?;
-            writeln!(out, "{}", t.name).map_err(io)
+            // The API's own object, so that a script reads the same fields from either.
+            let shown = match fmt {
+                Format::Json => serde_json::to_string_pretty(&t).map_err(not_json)?,
+                Format::Text | Format::Tsv => t.name,
+            };
+            writeln!(out, "{shown}").map_err(io)
         }
         Command::ScmSource {
             team,
@@ -594,21 +756,15 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         }
         Command::Audit { command } => audit(&api, command, fmt, out).await,
         Command::Image { prefix, limit } => {
-            let found: Vec<ImageMatch> = match api
+            // An ambiguous prefix is refused with the candidates in the registry's message,
+            // which is passed on as it is.
+            let found: Vec<ImageMatch> = api
                 .list(
                     &format!("/tags/{prefix}"),
                     &format!("image {prefix}"),
                     limit,
                 )
-                .await
-            {
-                Err(Error::Ambiguous(_)) => {
-                    return Err(Error::Ambiguous(format!(
-                        "{prefix} matches more than one image"
-                    )));
-                }
-                other => other?,
-            };
+                .await?;
             let rows: Vec<Vec<Cell>> = found
                 .into_iter()
                 .map(|m| vec![text(m.team), text(m.artifact), text(m.name)])

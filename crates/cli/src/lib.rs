@@ -46,4 +46,22 @@ pub enum Error {
     Usage(String),
     #[error("audit verification FAILED: {0}")]
     AuditFailed(String),
+    /// Not a failure: the entry is newer than the newest signed checkpoint.
+    #[error("{0}")]
+    NotCheckpointed(String),
 }
+
+impl Error {
+    /// The process's exit code for this error: [`EXIT_NOT_CHECKPOINTED`] for an entry that is
+    /// not checkpointed yet, so that scripts can retry it, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::NotCheckpointed(_) => EXIT_NOT_CHECKPOINTED,
+            _ => 1,
+        }
+    }
+}
+
+/// Exit code of `pierone audit prove` when the tag's assignment is not in a signed checkpoint
+/// yet (clap's usage errors are 2).
+pub const EXIT_NOT_CHECKPOINTED: u8 = 3;

@@ -161,10 +161,35 @@ impl Checkpoint {
     }
 }
 
-/// Decode a base64 public key as printed by [`AuditSigner::public_key`].
-pub fn decode_public_key(b64: &str) -> Result<Vec<u8>, Error> {
+/// The DER of an Ed25519 `SubjectPublicKeyInfo` before its 32 key bytes (RFC 8410): a
+/// SEQUENCE of the algorithm (OID 1.3.101.112, no parameters) and a BIT STRING.
+const ED25519_SPKI_PREFIX: &[u8] = &[
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// `raw` (32 bytes) as base64, as [`AuditSigner::public_key`] prints it.
+pub fn encode_public_key(raw: &[u8]) -> String {
+    B64.encode(raw)
+}
+
+/// `raw` (32 bytes) as a `BEGIN PUBLIC KEY` PEM block, as `openssl pkey -pubout` writes it.
+pub fn public_key_pem(raw: &[u8]) -> String {
+    let mut der = ED25519_SPKI_PREFIX.to_vec();
+    der.extend_from_slice(raw);
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        B64.encode(der)
+    )
+}
+
+/// Decode a public key: base64 as printed by [`AuditSigner::public_key`], or PEM as `openssl
+/// pkey -pubout` writes it.
+pub fn decode_public_key(key: &str) -> Result<Vec<u8>, Error> {
+    if key.contains("-----BEGIN") {
+        return decode_public_key_pem(key);
+    }
     let raw = B64
-        .decode(b64.trim())
+        .decode(key.trim())
         .map_err(|e| Error::AuditKeyInvalid(format!("public key is not base64: {e}")))?;
     if raw.len() != 32 {
         return Err(Error::AuditKeyInvalid(format!(
@@ -173,6 +198,30 @@ pub fn decode_public_key(b64: &str) -> Result<Vec<u8>, Error> {
         )));
     }
     Ok(raw)
+}
+
+fn decode_public_key_pem(pem: &str) -> Result<Vec<u8>, Error> {
+    let blocks = pem_blocks(pem);
+    let Some((_, body)) = blocks.iter().find(|(label, _)| label == "PUBLIC KEY") else {
+        return Err(match blocks.first() {
+            Some((label, _)) if label.ends_with("PRIVATE KEY") => Error::AuditKeyInvalid(
+                "found a private key; give its public key (`pierone audit public-key --key FILE` prints it)".into(),
+            ),
+            Some((label, _)) => Error::AuditKeyInvalid(format!(
+                "found a PEM block of type {label}, not \"BEGIN PUBLIC KEY\""
+            )),
+            None => Error::AuditKeyInvalid("no complete \"BEGIN PUBLIC KEY\" block".into()),
+        });
+    };
+    let der = B64
+        .decode(body)
+        .map_err(|e| Error::AuditKeyInvalid(format!("PEM body is not base64: {e}")))?;
+    match der.strip_prefix(ED25519_SPKI_PREFIX) {
+        Some(raw) if raw.len() == 32 => Ok(raw.to_vec()),
+        _ => Err(Error::AuditKeyInvalid(
+            "the PUBLIC KEY block is not an Ed25519 key".into(),
+        )),
+    }
 }
 
 /// The `(label, base64 body)` of each `-----BEGIN label-----` block of a PEM text.
@@ -813,6 +862,25 @@ mod tests {
         let signer = AuditSigner::from_pem(KEY).unwrap();
         let key = decode_public_key(&signer.public_key()).unwrap();
         (signer, key)
+    }
+
+    #[test]
+    fn public_keys_are_read_as_base64_or_pem() {
+        let (signer, key) = signer_and_key();
+        let pem = public_key_pem(&key);
+        assert!(
+            pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA"),
+            "{pem}"
+        );
+        assert_eq!(decode_public_key(&pem).unwrap(), key);
+        assert_eq!(encode_public_key(&key), signer.public_key());
+        assert_eq!(
+            decode_public_key(KEY).unwrap_err().to_string(),
+            Error::AuditKeyInvalid(
+                "found a private key; give its public key (`pierone audit public-key --key FILE` prints it)".into()
+            )
+            .to_string()
+        );
     }
 
     /// RFC 9162's definition, written recursively, to check the incremental tree against.

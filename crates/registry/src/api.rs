@@ -104,6 +104,14 @@ impl<'r> Page<'r> {
     }
 }
 
+/// Whether `digest` (`sha256:...`) starts with `prefix`, given with or without `sha256:`.
+fn digest_has_prefix(digest: &str, prefix: &str) -> bool {
+    digest.starts_with(prefix)
+        || digest
+            .split_once(':')
+            .is_some_and(|(_, hex)| hex.starts_with(prefix))
+}
+
 impl Registry {
     /// Tags of `repo`, or `NAME_UNKNOWN` when it has none.
     async fn known_tags(&self, repo: &RepoName) -> Result<Vec<TagRecord>, RegistryError> {
@@ -224,16 +232,36 @@ impl Registry {
 
     /// Tags of the one image a prefix names, sorted by `team/artifact:tag`, which is also
     /// what `last` names.
+    ///
+    /// An image is the digest the prefix matched: the config digest where it matches (podman
+    /// re-compresses layers on push, so several manifests share one config, and the config
+    /// digest is the image id `podman images` shows), else the manifest digest. A full digest
+    /// therefore names one image however many manifests carry it.
     pub(crate) async fn api_image(
         &self,
         prefix: &str,
         req: &Request<Incoming>,
     ) -> Result<Resp, RegistryError> {
         let page = Page::of(req)?;
+        // Every digest starts with the empty prefix: it would list the whole registry.
+        if prefix.is_empty() || prefix == "sha256:" {
+            return Err(RegistryError::ImagePrefixEmpty);
+        }
         let matches = self.tags.find_images(prefix).await?;
-        let mut images: Vec<&str> = matches.iter().map(|m| m.digest.as_str()).collect();
-        images.sort_unstable();
-        images.dedup();
+        let image_of = |m: &pierone_tagstore::ImageMatch| -> String {
+            match &m.image {
+                Some(i) if digest_has_prefix(i.as_str(), prefix) => i.as_str().to_owned(),
+                _ => m.digest.as_str().to_owned(),
+            }
+        };
+        let mut images: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for m in &matches {
+            images
+                .entry(image_of(m))
+                .or_default()
+                .push(format!("{}:{}", m.repository, m.tag));
+        }
         match images.len() {
             0 => Err(RegistryError::ImageUnknown(prefix.to_owned())),
             1 => {
@@ -256,7 +284,16 @@ impl Registry {
                     found.into_iter().unzip();
                 Ok(page.answer(&items, start, |i| keys[i].clone()))
             }
-            n => Err(RegistryError::ImageAmbiguous(prefix.to_owned(), n)),
+            _ => Err(RegistryError::ImageAmbiguous {
+                prefix: prefix.to_owned(),
+                candidates: images
+                    .into_iter()
+                    .map(|(digest, mut tags)| {
+                        tags.sort();
+                        (digest, tags)
+                    })
+                    .collect(),
+            }),
         }
     }
 

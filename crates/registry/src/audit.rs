@@ -67,7 +67,18 @@ impl Registry {
             .latest_checkpoint()
             .await?
             .ok_or(RegistryError::CheckpointUnknown)?;
-        Ok(response::json(StatusCode::OK, "application/json", &cp))
+        // Lets a client that waits for an entry to be checkpointed say how long it will be.
+        let interval_ms = self.config.audit_signer.as_ref().map(|_| {
+            u64::try_from(self.config.checkpoint_interval.as_millis()).unwrap_or(u64::MAX)
+        });
+        Ok(response::json(
+            StatusCode::OK,
+            "application/json",
+            &pierone_api::AuditCheckpoint {
+                checkpoint: cp,
+                interval_ms,
+            },
+        ))
     }
 
     /// `GET /audit/proof?seq=N[&size=M]`: the inclusion proof of entry N in the tree of the

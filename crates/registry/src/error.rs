@@ -77,8 +77,14 @@ pub enum RegistryError {
     TeamUnknown(String),
     #[error("no image matches {0}")]
     ImageUnknown(String),
-    #[error("{0} matches {1} different images; give a longer prefix")]
-    ImageAmbiguous(String, usize),
+    #[error("{prefix} matches {} different images: {}; give a longer prefix", candidates.len(), candidate_list(candidates))]
+    ImageAmbiguous {
+        prefix: String,
+        /// Each image's digest with the `team/artifact:tag`s that carry it.
+        candidates: Vec<(String, Vec<String>)>,
+    },
+    #[error("an empty prefix matches every image; give a digest or a prefix of one")]
+    ImagePrefixEmpty,
     #[error("no scm-source is recorded for this tag, and none was found in its layers")]
     ScmSourceUnknown,
     #[error("X-SCM-Source {0}")]
@@ -98,6 +104,34 @@ pub enum RegistryError {
         path: std::path::PathBuf,
         why: String,
     },
+}
+
+/// The images of an ambiguous prefix, as git lists the candidates of an ambiguous object
+/// name: a short prefix can match thousands, so the message is cut after ten (the error's
+/// `detail` has them all) and each image shows at most three of its tags.
+fn candidate_list(candidates: &[(String, Vec<String>)]) -> String {
+    const IMAGES: usize = 10;
+    const TAGS: usize = 3;
+    let mut shown: Vec<String> = candidates
+        .iter()
+        .take(IMAGES)
+        .map(|(digest, tags)| {
+            let mut named = tags
+                .iter()
+                .take(TAGS)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if tags.len() > TAGS {
+                named.push_str(&format!(" and {} more", tags.len() - TAGS));
+            }
+            format!("{digest} ({named})")
+        })
+        .collect();
+    if candidates.len() > IMAGES {
+        shown.push(format!("and {} more", candidates.len() - IMAGES));
+    }
+    shown.join(", ")
 }
 
 impl From<pierone_protocol::Error> for RegistryError {
@@ -265,9 +299,10 @@ impl RegistryError {
             // Not MANIFEST_UNKNOWN: several images were found. UNSUPPORTED is the code for "an
             // invalid set of parameters", which a prefix that selects no single image is. The
             // status stays 412, which the CLI and the API description promise for this case.
-            RegistryError::ImageAmbiguous(..) => {
+            RegistryError::ImageAmbiguous { .. } => {
                 (StatusCode::PRECONDITION_FAILED, ErrorCode::Unsupported)
             }
+            RegistryError::ImagePrefixEmpty => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
             RegistryError::ScmSourceInvalid(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
             }
@@ -306,6 +341,12 @@ impl RegistryError {
             RegistryError::Auth(pierone_auth::Error::Denied { team, uid, .. }) => {
                 Some(serde_json::json!({ "team": team, "uid": uid }))
             }
+            RegistryError::ImageAmbiguous { candidates, .. } => Some(serde_json::json!({
+                "candidates": candidates
+                    .iter()
+                    .map(|(digest, tags)| serde_json::json!({"digest": digest, "tags": tags}))
+                    .collect::<Vec<_>>(),
+            })),
             RegistryError::DigestMismatch { expected, actual } => Some(serde_json::json!({
                 "expected": expected.as_str(),
                 "actual": actual.as_str(),
@@ -366,10 +407,23 @@ mod tests {
 
     #[test]
     fn an_ambiguous_prefix_is_not_an_unknown_manifest() {
-        let e = RegistryError::ImageAmbiguous("2cf2".into(), 3);
+        let e = RegistryError::ImageAmbiguous {
+            prefix: "2cf2".into(),
+            candidates: vec![
+                ("sha256:2cf2aa".into(), vec!["t/a:1".into(), "t/b:2".into()]),
+                ("sha256:2cf2bb".into(), vec!["t/a:3".into()]),
+            ],
+        };
         assert_eq!(
             e.to_string(),
-            "2cf2 matches 3 different images; give a longer prefix"
+            "2cf2 matches 2 different images: sha256:2cf2aa (t/a:1, t/b:2), sha256:2cf2bb (t/a:3); give a longer prefix"
+        );
+        assert_eq!(
+            e.detail(),
+            Some(serde_json::json!({"candidates": [
+                {"digest": "sha256:2cf2aa", "tags": ["t/a:1", "t/b:2"]},
+                {"digest": "sha256:2cf2bb", "tags": ["t/a:3"]},
+            ]}))
         );
         assert_eq!(
             e.status_and_code(),

@@ -109,7 +109,8 @@ fn parse_api(path: &str) -> Result<Option<Route>, RegistryError> {
         _ => {}
     }
     if let Some(prefix) = path.strip_prefix("/tags/") {
-        if prefix.is_empty() || prefix.contains('/') {
+        // An empty prefix reaches the handler, which refuses it with 400 rather than 404.
+        if prefix.contains('/') {
             return Ok(None);
         }
         return Ok(Some(Route::Image(prefix.to_owned())));
