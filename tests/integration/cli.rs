@@ -623,6 +623,50 @@ async fn another_json_service_is_not_taken_for_a_pier_one_api() {
     assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= commands.len());
 }
 
+/// A registry that cannot be reached is named with the cause: refused, DNS, or TLS against a
+/// plain-HTTP server (with the `http://` URL to use instead), not reqwest's "client error
+/// (Connect)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_name_their_cause() {
+    let home = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bind one, then close it.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let refused = format!("http://127.0.0.1:{closed}");
+    let r = pierone(home.path(), &[("PIERONE_URL", &refused)], &["teams"]).await;
+    assert!(!r.ok);
+    assert_eq!(
+        r.stderr.trim(),
+        format!(
+            "pierone: cannot reach {refused}: connection refused (is the registry running, and on this port?)"
+        )
+    );
+    let r = pierone(
+        home.path(),
+        &[("PIERONE_URL", "http://registry.invalid")],
+        &["teams"],
+    )
+    .await;
+    assert!(
+        r.stderr
+            .starts_with("pierone: cannot reach http://registry.invalid: DNS lookup failed: "),
+        "{}",
+        r.stderr
+    );
+    let s = TestServer::start().await;
+    let tls = s.url.replacen("http://", "https://", 1);
+    let r = pierone(home.path(), &[("PIERONE_URL", &tls)], &["teams"]).await;
+    assert_eq!(
+        r.stderr.trim(),
+        format!(
+            "pierone: cannot reach {tls}: TLS handshake failed: this looks like plain HTTP: use --url {}",
+            s.url
+        )
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_follow_every_page_and_limit_stops_early() {
     let (s, _ti) = seeded().await;

@@ -33,6 +33,49 @@ fn message(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(200).collect())
 }
 
+/// Why a request never got an answer, in words a user can act on: reqwest's own text says
+/// only "client error (Connect)", the cause is somewhere down its chain of sources.
+pub(crate) fn connection_cause(e: &reqwest::Error, base: &str) -> String {
+    if e.is_timeout() {
+        return "the registry did not answer in time (timed out)".into();
+    }
+    let mut chain: Vec<String> = Vec::new();
+    let mut refused = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            refused = true;
+        }
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let all = chain.join(": ").to_lowercase();
+    let innermost = chain.last().cloned().unwrap_or_else(|| e.to_string());
+    if refused || all.contains("connection refused") {
+        return "connection refused (is the registry running, and on this port?)".into();
+    }
+    if all.contains("dns error") || all.contains("failed to lookup address") {
+        return format!("DNS lookup failed: {innermost}");
+    }
+    let tls = all.contains("certificate")
+        || all.contains("tls")
+        || all.contains("handshake")
+        || all.contains("corrupt message")
+        || all.contains("invalidcontenttype");
+    if tls {
+        if base.starts_with("https://")
+            && (all.contains("invalidcontenttype") || all.contains("corrupt message"))
+        {
+            let plain = base.replacen("https://", "http://", 1);
+            return format!("TLS handshake failed: this looks like plain HTTP: use --url {plain}");
+        }
+        return format!("TLS handshake failed: {innermost}");
+    }
+    innermost
+}
+
 impl Api {
     pub fn new(base: &str, token: Option<String>) -> Result<Api, Error> {
         let http = reqwest::Client::builder()
@@ -73,10 +116,7 @@ impl Api {
         }
         let resp = req.send().await.map_err(|e| Error::Unreachable {
             url: self.base.clone(),
-            why: match std::error::Error::source(&e) {
-                Some(s) => format!("{e}: {s}"),
-                None => e.to_string(),
-            },
+            why: connection_cause(&e, &self.base),
         })?;
         let status = resp.status().as_u16();
         if resp.status().is_success() {
