@@ -507,11 +507,8 @@ impl Registry {
     }
 
     /// Check a chunk's `Content-Range` against the session's offset and the declared length;
-    /// the range, when there is one, to hold the received part to afterwards.
-    fn chunk_range(
-        req: &Request<Incoming>,
-        received: u64,
-    ) -> Result<Option<(u64, u64)>, RegistryError> {
+    /// the length the range names, when there is one, to hold the received part to afterwards.
+    fn chunk_len(req: &Request<Incoming>, received: u64) -> Result<Option<u64>, RegistryError> {
         let Some(cr) = req.headers().get(CONTENT_RANGE) else {
             return Ok(None);
         };
@@ -528,27 +525,30 @@ impl Registry {
                 actual: len,
             });
         }
-        Ok(Some((start, end)))
+        Ok(Some(span))
     }
 
-    /// A part received for a chunk with a `Content-Range` must be exactly that long (a body
-    /// sent without `Content-Length` is only known once it has arrived).
-    async fn check_part_range(
+    /// Receive a chunk of session `s` as a new part, from the session's hash state on. A chunk
+    /// with a `Content-Range` must be exactly as long as it names (a body sent without
+    /// `Content-Length` is only known once it has arrived); one that is not is discarded.
+    async fn receive_chunk(
         &self,
-        id: &UploadId,
-        range: Option<(u64, u64)>,
-        part: &UploadPart,
-    ) -> Result<(), RegistryError> {
-        if let Some((start, end)) = range
-            && part.len != end - start + 1
+        s: &UploadSession,
+        declared: Option<u64>,
+        body: Incoming,
+    ) -> Result<(Hasher, UploadPart), RegistryError> {
+        let hasher = Hasher::restore(&s.hash_state)?;
+        let (hasher, part) = self.receive(&s.id, s.received, hasher, body).await?;
+        if let Some(declared) = declared
+            && part.len != declared
         {
-            self.discard_part(id, part).await;
+            self.discard_part(&s.id, &part).await;
             return Err(RegistryError::ChunkLengthMismatch {
-                declared: end - start + 1,
+                declared,
                 actual: part.len,
             });
         }
-        Ok(())
+        Ok((hasher, part))
     }
 
     pub(crate) async fn upload_chunk(
@@ -559,13 +559,9 @@ impl Registry {
         req: Request<Incoming>,
     ) -> Result<Resp, RegistryError> {
         let s = self.session(repo, id, principal).await?;
-        let range = Self::chunk_range(&req, s.received)?;
+        let declared = Self::chunk_len(&req, s.received)?;
         self.check_declared_size(s.received, &req)?;
-        let hasher = Hasher::restore(&s.hash_state)?;
-        let (hasher, part) = self
-            .receive(id, s.received, hasher, req.into_body())
-            .await?;
-        self.check_part_range(id, range, &part).await?;
+        let (hasher, part) = self.receive_chunk(&s, declared, req.into_body()).await?;
         let received = s.received + part.len;
         let record = if part.len == 0 {
             self.discard_part(id, &part).await;
@@ -607,22 +603,18 @@ impl Registry {
             .ok_or(RegistryError::DigestMissing)?
             .parse()?;
         let s = self.session(repo, id, principal).await?;
-        let range = Self::chunk_range(&req, s.received)?;
+        let declared = Self::chunk_len(&req, s.received)?;
         self.check_declared_size(s.received, &req)?;
-        let hasher = Hasher::restore(&s.hash_state)?;
-        let mut parts = s.parts;
         // Without Content-Length or Transfer-Encoding, HTTP/1 has no body: the usual close.
         let has_body = !hyper::body::Body::is_end_stream(req.body());
-        let hasher = if has_body {
-            let (hasher, part) = self
-                .receive(id, s.received, hasher, req.into_body())
-                .await?;
-            self.check_part_range(id, range, &part).await?;
-            parts.push(part);
-            hasher
+        let (hasher, last) = if has_body {
+            let (hasher, part) = self.receive_chunk(&s, declared, req.into_body()).await?;
+            (hasher, Some(part))
         } else {
-            hasher
+            (Hasher::restore(&s.hash_state)?, None)
         };
+        let mut parts = s.parts;
+        parts.extend(last);
         self.commit(repo, id, hasher, &parts, &digest).await
     }
 
