@@ -631,7 +631,7 @@ async fn garbage_collection_between_a_manifests_check_and_its_write() {
         })
     };
     reached.await.unwrap();
-    let report = registry.collect_garbage().await.unwrap();
+    let report = registry.service().collect_garbage().await.unwrap();
     assert!(report.blobs_deleted >= 1, "{report:?}");
     let r = c
         .req(Method::HEAD, &format!("/v2/team/app/blobs/{layer_digest}"))

@@ -14,9 +14,9 @@ use pierone_auth::{
     MemoryTeams, TeamDirectory, TokenInfoValidator, TokenValidator,
 };
 use pierone_blobstore::{BlobStore, FsBlobStore};
-use pierone_registry::scrub::{Mismatch, ScrubOptions, ScrubProgress};
 use pierone_registry::{AuditSigner, Config, GcConfig, Registry};
 use pierone_s3::{S3BlobStore, S3Config, S3Endpoint};
+use pierone_service::scrub::{Mismatch, ScrubOptions, ScrubProgress};
 use pierone_tagstore::{SqlTagStore, TagPolicy};
 
 /// Pier One: a Docker/OCI registry with immutable tags.
@@ -560,7 +560,7 @@ async fn scrub(stores: &StoreArgs, args: &ScrubArgs) -> Result<ExitCode, String>
         ..ScrubOptions::default()
     };
     let progress = Progress::new(std::io::stderr().is_terminal());
-    let report = pierone_registry::scrub::scrub(&*blobs, &tags, &options, &progress)
+    let report = pierone_service::scrub::scrub(&*blobs, &tags, &options, &progress)
         .await
         .map_err(|e| e.to_string());
     progress.clear();

@@ -1,28 +1,21 @@
-//! Blob reads and the upload protocol: sessions, chunks, monolithic pushes and mounts.
-//!
-//! A blob is hashed while it streams in and is committed to the blob store only once its
-//! digest is verified. Upload progress (offset and hasher state) lives in the tag store after
-//! every request, so an upload can continue on another replica or after a restart.
+//! The blob endpoints: reads with ranges and redirects, and the upload protocol (sessions,
+//! chunks with `Content-Range`, monolithic pushes, mounts) over the service's uploads.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use http_body_util::BodyStream;
-use hyper::body::Incoming;
 use hyper::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use hyper::{Request, Response, StatusCode};
-use pierone_blobstore::Error as BlobError;
-use pierone_protocol::{Algorithm, Digest, Hasher, RepoName, UploadId, UploadPart};
-use pierone_tagstore::{UploadSession, now_millis};
+use pierone_auth::{Access, Principal};
+use pierone_protocol::{Algorithm, Digest, RepoName, UploadId};
+use pierone_service::Error as S;
 
-use crate::Registry;
 use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value, range_header};
-use pierone_auth::{Access, Principal};
+use crate::{Registry, RequestBody, caller};
 
-pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+pub(crate) fn query<B>(req: &Request<B>) -> HashMap<String, String> {
     req.uri()
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -48,7 +41,7 @@ pub(crate) fn query_number<T: std::str::FromStr>(
         .transpose()
 }
 
-pub(crate) fn content_length(req: &Request<Incoming>) -> Option<u64> {
+pub(crate) fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -104,13 +97,11 @@ fn parse_content_range(value: &str) -> Result<(u64, u64), RegistryError> {
     Ok((s, e))
 }
 
-/// The shared progress of a body being streamed into the blob store.
-#[derive(Debug)]
-struct Progress {
-    hasher: Option<Hasher>,
-    received: u64,
-    limit: u64,
-    too_large: bool,
+/// A request body as the stream of its data frames (trailers are not data).
+fn data<B: RequestBody>(
+    body: B,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, B::Error>> + Send + 'static {
+    BodyStream::new(body).try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())))
 }
 
 fn blob_location(repo: &RepoName, digest: &Digest) -> String {
@@ -149,25 +140,19 @@ fn blob_response(
     r
 }
 
-fn new_upload_id() -> UploadId {
-    UploadId::from_random(*uuid::Uuid::new_v4().as_bytes())
-}
-
 impl Registry {
-    pub(crate) async fn get_blob(
+    pub(crate) async fn get_blob<B>(
         &self,
-        _repo: &RepoName,
         digest: &Digest,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         with_body: bool,
     ) -> Result<Resp, RegistryError> {
+        let svc = &self.service;
         let ranged = req.headers().contains_key(RANGE);
         // A whole-blob GET is one store read, which also reports the size: no stat first
         // (on S3 that saves a HEAD request per pull).
-        if with_body && !ranged && self.blobs.redirect_url(digest).await?.is_none() {
-            let Some(read) = self.blobs.get(digest, None).await? else {
-                return Err(self.missing_blob(digest).await);
-            };
+        if with_body && !ranged && svc.blob_redirect(digest).await?.is_none() {
+            let read = svc.blob(digest, None).await?;
             return Ok(blob_response(
                 digest,
                 read.total_size,
@@ -175,10 +160,8 @@ impl Registry {
                 response::stream(read.body),
             ));
         }
-        let Some(size) = self.blobs.stat(digest).await? else {
-            return Err(self.missing_blob(digest).await);
-        };
-        if with_body && let Some(url) = self.blobs.redirect_url(digest).await? {
+        let size = svc.blob_size(digest).await?;
+        if with_body && let Some(url) = svc.blob_redirect(digest).await? {
             // The store serves the bytes itself (a presigned S3 URL): pull traffic bypasses
             // the registry, which still decided who may read.
             let mut r = Response::new(response::empty());
@@ -193,216 +176,18 @@ impl Registry {
             None => None,
         };
         let body = if with_body {
-            let Some(read) = self.blobs.get(digest, range.clone()).await? else {
-                return Err(self.missing_blob(digest).await);
-            };
-            response::stream(read.body)
+            response::stream(svc.blob(digest, range.clone()).await?.body)
         } else {
             response::empty()
         };
         Ok(blob_response(digest, size, range, body))
     }
 
-    /// Why `digest` cannot be read: quarantined, or simply not stored. Asked only on a miss,
-    /// so pulls of stored blobs never pay for it. When the metadata store cannot answer, the
-    /// blob is reported unknown: it is not served either way.
-    async fn missing_blob(&self, digest: &Digest) -> RegistryError {
-        match self.tags.quarantine_record(digest).await {
-            Ok(Some(q)) => RegistryError::BlobQuarantined {
-                digest: digest.clone(),
-                at: crate::api::rfc3339(q.at),
-                by: q.principal,
-            },
-            Ok(None) => RegistryError::BlobUnknown(digest.clone()),
-            Err(e) => {
-                tracing::warn!(%digest, error = %e, "could not read the quarantine record of a missing blob");
-                RegistryError::BlobUnknown(digest.clone())
-            }
-        }
-    }
-
-    /// Stream `body` into a new part of upload `id`, hashing as it goes; `offset` is where the
-    /// part would start (for the size limit). Returns the hasher over everything up to the
-    /// part's end, and the part.
-    async fn receive(
-        &self,
-        id: &UploadId,
-        offset: u64,
-        hasher: Hasher,
-        body: Incoming,
-    ) -> Result<(Hasher, UploadPart), RegistryError> {
-        let progress = Arc::new(Mutex::new(Progress {
-            hasher: Some(hasher),
-            received: offset,
-            limit: self.config.max_blob_size,
-            too_large: false,
-        }));
-        let p = progress.clone();
-        let received = self.metrics.bytes_in.clone();
-        let stream = BodyStream::new(body)
-            .map_err(std::io::Error::other)
-            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
-            .and_then(move |chunk: Bytes| {
-                received.inc_by(chunk.len() as u64);
-                let mut st = p.lock().unwrap_or_else(|e| e.into_inner());
-                st.received += chunk.len() as u64;
-                let r = if st.received > st.limit {
-                    st.too_large = true;
-                    Err(std::io::Error::other("body exceeds the blob size limit"))
-                } else {
-                    if let Some(h) = st.hasher.as_mut() {
-                        h.update(&chunk);
-                    }
-                    Ok(chunk)
-                };
-                std::future::ready(r)
-            });
-        let part = self.blobs.write_part(id, Box::pin(stream)).await;
-        let mut st = progress.lock().unwrap_or_else(|e| e.into_inner());
-        if st.too_large {
-            return Err(RegistryError::BodyTooLarge {
-                size: st.received,
-                limit: st.limit,
-            });
-        }
-        let part = part?;
-        let hasher = st.hasher.take().ok_or(RegistryError::UploadUnknown)?;
-        Ok((hasher, part))
-    }
-
-    fn check_declared_size(
-        &self,
-        offset: u64,
-        req: &Request<Incoming>,
-    ) -> Result<(), RegistryError> {
-        if let Some(len) = content_length(req) {
-            let total = offset.saturating_add(len);
-            if total > self.config.max_blob_size {
-                return Err(RegistryError::BodyTooLarge {
-                    size: total,
-                    limit: self.config.max_blob_size,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Verify that `parts` of upload `id` hash to `expected` and publish them.
-    ///
-    /// `hasher` covers exactly those parts (each was recorded together with the hash state
-    /// over everything up to its end). When the client closes with another algorithm than the
-    /// one hashed while streaming, the stored parts are hashed again, streaming, before
-    /// anything is published.
-    async fn commit(
-        &self,
-        repo: &RepoName,
-        id: &UploadId,
-        hasher: Hasher,
-        parts: &[UploadPart],
-        expected: &Digest,
-    ) -> Result<Resp, RegistryError> {
-        let actual = if hasher.algorithm() == expected.algorithm() {
-            hasher.finish()
-        } else {
-            match self.rehash(id, parts, expected.algorithm()).await {
-                Ok(d) => d,
-                Err(e) => {
-                    self.discard(id).await;
-                    return Err(e);
-                }
-            }
-        };
-        if &actual != expected {
-            self.discard(id).await;
-            return Err(RegistryError::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-            });
-        }
-        let stored_now = match self.blobs.commit_upload(id, parts, expected).await {
-            Ok(stored_now) => stored_now,
-            Err(e) => {
-                if matches!(
-                    e,
-                    BlobError::PartUnknown { .. } | BlobError::PartSizeMismatch { .. }
-                ) {
-                    // The recorded parts are not what the store holds: nothing was published,
-                    // and the upload can never be finished.
-                    tracing::error!(upload = %id, error = %e, "upload parts do not match their record");
-                    self.discard(id).await;
-                }
-                return Err(e.into());
-            }
-        };
-        self.tags.delete_upload(id).await?;
-        self.wanted(expected, stored_now).await;
-        Ok(created(&blob_location(repo, expected), expected))
-    }
-
-    /// The digest of the stored `parts` of upload `id` under `algorithm`, read as a stream.
-    async fn rehash(
-        &self,
-        id: &UploadId,
-        parts: &[UploadPart],
-        algorithm: Algorithm,
-    ) -> Result<Digest, RegistryError> {
-        let mut body = self.blobs.read_upload(id, parts).await?;
-        let mut h = Hasher::new(algorithm);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|source| {
-                RegistryError::Blobs(BlobError::Io {
-                    op: "read upload to hash it",
-                    source,
-                })
-            })?;
-            h.update(&chunk);
-        }
-        Ok(h.finish())
-    }
-
-    /// A push just stored (`stored_now`) or found or mounted `digest`: take it off garbage
-    /// collection's list. Only bytes this push stored may clear a deletion's tombstone: a push
-    /// that found the blob may have found it just before the collector deleted it. Failing
-    /// only means collection may take it while the push is in its grace period's tail, which
-    /// the manifest write then detects, so it is logged, not returned.
-    async fn wanted(&self, digest: &Digest, stored_now: bool) {
-        if let Err(e) = self.tags.gc_unmark(digest, stored_now).await {
-            tracing::warn!(%digest, error = %e, "could not unmark a blob for garbage collection");
-        }
-        // Verified bytes of a quarantined digest are stored again: it is back in service. A
-        // record left behind would only mislabel a later miss, so failing is logged too.
-        match self.tags.release_quarantine(digest).await {
-            Ok(true) => {
-                tracing::info!(%digest, "quarantined blob restored by a push of its correct bytes")
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(%digest, error = %e, "could not release a quarantined blob"),
-        }
-    }
-
-    /// Forget a failed upload entirely; errors only leave garbage for collection, so they are
-    /// logged rather than hiding the error the client needs to see.
-    async fn discard(&self, id: &UploadId) {
-        if let Err(e) = self.blobs.abort_upload(id).await {
-            tracing::warn!(upload = %id, error = %e, "could not discard upload data");
-        }
-        if let Err(e) = self.tags.delete_upload(id).await {
-            tracing::warn!(upload = %id, error = %e, "could not discard upload session");
-        }
-    }
-
-    /// Drop a part that was not recorded; one that stays is never published either.
-    async fn discard_part(&self, id: &UploadId, part: &UploadPart) {
-        if let Err(e) = self.blobs.discard_part(id, part).await {
-            tracing::warn!(upload = %id, error = %e, "could not discard a refused part");
-        }
-    }
-
-    pub(crate) async fn start_upload(
+    pub(crate) async fn start_upload<B: RequestBody>(
         &self,
         repo: &RepoName,
         principal: &Principal,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> Result<Resp, RegistryError> {
         let q = query(&req);
         if let Some(mount) = q.get("mount") {
@@ -415,85 +200,34 @@ impl Registry {
                     team: Some(from.team().to_owned()),
                 };
                 self.config.auth.authorize(principal, &read).await?;
-                if self.blobs.stat(&digest).await?.is_some() {
-                    self.wanted(&digest, false).await;
+                if self.service.mount(&digest).await? {
                     return Ok(created(&blob_location(repo, &digest), &digest));
                 }
             }
         }
         if let Some(d) = q.get("digest") {
             let digest: Digest = d.parse()?;
-            self.check_declared_size(0, &req)?;
-            let id = new_upload_id();
-            self.blobs.create_upload(&id).await?;
-            let (hasher, part) = match self
-                .receive(&id, 0, Hasher::new(digest.algorithm()), req.into_body())
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    self.discard(&id).await;
-                    return Err(e);
-                }
-            };
-            return self.commit(repo, &id, hasher, &[part], &digest).await;
+            let len = content_length(&req);
+            let stored = self
+                .service
+                .push_blob(repo, &digest, len, data(req.into_body()))
+                .await?;
+            return Ok(created(&blob_location(repo, &stored), &stored));
         }
         let algorithm = match q.get("digest-algorithm").map(String::as_str) {
             None | Some("sha256") => Algorithm::Sha256,
             Some("sha512") => Algorithm::Sha512,
             Some(other) => {
-                return Err(RegistryError::Protocol(
-                    pierone_protocol::Error::UnsupportedDigestAlgorithm(other.to_owned()),
-                ));
+                return Err(
+                    pierone_protocol::Error::UnsupportedDigestAlgorithm(other.to_owned()).into(),
+                );
             }
         };
-        let id = new_upload_id();
-        let now = now_millis();
-        // Prepare the data first: a session row never points at an upload the store lacks.
-        self.blobs.create_upload(&id).await?;
-        self.tags
-            .create_upload(UploadSession {
-                id: id.clone(),
-                repo: repo.clone(),
-                owner: owner_of(principal),
-                received: 0,
-                parts: Vec::new(),
-                hash_state: Hasher::new(algorithm).save(),
-                created_at: now,
-                updated_at: now,
-            })
+        let id = self
+            .service
+            .start_upload(repo, &caller(principal), algorithm)
             .await?;
         Ok(accepted(StatusCode::ACCEPTED, repo, &id, 0))
-    }
-
-    /// The live session `id` of `repo`, if `principal` started it. Anyone else is told it
-    /// does not exist, like a session of another repository.
-    async fn session(
-        &self,
-        repo: &RepoName,
-        id: &UploadId,
-        principal: &Principal,
-    ) -> Result<UploadSession, RegistryError> {
-        let s = self
-            .tags
-            .get_upload(id)
-            .await?
-            .ok_or(RegistryError::UploadUnknown)?;
-        if &s.repo != repo || s.owner != owner_of(principal) {
-            return Err(RegistryError::UploadUnknown);
-        }
-        let ttl = i64::try_from(self.config.upload_ttl.as_millis()).unwrap_or(i64::MAX);
-        if now_millis().saturating_sub(s.updated_at) > ttl {
-            self.discard(id).await;
-            return Err(RegistryError::UploadUnknown);
-        }
-        if UploadPart::total(&s.parts) != Some(s.received) {
-            // A session whose parts do not add up to its offset (one started before parts
-            // were recorded) can never be published safely.
-            self.discard(id).await;
-            return Err(RegistryError::UploadUnknown);
-        }
-        Ok(s)
     }
 
     pub(crate) async fn upload_status(
@@ -502,120 +236,77 @@ impl Registry {
         id: &UploadId,
         principal: &Principal,
     ) -> Result<Resp, RegistryError> {
-        let s = self.session(repo, id, principal).await?;
-        Ok(accepted(StatusCode::NO_CONTENT, repo, id, s.received))
+        let received = self
+            .service
+            .upload_status(repo, id, &caller(principal))
+            .await?;
+        Ok(accepted(StatusCode::NO_CONTENT, repo, id, received))
     }
 
-    /// Check a chunk's `Content-Range` against the session's offset and the declared length;
+    /// Check a chunk's `Content-Range` against the upload's offset and the declared length;
     /// the length the range names, when there is one, to hold the received part to afterwards.
-    fn chunk_len(req: &Request<Incoming>, received: u64) -> Result<Option<u64>, RegistryError> {
+    fn chunk_len<B>(req: &Request<B>, received: u64) -> Result<Option<u64>, RegistryError> {
         let Some(cr) = req.headers().get(CONTENT_RANGE) else {
             return Ok(None);
         };
         let (start, end) = parse_content_range(cr.to_str().unwrap_or("?"))?;
         if start != received {
-            return Err(RegistryError::ChunkOutOfOrder { start, received });
+            return Err(S::ChunkOutOfOrder { start, received }.into());
         }
         let span = end - start + 1;
         if let Some(len) = content_length(req)
             && len != span
         {
-            return Err(RegistryError::ChunkLengthMismatch {
+            return Err(S::ChunkLengthMismatch {
                 declared: span,
                 actual: len,
-            });
+            }
+            .into());
         }
         Ok(Some(span))
     }
 
-    /// Receive a chunk of session `s` as a new part, from the session's hash state on. A chunk
-    /// with a `Content-Range` must be exactly as long as it names (a body sent without
-    /// `Content-Length` is only known once it has arrived); one that is not is discarded.
-    async fn receive_chunk(
-        &self,
-        s: &UploadSession,
-        declared: Option<u64>,
-        body: Incoming,
-    ) -> Result<(Hasher, UploadPart), RegistryError> {
-        let hasher = Hasher::restore(&s.hash_state)?;
-        let (hasher, part) = self.receive(&s.id, s.received, hasher, body).await?;
-        if let Some(declared) = declared
-            && part.len != declared
-        {
-            self.discard_part(&s.id, &part).await;
-            return Err(RegistryError::ChunkLengthMismatch {
-                declared,
-                actual: part.len,
-            });
-        }
-        Ok((hasher, part))
-    }
-
-    pub(crate) async fn upload_chunk(
+    pub(crate) async fn upload_chunk<B: RequestBody>(
         &self,
         repo: &RepoName,
         id: &UploadId,
         principal: &Principal,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> Result<Resp, RegistryError> {
-        let s = self.session(repo, id, principal).await?;
-        let declared = Self::chunk_len(&req, s.received)?;
-        self.check_declared_size(s.received, &req)?;
-        let (hasher, part) = self.receive_chunk(&s, declared, req.into_body()).await?;
-        let received = s.received + part.len;
-        let record = if part.len == 0 {
-            self.discard_part(id, &part).await;
-            None
-        } else {
-            Some(part.clone())
-        };
-        match self
-            .tags
-            .advance_upload(id, s.received, record, hasher.save())
-            .await
-        {
-            Ok(()) => Ok(accepted(StatusCode::ACCEPTED, repo, id, received)),
-            Err(
-                e @ (pierone_tagstore::Error::UploadOffsetConflict { .. }
-                | pierone_tagstore::Error::UploadUnknown(_)),
-            ) => {
-                // Another request on this session got there first: this part is not the
-                // upload's, and goes.
-                self.discard_part(id, &part).await;
-                Err(e.into())
-            }
-            // Whether the part was recorded is unknown: it stays, and is published only if
-            // it was.
-            Err(e) => Err(e.into()),
-        }
+        let upload = self.service.upload(repo, id, &caller(principal)).await?;
+        let declared = Self::chunk_len(&req, upload.offset())?;
+        self.service
+            .check_size(upload.offset(), content_length(&req))?;
+        let received = self
+            .service
+            .write_chunk(&upload, declared, data(req.into_body()))
+            .await?;
+        Ok(accepted(StatusCode::ACCEPTED, repo, id, received))
     }
 
-    pub(crate) async fn finish_upload(
+    pub(crate) async fn finish_upload<B: RequestBody>(
         &self,
         repo: &RepoName,
         id: &UploadId,
         principal: &Principal,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> Result<Resp, RegistryError> {
         let q = query(&req);
         let digest: Digest = q
             .get("digest")
             .ok_or(RegistryError::DigestMissing)?
             .parse()?;
-        let s = self.session(repo, id, principal).await?;
-        let declared = Self::chunk_len(&req, s.received)?;
-        self.check_declared_size(s.received, &req)?;
+        let upload = self.service.upload(repo, id, &caller(principal)).await?;
+        let declared = Self::chunk_len(&req, upload.offset())?;
+        self.service
+            .check_size(upload.offset(), content_length(&req))?;
         // Without Content-Length or Transfer-Encoding, HTTP/1 has no body: the usual close.
-        let has_body = !hyper::body::Body::is_end_stream(req.body());
-        let (hasher, last) = if has_body {
-            let (hasher, part) = self.receive_chunk(&s, declared, req.into_body()).await?;
-            (hasher, Some(part))
-        } else {
-            (Hasher::restore(&s.hash_state)?, None)
-        };
-        let mut parts = s.parts;
-        parts.extend(last);
-        self.commit(repo, id, hasher, &parts, &digest).await
+        let last = (!req.body().is_end_stream()).then(|| data(req.into_body()));
+        let digest = self
+            .service
+            .close_upload(upload, declared, last, &digest)
+            .await?;
+        Ok(created(&blob_location(repo, &digest), &digest))
     }
 
     pub(crate) async fn cancel_upload(
@@ -624,18 +315,13 @@ impl Registry {
         id: &UploadId,
         principal: &Principal,
     ) -> Result<Resp, RegistryError> {
-        self.session(repo, id, principal).await?;
-        self.discard(id).await;
+        self.service
+            .cancel_upload(repo, id, &caller(principal))
+            .await?;
         let mut r = Response::new(response::empty());
         *r.status_mut() = StatusCode::NO_CONTENT;
         Ok(r)
     }
-}
-
-/// Whose an upload session is: realm and uid, so that an employee and a service of the same
-/// name are two owners.
-fn owner_of(principal: &Principal) -> String {
-    format!("{}/{}", principal.realm(), principal.uid())
 }
 
 fn created(location: &str, digest: &Digest) -> Resp {

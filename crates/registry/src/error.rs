@@ -1,148 +1,101 @@
 //! Everything a request can fail with, and the one place that turns it into an OCI error.
 
 use hyper::StatusCode;
-use pierone_protocol::{Digest, ErrorCode, Reference, RepoName};
+use pierone_protocol::{ErrorCode, RepoName};
+use pierone_service::Error as S;
+use pierone_service::blobstore::Error as B;
+use pierone_service::tagstore::Error as T;
 
-/// Why a request failed.
+/// Why a request failed: what the service says, or what only HTTP can get wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The operation failed (see [`pierone_service::Error`]).
     #[error(transparent)]
-    Protocol(pierone_protocol::Error),
-    #[error(transparent)]
-    Blobs(#[from] pierone_blobstore::Error),
-    #[error(transparent)]
-    Tags(#[from] pierone_tagstore::Error),
+    Service(#[from] S),
+    /// Authentication or authorization failed.
     #[error(transparent)]
     Auth(#[from] pierone_auth::Error),
-    #[error("blob {0} is not stored in this registry")]
-    BlobUnknown(Digest),
-    #[error(
-        "blob {digest} was quarantined at {at} by {by}: its stored bytes did not match its digest; push the correct bytes again to restore it"
-    )]
-    BlobQuarantined {
-        digest: Digest,
-        /// RFC 3339.
-        at: String,
-        by: String,
-    },
-    #[error("manifest {1} is not in repository {0}")]
-    ManifestUnknown(RepoName, Reference),
+    /// A reference in the path that is neither a tag nor a digest.
     #[error("{1:?} is neither a tag nor a digest, so repository {0} has no such manifest")]
     ManifestReferenceUnknown(RepoName, String),
-    #[error("repository {0} is not known")]
-    NameUnknown(RepoName),
-    #[error("blob upload is unknown, finished or expired; start a new one")]
-    UploadUnknown,
-    #[error("the manifest references {0}, which is not in this registry (push it first)")]
-    ManifestBlobUnknown(Digest),
-    #[error("the manifest references {0}, which is not a manifest in this repository")]
-    ManifestChildUnknown(Digest),
-    #[error("the manifest says {digest} has {declared} bytes, but it has {actual}")]
-    DescriptorSizeMismatch {
-        digest: Digest,
-        declared: u64,
-        actual: u64,
-    },
-    #[error("content hashes to {actual}, not to the digest given, {expected}")]
-    DigestMismatch { expected: Digest, actual: Digest },
+    /// A closing PUT without `?digest=`.
     #[error("the digest query parameter is required to close an upload")]
     DigestMissing,
-    #[error(
-        "chunk starts at byte {start} but the upload has {received} bytes; send chunks in order"
-    )]
-    ChunkOutOfOrder { start: u64, received: u64 },
+    /// A `Content-Range` that cannot be read.
     #[error("Content-Range {0:?} is malformed; expected <start>-<end>")]
     ContentRangeInvalid(String),
-    #[error("the chunk's Content-Range names {declared} bytes, but its body has {actual}")]
-    ChunkLengthMismatch { declared: u64, actual: u64 },
+    /// A `Range` outside the blob.
     #[error("requested range is outside the blob of {size} bytes")]
-    RangeNotSatisfiable { size: u64 },
-    #[error("body of {size} bytes exceeds the limit of {limit} bytes")]
-    BodyTooLarge { size: u64, limit: u64 },
+    RangeNotSatisfiable {
+        /// The blob's size.
+        size: u64,
+    },
+    /// The request body could not be read.
     #[error("the request body failed: {0}")]
     RequestBody(String),
     /// A query parameter that cannot be used. `value` is the value and what is wrong with it
     /// (`abc, not a number`), or `required`; it is shown as it is, never quoted.
     #[error("query parameter {name}: {value}")]
-    InvalidQuery { name: &'static str, value: String },
+    InvalidQuery {
+        /// The parameter.
+        name: &'static str,
+        /// The value and what is wrong with it.
+        value: String,
+    },
+    /// A DELETE, which Pier One never does.
     #[error(
         "{0} is not supported: Pier One never deletes through the API, so that deployed artifacts stay auditable"
     )]
     DeleteRefused(&'static str),
+    /// A method the endpoint does not have.
     #[error("method {0} is not supported on this endpoint")]
     MethodNotAllowed(hyper::Method),
+    /// No endpoint has that path.
     #[error("no such endpoint")]
     NoRoute,
-    #[error("team {0} has no artifacts")]
-    TeamUnknown(String),
-    #[error("no image matches {0}")]
-    ImageUnknown(String),
-    #[error("{prefix} matches {} different images: {}; give a longer prefix", candidates.len(), candidate_list(candidates))]
-    ImageAmbiguous {
-        prefix: String,
-        /// Each image's digest with the `team/artifact:tag`s that carry it.
-        candidates: Vec<(String, Vec<String>)>,
-    },
-    #[error("an empty prefix matches every image; give a digest or a prefix of one")]
-    ImagePrefixEmpty,
-    #[error("no scm-source is recorded for this tag, and none was found in its layers")]
-    ScmSourceUnknown,
+    /// An `X-SCM-Source` header that cannot be read.
     #[error("X-SCM-Source {0}")]
     ScmSourceInvalid(String),
+    /// The principal has too many upload requests in flight.
     #[error("too many uploads in flight: at most {limit} per principal; retry when one finishes")]
-    TooManyUploads { limit: usize },
-    #[error(
-        "too many scm-source scans are running; retry in a few seconds (scans read whole image layers, so only a few run at once)"
-    )]
-    ScanBusy,
-    #[error("no audit checkpoint has been signed (the server needs --audit-signing-key)")]
-    CheckpointUnknown,
+    TooManyUploads {
+        /// Upload requests one principal may stream at once.
+        limit: usize,
+    },
+    /// A request head over the limit.
     #[error("request line and headers of {size} bytes exceed the limit of {limit} bytes")]
-    HeadTooLarge { size: usize, limit: usize },
+    HeadTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A certificate or key that cannot be used (at start-up).
     #[error("TLS: {path}: {why}")]
     Tls {
+        /// The file.
         path: std::path::PathBuf,
+        /// What is wrong with it.
         why: String,
     },
 }
 
-/// The images of an ambiguous prefix, as git lists the candidates of an ambiguous object
-/// name: a short prefix can match thousands, so the message is cut after ten (the error's
-/// `detail` has them all) and each image shows at most three of its tags.
-fn candidate_list(candidates: &[(String, Vec<String>)]) -> String {
-    const IMAGES: usize = 10;
-    const TAGS: usize = 3;
-    let mut shown: Vec<String> = candidates
-        .iter()
-        .take(IMAGES)
-        .map(|(digest, tags)| {
-            let mut named = tags
-                .iter()
-                .take(TAGS)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
-            if tags.len() > TAGS {
-                named.push_str(&format!(" and {} more", tags.len() - TAGS));
-            }
-            format!("{digest} ({named})")
-        })
-        .collect();
-    if candidates.len() > IMAGES {
-        shown.push(format!("and {} more", candidates.len() - IMAGES));
-    }
-    shown.join(", ")
-}
-
 impl From<pierone_protocol::Error> for RegistryError {
     fn from(e: pierone_protocol::Error) -> Self {
-        RegistryError::Protocol(e)
+        RegistryError::Service(S::Protocol(e))
+    }
+}
+
+impl From<T> for RegistryError {
+    fn from(e: T) -> Self {
+        RegistryError::Service(S::Tags(e))
     }
 }
 
 /// Extra data some errors put in response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorHeaders {
+    /// Nothing extra.
     None,
     /// `Range: 0-<received-1>` so the client can resume.
     UploadRange(u64),
@@ -152,6 +105,101 @@ pub enum ErrorHeaders {
     Challenge,
     /// `Retry-After: <seconds>`.
     RetryAfter(u64),
+}
+
+/// How the service's errors are answered. Exhaustive: a new service error must decide here.
+fn service_status(e: &S) -> (StatusCode, ErrorCode) {
+    use pierone_protocol::Error as P;
+    match e {
+        S::Protocol(e) => match e {
+            P::InvalidName { .. } => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
+            P::InvalidTag(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
+            P::InvalidDigest(_) | P::UnsupportedDigestAlgorithm(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
+            }
+            P::InvalidUploadId(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+            P::CorruptHashState => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported),
+            P::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
+            P::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
+            P::AuditChainBroken { .. } | P::AuditCheckpointInvalid(_) | P::AuditKeyInvalid(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+            }
+        },
+        S::Blobs(e) => match e {
+            B::Io { .. } | B::Backend(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+            }
+            B::Throttled(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
+            B::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
+            B::Body(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
+            // Parts that are not stored as recorded: the upload can never be finished, and
+            // the client must start again.
+            B::UploadUnknown(_) | B::PartUnknown { .. } | B::PartSizeMismatch { .. } => {
+                (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown)
+            }
+            B::UploadBusy(_) => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUploadInvalid,
+            ),
+            B::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
+            }
+        },
+        S::Tags(e) => match e {
+            T::TagImmutable { .. } | T::LatestNotAllowed => {
+                (StatusCode::CONFLICT, ErrorCode::Denied)
+            }
+            T::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+            T::BlobCollected(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
+            // Only when a write stalled for minutes: the client retries.
+            T::StaleCheck { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
+            T::UploadOffsetConflict { .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUploadInvalid,
+            ),
+            T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
+            // Only when opening the store at start-up, never an answer; mapped for
+            // completeness.
+            T::UnsupportedScheme(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported),
+            T::Query(_) | T::Corrupt(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+            }
+        },
+        S::BlobUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
+        // Out of service like a missing blob; the message says why.
+        S::BlobQuarantined { .. } => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
+        S::ManifestUnknown(..) => (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
+        S::NameUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+        S::UploadUnknown => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+        S::ManifestBlobUnknown(_) | S::ManifestChildUnknown(_) => {
+            (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown)
+        }
+        S::DescriptorSizeMismatch { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
+        S::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+        S::ChunkOutOfOrder { .. } => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::BlobUploadInvalid,
+        ),
+        // The chunk does not fit the range it claims: like an out-of-order chunk, nothing of
+        // it was recorded.
+        S::ChunkLengthMismatch { .. } => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::BlobUploadInvalid,
+        ),
+        S::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
+        S::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
+        S::TeamUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+        S::ImageUnknown(_) | S::ScmSourceUnknown => {
+            (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
+        }
+        // Not MANIFEST_UNKNOWN: several images were found. UNSUPPORTED is the code for "an
+        // invalid set of parameters", which a prefix that selects no single image is. The
+        // status stays 412, which the CLI and the API description promise for this case.
+        S::ImageAmbiguous { .. } => (StatusCode::PRECONDITION_FAILED, ErrorCode::Unsupported),
+        S::ImagePrefixEmpty => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
+        S::ScanBusy => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
+        S::CheckpointUnknown => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+    }
 }
 
 impl RegistryError {
@@ -164,70 +212,8 @@ impl RegistryError {
     /// `TOOMANYREQUESTS` is kept for throttling (of this client, or of us by S3): a client
     /// reading it should slow down, which does not help when a service is down.
     pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
-        use pierone_blobstore::Error as B;
-        use pierone_protocol::Error as P;
-        use pierone_tagstore::Error as T;
         match self {
-            RegistryError::Protocol(e) => match e {
-                P::InvalidName { .. } => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
-                P::InvalidTag(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
-                P::InvalidDigest(_) | P::UnsupportedDigestAlgorithm(_) => {
-                    (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
-                }
-                P::InvalidUploadId(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
-                P::CorruptHashState => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported),
-                P::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
-                P::ManifestTooLarge { .. } => {
-                    (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid)
-                }
-                P::AuditChainBroken { .. }
-                | P::AuditCheckpointInvalid(_)
-                | P::AuditKeyInvalid(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
-                }
-            },
-            RegistryError::Blobs(e) => match e {
-                B::Io { .. } | B::Backend(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
-                }
-                B::Throttled(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
-                B::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
-                B::Body(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
-                // Parts that are not stored as recorded: the upload can never be finished, and
-                // the client must start again.
-                B::UploadUnknown(_) | B::PartUnknown { .. } | B::PartSizeMismatch { .. } => {
-                    (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown)
-                }
-                B::UploadBusy(_) => (
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    ErrorCode::BlobUploadInvalid,
-                ),
-                B::RangeNotSatisfiable { .. } => {
-                    (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
-                }
-            },
-            RegistryError::Tags(e) => match e {
-                T::TagImmutable { .. } | T::LatestNotAllowed => {
-                    (StatusCode::CONFLICT, ErrorCode::Denied)
-                }
-                T::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
-                T::BlobCollected(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
-                // Only when a write stalled for minutes: the client retries.
-                T::StaleCheck { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
-                T::UploadOffsetConflict { .. } => (
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    ErrorCode::BlobUploadInvalid,
-                ),
-                T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
-                // Only when opening the store at start-up, never an answer; mapped for
-                // completeness.
-                T::UnsupportedScheme(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
-                }
-                T::Query(_) | T::Corrupt(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
-                }
-            },
+            RegistryError::Service(e) => service_status(e),
             RegistryError::Auth(e) => match e {
                 pierone_auth::Error::Unauthorized(_) => {
                     (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
@@ -242,44 +228,16 @@ impl RegistryError {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
                 }
             },
-            RegistryError::BlobUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
-            // Out of service like a missing blob; the message says why.
-            RegistryError::BlobQuarantined { .. } => {
-                (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown)
-            }
-            RegistryError::ManifestUnknown(..) | RegistryError::ManifestReferenceUnknown(..) => {
+            RegistryError::ManifestReferenceUnknown(..) => {
                 (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
             }
-            RegistryError::NameUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
-            RegistryError::UploadUnknown => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
-            RegistryError::ManifestBlobUnknown(_) | RegistryError::ManifestChildUnknown(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown)
-            }
-            RegistryError::DescriptorSizeMismatch { .. } => {
-                (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
-            }
-            RegistryError::DigestMismatch { .. } | RegistryError::DigestMissing => {
-                (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
-            }
-            RegistryError::ChunkOutOfOrder { .. } => (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                ErrorCode::BlobUploadInvalid,
-            ),
+            RegistryError::DigestMissing => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
             RegistryError::ContentRangeInvalid(_) => (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                ErrorCode::BlobUploadInvalid,
-            ),
-            // The chunk does not fit the range it claims: like an out-of-order chunk, nothing
-            // of it was recorded.
-            RegistryError::ChunkLengthMismatch { .. } => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::BlobUploadInvalid,
             ),
             RegistryError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
-            }
-            RegistryError::BodyTooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid)
             }
             RegistryError::RequestBody(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid)
@@ -292,27 +250,12 @@ impl RegistryError {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
             RegistryError::NoRoute => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
-            RegistryError::TeamUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
-            RegistryError::ImageUnknown(_) | RegistryError::ScmSourceUnknown => {
-                (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
-            }
-            // Not MANIFEST_UNKNOWN: several images were found. UNSUPPORTED is the code for "an
-            // invalid set of parameters", which a prefix that selects no single image is. The
-            // status stays 412, which the CLI and the API description promise for this case.
-            RegistryError::ImageAmbiguous { .. } => {
-                (StatusCode::PRECONDITION_FAILED, ErrorCode::Unsupported)
-            }
-            RegistryError::ImagePrefixEmpty => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
             RegistryError::ScmSourceInvalid(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
             }
             RegistryError::TooManyUploads { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
             }
-            RegistryError::ScanBusy => {
-                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests)
-            }
-            RegistryError::CheckpointUnknown => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             // Only at start-up, never an answer; mapped for completeness.
             RegistryError::Tls { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
@@ -327,12 +270,12 @@ impl RegistryError {
     /// Structured detail for the error envelope, where there is something a client can use.
     pub fn detail(&self) -> Option<serde_json::Value> {
         match self {
-            RegistryError::Tags(pierone_tagstore::Error::TagImmutable {
+            RegistryError::Service(S::Tags(T::TagImmutable {
                 repo,
                 tag,
                 existing,
                 pushed,
-            }) => Some(serde_json::json!({
+            })) => Some(serde_json::json!({
                 "repository": repo.as_str(),
                 "tag": tag.as_str(),
                 "digest": existing.as_str(),
@@ -341,48 +284,57 @@ impl RegistryError {
             RegistryError::Auth(pierone_auth::Error::Denied { team, uid, .. }) => {
                 Some(serde_json::json!({ "team": team, "uid": uid }))
             }
-            RegistryError::ImageAmbiguous { candidates, .. } => Some(serde_json::json!({
-                "candidates": candidates
-                    .iter()
-                    .map(|(digest, tags)| serde_json::json!({"digest": digest, "tags": tags}))
-                    .collect::<Vec<_>>(),
-            })),
-            RegistryError::DigestMismatch { expected, actual } => Some(serde_json::json!({
-                "expected": expected.as_str(),
-                "actual": actual.as_str(),
-            })),
-            RegistryError::BlobQuarantined { digest, at, by } => Some(serde_json::json!({
-                "digest": digest.as_str(),
-                "quarantined_at": at,
-                "quarantined_by": by,
-            })),
-            RegistryError::ManifestBlobUnknown(d)
-            | RegistryError::ManifestChildUnknown(d)
-            | RegistryError::Tags(pierone_tagstore::Error::BlobCollected(d)) => {
-                Some(serde_json::json!({ "digest": d.as_str() }))
+            RegistryError::Service(S::ImageAmbiguous { candidates, .. }) => {
+                Some(serde_json::json!({
+                    "candidates": candidates
+                        .iter()
+                        .map(|(digest, tags)| serde_json::json!({"digest": digest, "tags": tags}))
+                        .collect::<Vec<_>>(),
+                }))
             }
+            RegistryError::Service(S::DigestMismatch { expected, actual }) => {
+                Some(serde_json::json!({
+                    "expected": expected.as_str(),
+                    "actual": actual.as_str(),
+                }))
+            }
+            RegistryError::Service(S::BlobQuarantined { digest, at, by }) => {
+                Some(serde_json::json!({
+                    "digest": digest.as_str(),
+                    "quarantined_at": at,
+                    "quarantined_by": by,
+                }))
+            }
+            RegistryError::Service(
+                S::ManifestBlobUnknown(d)
+                | S::ManifestChildUnknown(d)
+                | S::Tags(T::BlobCollected(d)),
+            ) => Some(serde_json::json!({ "digest": d.as_str() })),
             _ => None,
         }
     }
 
+    /// The headers the error's answer carries besides the envelope's.
     pub fn headers(&self) -> ErrorHeaders {
         match self {
             RegistryError::Auth(pierone_auth::Error::Unauthorized(_)) => ErrorHeaders::Challenge,
             RegistryError::TooManyUploads { .. } => ErrorHeaders::RetryAfter(1),
-            RegistryError::ScanBusy => ErrorHeaders::RetryAfter(5),
+            RegistryError::Service(S::ScanBusy) => ErrorHeaders::RetryAfter(5),
             // Identity services answer again within seconds or not for a while; a client that
             // retries at once only adds load to one that is struggling.
             RegistryError::Auth(pierone_auth::Error::Unavailable { .. }) => {
                 ErrorHeaders::RetryAfter(5)
             }
-            RegistryError::ChunkOutOfOrder { received, .. } => ErrorHeaders::UploadRange(*received),
-            RegistryError::Tags(pierone_tagstore::Error::UploadOffsetConflict {
-                actual, ..
-            }) => ErrorHeaders::UploadRange(*actual),
+            RegistryError::Service(S::ChunkOutOfOrder { received, .. }) => {
+                ErrorHeaders::UploadRange(*received)
+            }
+            RegistryError::Service(S::Tags(T::UploadOffsetConflict { actual, .. })) => {
+                ErrorHeaders::UploadRange(*actual)
+            }
             RegistryError::RangeNotSatisfiable { size }
-            | RegistryError::Blobs(pierone_blobstore::Error::RangeNotSatisfiable {
-                size, ..
-            }) => ErrorHeaders::BlobSize(*size),
+            | RegistryError::Service(S::Blobs(B::RangeNotSatisfiable { size, .. })) => {
+                ErrorHeaders::BlobSize(*size)
+            }
             _ => ErrorHeaders::None,
         }
     }
@@ -407,13 +359,13 @@ mod tests {
 
     #[test]
     fn an_ambiguous_prefix_is_not_an_unknown_manifest() {
-        let e = RegistryError::ImageAmbiguous {
+        let e = RegistryError::Service(S::ImageAmbiguous {
             prefix: "2cf2".into(),
             candidates: vec![
                 ("sha256:2cf2aa".into(), vec!["t/a:1".into(), "t/b:2".into()]),
                 ("sha256:2cf2bb".into(), vec!["t/a:3".into()]),
             ],
-        };
+        });
         assert_eq!(
             e.to_string(),
             "2cf2 matches 2 different images: sha256:2cf2aa (t/a:1, t/b:2), sha256:2cf2bb (t/a:3); give a longer prefix"

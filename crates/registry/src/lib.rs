@@ -4,29 +4,55 @@
 //! This is the only crate that knows HTTP. It chooses no backend: whoever embeds it hands
 //! [`Registry::new`] a [`BlobStore`] and a [`TagStore`] and serves it with [`run`].
 
+//! The pierone HTTP server: the OCI distribution API and the Pier One API on hyper 1, over
+//! the transport-free [`pierone_service::Service`].
+//!
+//! This crate knows HTTP and nothing else: routes, the auth gate, request parsing, responses,
+//! the one mapping of errors to statuses and OCI codes, metrics, TLS and connection limits.
+//! What a request does is the service's. It reaches the stores only through the service and
+//! chooses no backend: whoever embeds it builds a [`Registry`] and serves it with [`run`], or
+//! mounts [`Registry::tower`] in a tower stack, or calls [`Registry::handle`] in process.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use pierone_registry::{Config, Registry};
+//! use pierone_service::{MemoryBlobStore, MemoryTagStore};
+//!
+//! # async fn serve() -> std::io::Result<()> {
+//! let registry = Arc::new(Registry::new(
+//!     Arc::new(MemoryBlobStore::new()),
+//!     Arc::new(MemoryTagStore::new()),
+//!     Config::default(),
+//! ));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! pierone_registry::run(listener, registry, std::future::pending()).await
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
 mod api;
 mod audit;
 mod blobs;
 mod conn;
 mod error;
-mod layers;
 mod listing;
-mod maintenance;
 mod manifests;
 mod metrics;
 mod response;
 mod routes;
-pub mod scrub;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
@@ -34,20 +60,79 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use pierone_auth::{Access, Authorizer, Principal};
-use pierone_blobstore::BlobStore;
-use pierone_protocol::{Digest, RepoName, Tag};
-use pierone_tagstore::{ManifestRecord, TagPolicy, TagStore};
+use pierone_protocol::RepoName;
+use pierone_service::{BlobStore, Caller, Service, TagPolicy, TagStore};
 use tokio::net::TcpListener;
 
-pub use error::RegistryError;
-pub use maintenance::{GcConfig, GcReport, cloud_event};
-pub use pierone_protocol::audit::AuditSigner;
+pub use error::{ErrorHeaders, RegistryError};
+pub use pierone_service::{AuditSigner, GcConfig, GcReport, cloud_event};
+pub use response::Body;
 use response::Resp;
 use routes::Route;
 
-/// What a registry may be configured with beyond its stores.
+/// A request body the handler can read: any [`hyper::body::Body`] of [`Bytes`] whose error
+/// converts into a boxed error (hyper's `Incoming`, `Full<Bytes>`, axum's body...).
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send>
+    + Send
+    + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<
+            Data = Bytes,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+        > + Send
+        + 'static
+{
+}
+
+/// What the HTTP front door is configured with; the service's part is in
+/// [`pierone_service::Config`].
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// How long in-flight requests may take to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// Who may do what; by default nothing is checked.
+    pub auth: Authorizer,
+    /// Upload requests one principal may stream at once; more get 429.
+    pub max_uploads_per_principal: usize,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request head before the connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open without a request in flight: from accept to the
+    /// first request, and between requests (HTTP/1 keep-alive, HTTP/2). Requests themselves,
+    /// however long, are not limited by it.
+    pub idle_timeout: Duration,
+    /// Connections one listener keeps open at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Whether `/metrics` is served by [`run`]; turn off when [`run_operations`] serves it on
+    /// an internal address.
+    pub metrics_on_main_listener: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            shutdown_grace: Duration::from_secs(30),
+            auth: Authorizer::unchecked(),
+            max_uploads_per_principal: 64,
+            max_header_bytes: 64 << 10,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            metrics_on_main_listener: true,
+        }
+    }
+}
+
+/// Everything a registry may be configured with beyond its stores, in one place: the
+/// service's settings and the HTTP ones ([`Config::split`] parts them).
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Which tags are immutable, and whether `latest` may be pushed.
     pub tag_policy: TagPolicy,
     /// Largest blob accepted, in bytes.
     pub max_blob_size: u64,
@@ -67,6 +152,7 @@ pub struct Config {
     pub outbox_poll: Duration,
     /// Signs audit checkpoints; without it none are made.
     pub audit_signer: Option<Arc<AuditSigner>>,
+    /// How often a checkpoint is signed.
     pub checkpoint_interval: Duration,
     /// Garbage collection; an interval of zero turns it off.
     pub gc: GcConfig,
@@ -76,9 +162,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// How long a client may take to send a request head before the connection is closed.
     pub header_read_timeout: Duration,
-    /// How long a connection may stay open without a request in flight: from accept to the
-    /// first request, and between requests (HTTP/1 keep-alive, HTTP/2). Requests themselves,
-    /// however long, are not limited by it.
+    /// How long a connection may stay open without a request in flight (see
+    /// [`HttpConfig::idle_timeout`]).
     pub idle_timeout: Duration,
     /// Connections one listener keeps open at once; more are accepted and closed at once.
     pub max_connections: usize,
@@ -89,50 +174,105 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let (service, http) = (pierone_service::Config::default(), HttpConfig::default());
         Config {
-            tag_policy: TagPolicy::default(),
-            max_blob_size: 64 << 30,
-            upload_ttl: Duration::from_secs(24 * 3600),
-            shutdown_grace: Duration::from_secs(30),
-            auth: Authorizer::unchecked(),
-            webhooks: Vec::new(),
-            event_source: "/pierone".into(),
-            webhook_retry_base: Duration::from_secs(1),
-            outbox_poll: Duration::from_secs(1),
-            audit_signer: None,
-            checkpoint_interval: Duration::from_secs(60),
-            gc: GcConfig::default(),
-            max_uploads_per_principal: 64,
-            max_header_bytes: 64 << 10,
-            header_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-            metrics_on_main_listener: true,
+            tag_policy: service.tag_policy,
+            max_blob_size: service.max_blob_size,
+            upload_ttl: service.upload_ttl,
+            shutdown_grace: http.shutdown_grace,
+            auth: http.auth,
+            webhooks: service.webhooks,
+            event_source: service.event_source,
+            webhook_retry_base: service.webhook_retry_base,
+            outbox_poll: service.outbox_poll,
+            audit_signer: service.audit_signer,
+            checkpoint_interval: service.checkpoint_interval,
+            gc: service.gc,
+            max_uploads_per_principal: http.max_uploads_per_principal,
+            max_header_bytes: http.max_header_bytes,
+            header_read_timeout: http.header_read_timeout,
+            idle_timeout: http.idle_timeout,
+            max_connections: http.max_connections,
+            metrics_on_main_listener: http.metrics_on_main_listener,
         }
     }
 }
 
-/// The registry: stores, configuration and caches. Cheap to share behind an `Arc`.
+impl Config {
+    /// The service's settings and the HTTP ones.
+    pub fn split(self) -> (pierone_service::Config, HttpConfig) {
+        (
+            pierone_service::Config {
+                tag_policy: self.tag_policy,
+                max_blob_size: self.max_blob_size,
+                upload_ttl: self.upload_ttl,
+                webhooks: self.webhooks,
+                event_source: self.event_source,
+                webhook_retry_base: self.webhook_retry_base,
+                outbox_poll: self.outbox_poll,
+                audit_signer: self.audit_signer,
+                checkpoint_interval: self.checkpoint_interval,
+                gc: self.gc,
+            },
+            HttpConfig {
+                shutdown_grace: self.shutdown_grace,
+                auth: self.auth,
+                max_uploads_per_principal: self.max_uploads_per_principal,
+                max_header_bytes: self.max_header_bytes,
+                header_read_timeout: self.header_read_timeout,
+                idle_timeout: self.idle_timeout,
+                max_connections: self.max_connections,
+                metrics_on_main_listener: self.metrics_on_main_listener,
+            },
+        )
+    }
+}
+
+/// Posts webhook events with an HTTP client: 10 s timeout, no redirects followed.
+#[derive(Debug)]
+pub struct HttpWebhooks {
+    client: reqwest::Client,
+}
+
+impl Default for HttpWebhooks {
+    fn default() -> Self {
+        HttpWebhooks {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pierone_service::WebhookClient for HttpWebhooks {
+    async fn post(&self, target: &str, event: String) -> Result<(), String> {
+        match self
+            .client
+            .post(target)
+            .header("Content-Type", "application/cloudevents+json")
+            .body(event)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The HTTP front door of a [`Service`]: its configuration, metrics and upload allowances.
+/// Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Registry {
-    blobs: Arc<dyn BlobStore>,
-    tags: Arc<dyn TagStore>,
-    config: Config,
-    /// Manifests by repository and digest: content-addressed, so never stale.
-    manifest_cache: quick_cache::sync::Cache<(RepoName, Digest), ManifestRecord, ManifestWeight>,
-    /// Immutable tags only: once set they never change, so caching them is always correct,
-    /// even with other replicas writing to the same database.
-    tag_cache: quick_cache::sync::Cache<(RepoName, Tag), Digest>,
-    metrics: metrics::Metrics,
+    service: Arc<Service>,
+    config: HttpConfig,
+    metrics: Arc<metrics::Metrics>,
     /// Upload requests in flight per principal.
     uploads: Mutex<HashMap<String, usize>>,
-    /// Woken when a tag write queued events, so they go out at once rather than at the next
-    /// poll.
-    events_waiting: tokio::sync::Notify,
-    /// For webhook deliveries.
-    http: reqwest::Client,
-    /// Scans of image layers for `scm-source.json`: their slots and remembered misses.
-    scans: layers::Scans,
 }
 
 /// An upload request's place in its principal's allowance, given back on drop.
@@ -159,7 +299,7 @@ impl Drop for UploadSlot<'_> {
 }
 
 /// Bytes of the request line and headers, as sent.
-fn head_size(req: &Request<Incoming>) -> usize {
+fn head_size<B>(req: &Request<B>) -> usize {
     let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let headers: usize = req
         .headers()
@@ -183,47 +323,69 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
 }
 
-#[derive(Debug, Clone)]
-struct ManifestWeight;
-
-impl quick_cache::Weighter<(RepoName, Digest), ManifestRecord> for ManifestWeight {
-    fn weight(&self, _key: &(RepoName, Digest), val: &ManifestRecord) -> u64 {
-        val.body.len() as u64 + 256
-    }
+/// Who the service is told asks: the principal's realm and uid.
+fn caller(principal: &Principal) -> Caller {
+    Caller::new(principal.realm(), principal.uid())
 }
 
-/// Bytes of manifests kept in memory: small, so the server's footprint stays bounded.
-const MANIFEST_CACHE_BYTES: u64 = 8 << 20;
-
 impl Registry {
+    /// A registry on `blobs` and `tags`: a [`Service`] reporting to this registry's metrics
+    /// and posting webhooks with [`HttpWebhooks`], behind the HTTP front door.
     pub fn new(blobs: Arc<dyn BlobStore>, tags: Arc<dyn TagStore>, config: Config) -> Registry {
+        let (service, http) = config.split();
+        let metrics = Registry::new_metrics(&http);
+        let service = Service::new(blobs, tags, service)
+            .with_observer(metrics.clone())
+            .with_webhook_client(Arc::new(HttpWebhooks::default()));
+        Registry::assemble(Arc::new(service), http, metrics)
+    }
+
+    /// The HTTP front door of an existing `service`, shared with other front doors. The
+    /// service's own counts (garbage collection, events, checkpoints, scans, received blob
+    /// bytes) reach `/metrics` only when it reports to this registry's metrics, which
+    /// [`Registry::new`] arranges.
+    pub fn with_service(service: Arc<Service>, config: HttpConfig) -> Registry {
+        let metrics = Registry::new_metrics(&config);
+        Registry::assemble(service, config, metrics)
+    }
+
+    fn new_metrics(config: &HttpConfig) -> Arc<metrics::Metrics> {
         let auth = config.auth.clone();
+        Arc::new(metrics::Metrics::new(move || auth.cache_stats()))
+    }
+
+    fn assemble(
+        service: Arc<Service>,
+        config: HttpConfig,
+        metrics: Arc<metrics::Metrics>,
+    ) -> Registry {
         Registry {
-            blobs,
-            tags,
-            metrics: metrics::Metrics::new(move || auth.cache_stats()),
-            uploads: Mutex::new(HashMap::new()),
-            events_waiting: tokio::sync::Notify::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            service,
             config,
-            manifest_cache: quick_cache::sync::Cache::with_weighter(
-                8192,
-                MANIFEST_CACHE_BYTES,
-                ManifestWeight,
-            ),
-            tag_cache: quick_cache::sync::Cache::new(65536),
-            scans: layers::Scans::new(),
+            metrics,
+            uploads: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The service behind this front door.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// The HTTP configuration.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    /// A cheap, clonable handle that answers requests as a [`tower_service::Service`].
+    pub fn tower(self: &Arc<Self>) -> RegistryService {
+        RegistryService(self.clone())
     }
 
     /// Answer one request. Every response carries `Docker-Distribution-API-Version`, errors
     /// included, or Docker clients fall back to the v1 protocol, and `X-Request-Id`, which
     /// also appears in error bodies and in the request's log line.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<response::Body> {
+    pub async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
@@ -299,7 +461,9 @@ impl Registry {
 
     /// Answer a request on the operations listener: metrics, liveness and readiness only,
     /// without credentials, logs or counting (scrapes would drown both).
-    pub async fn handle_operations(&self, req: Request<Incoming>) -> Response<response::Body> {
+    pub async fn handle_operations<B>(&self, req: Request<B>) -> Response<Body> {
+        // The body is never read; dropping it keeps the future `Send` for any body type.
+        let req = req.map(drop);
         let id = request_id(req.headers());
         let answer = match (routes::parse(req.uri().path()), req.method()) {
             (Ok(Some(Route::Metrics)), &Method::GET) => Ok(self.metrics_response()),
@@ -317,17 +481,24 @@ impl Registry {
 
     /// Count failures of the backends for `/metrics`.
     fn count_fault(&self, e: &RegistryError) {
-        use pierone_blobstore::Error as B;
-        use pierone_tagstore::Error as T;
+        use pierone_service::Error as S;
+        use pierone_service::blobstore::Error as B;
+        use pierone_service::tagstore::Error as T;
         let m = &self.metrics;
         let (family, kind) = match e {
-            RegistryError::Tags(T::Unavailable(_)) => (&m.database_errors, "unavailable"),
-            RegistryError::Tags(T::Query(_)) => (&m.database_errors, "query"),
-            RegistryError::Tags(T::Corrupt(_)) => (&m.database_errors, "corrupt"),
-            RegistryError::Blobs(B::Io { .. }) => (&m.blob_store_errors, "io"),
-            RegistryError::Blobs(B::Backend(_)) => (&m.blob_store_errors, "backend"),
-            RegistryError::Blobs(B::Throttled(_)) => (&m.blob_store_errors, "throttled"),
-            RegistryError::Blobs(B::Unavailable(_)) => (&m.blob_store_errors, "unavailable"),
+            RegistryError::Service(S::Tags(T::Unavailable(_))) => {
+                (&m.database_errors, "unavailable")
+            }
+            RegistryError::Service(S::Tags(T::Query(_))) => (&m.database_errors, "query"),
+            RegistryError::Service(S::Tags(T::Corrupt(_))) => (&m.database_errors, "corrupt"),
+            RegistryError::Service(S::Blobs(B::Io { .. })) => (&m.blob_store_errors, "io"),
+            RegistryError::Service(S::Blobs(B::Backend(_))) => (&m.blob_store_errors, "backend"),
+            RegistryError::Service(S::Blobs(B::Throttled(_))) => {
+                (&m.blob_store_errors, "throttled")
+            }
+            RegistryError::Service(S::Blobs(B::Unavailable(_))) => {
+                (&m.blob_store_errors, "unavailable")
+            }
             // Client mistakes and refusals are not faults of a backend.
             _ => return,
         };
@@ -353,14 +524,22 @@ impl Registry {
         })
     }
 
-    async fn dispatch(
+    async fn dispatch<B: RequestBody>(
         &self,
         route: Result<Option<Route>, RegistryError>,
-        req: Request<Incoming>,
+        req: Request<B>,
         who: &mut String,
     ) -> Result<Resp, RegistryError> {
         let route = route?.ok_or(RegistryError::NoRoute)?;
         let m = req.method().clone();
+        // Only uploads and manifest pushes read the body; every other request is read as its
+        // head alone, which can be borrowed across awaits whatever the body type.
+        let (head, body) = req.into_parts();
+        let req = Request::from_parts(head, ());
+        let with_body = |req: Request<()>| {
+            let (head, ()) = req.into_parts();
+            Request::from_parts(head, body)
+        };
         let auth = &self.config.auth;
         let header = req
             .headers()
@@ -406,7 +585,10 @@ impl Registry {
             Route::Manifest(repo, reference) => match m {
                 Method::GET => self.get_manifest(&repo, &reference, true).await,
                 Method::HEAD => self.get_manifest(&repo, &reference, false).await,
-                Method::PUT => self.put_manifest(&repo, &reference, &principal, req).await,
+                Method::PUT => {
+                    self.put_manifest(&repo, &reference, &principal, with_body(req))
+                        .await
+                }
                 Method::DELETE => Err(RegistryError::DeleteRefused("deleting a manifest or tag")),
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
@@ -414,20 +596,18 @@ impl Registry {
                 Method::GET | Method::HEAD => {
                     Err(RegistryError::ManifestReferenceUnknown(repo, reference))
                 }
-                Method::PUT => Err(RegistryError::Protocol(
-                    pierone_protocol::Error::InvalidTag(reference),
-                )),
+                Method::PUT => Err(pierone_protocol::Error::InvalidTag(reference).into()),
                 Method::DELETE => Err(RegistryError::DeleteRefused("deleting a manifest or tag")),
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
-            Route::Blob(repo, digest) => match m {
-                Method::GET => self.get_blob(&repo, &digest, &req, true).await,
-                Method::HEAD => self.get_blob(&repo, &digest, &req, false).await,
+            Route::Blob(_, digest) => match m {
+                Method::GET => self.get_blob(&digest, &req, true).await,
+                Method::HEAD => self.get_blob(&digest, &req, false).await,
                 Method::DELETE => Err(RegistryError::DeleteRefused("deleting a blob")),
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
             Route::UploadStart(repo) => match m {
-                Method::POST => self.start_upload(&repo, &principal, req).await,
+                Method::POST => self.start_upload(&repo, &principal, with_body(req)).await,
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
             Route::Teams => self.api_get(&m, self.api_teams(&req)).await,
@@ -453,8 +633,14 @@ impl Registry {
             Route::OpenApi => self.api_get(&m, async { Ok(self.api_openapi()) }).await,
             Route::Upload(repo, id) => match m {
                 Method::GET => self.upload_status(&repo, &id, &principal).await,
-                Method::PATCH => self.upload_chunk(&repo, &id, &principal, req).await,
-                Method::PUT => self.finish_upload(&repo, &id, &principal, req).await,
+                Method::PATCH => {
+                    self.upload_chunk(&repo, &id, &principal, with_body(req))
+                        .await
+                }
+                Method::PUT => {
+                    self.finish_upload(&repo, &id, &principal, with_body(req))
+                        .await
+                }
                 Method::DELETE => self.cancel_upload(&repo, &id, &principal).await,
                 other => Err(RegistryError::MethodNotAllowed(other)),
             },
@@ -609,7 +795,7 @@ async fn serve(
         .max_header_list_size(u32::try_from(registry.config.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let grace = registry.config.shutdown_grace;
-    let background = (kind == Listener::Main).then(|| maintenance::spawn(&registry));
+    let background = (kind == Listener::Main).then(|| registry.service.spawn_background());
     tokio::pin!(shutdown);
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut accept_errors = conn::AcceptErrors::default();
@@ -692,4 +878,24 @@ async fn serve(
         b.stop(grace).await;
     }
     Ok(())
+}
+
+/// A [`Registry`] as a [`tower_service::Service`]: clone it freely (it is one `Arc`), mount it
+/// in a tower or axum stack. It is always ready and never fails: errors are answers.
+#[derive(Debug, Clone)]
+pub struct RegistryService(Arc<Registry>);
+
+impl<B: RequestBody> tower_service::Service<Request<B>> for RegistryService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let registry = self.0.clone();
+        Box::pin(async move { Ok(registry.handle(req).await) })
+    }
 }

@@ -1,6 +1,5 @@
 //! `GET /v2/<name>/tags/list` and `GET /v2/_catalog`, with `n`/`last` pagination.
 
-use hyper::body::Incoming;
 use hyper::header::LINK;
 use hyper::{Request, StatusCode};
 use pierone_protocol::RepoName;
@@ -11,7 +10,7 @@ use crate::error::RegistryError;
 use crate::response::{self, Resp, header_value};
 
 /// The page size and cursor of a listing request.
-fn page(req: &Request<Incoming>) -> Result<(Option<usize>, Option<String>), RegistryError> {
+fn page<B>(req: &Request<B>) -> Result<(Option<usize>, Option<String>), RegistryError> {
     let q = query(req);
     Ok((query_number(&q, "n")?, q.get("last").cloned()))
 }
@@ -32,17 +31,16 @@ fn with_link(mut r: Resp, path: &str, n: Option<usize>, items: &[String]) -> Res
 }
 
 impl Registry {
-    pub(crate) async fn tags_list(
+    pub(crate) async fn tags_list<B>(
         &self,
         repo: &RepoName,
-        req: &Request<Incoming>,
+        req: &Request<B>,
     ) -> Result<Resp, RegistryError> {
         let (n, last) = page(req)?;
         let tags = self
-            .tags
+            .service
             .list_tags(repo, last.as_deref(), n.unwrap_or(usize::MAX))
-            .await?
-            .ok_or_else(|| RegistryError::NameUnknown(repo.clone()))?;
+            .await?;
         let r = response::json(
             StatusCode::OK,
             "application/json",
@@ -51,10 +49,10 @@ impl Registry {
         Ok(with_link(r, &format!("/v2/{repo}/tags/list"), n, &tags))
     }
 
-    pub(crate) async fn catalog(&self, req: &Request<Incoming>) -> Result<Resp, RegistryError> {
+    pub(crate) async fn catalog<B>(&self, req: &Request<B>) -> Result<Resp, RegistryError> {
         let (n, last) = page(req)?;
         let repos = self
-            .tags
+            .service
             .list_repositories(last.as_deref(), n.unwrap_or(usize::MAX))
             .await?;
         let r = response::json(

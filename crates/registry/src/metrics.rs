@@ -268,6 +268,42 @@ impl Metrics {
     }
 }
 
+/// The service's counts, as the metrics they always were.
+impl pierone_service::Observer for Metrics {
+    fn bytes_received(&self, n: u64) {
+        self.bytes_in.inc_by(n);
+    }
+    fn checkpoint_signed(&self) {
+        self.audit_checkpoints.inc();
+    }
+    fn checkpoint_refused(&self) {
+        self.audit_refusals.inc();
+    }
+    fn event_delivered(&self) {
+        self.events_delivered.inc();
+    }
+    fn event_delivery_failed(&self) {
+        self.event_delivery_failures.inc();
+    }
+    fn events_pending(&self, n: u64) {
+        self.events_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    fn gc_finished(&self, report: &pierone_service::GcReport) {
+        self.gc_runs.inc();
+        self.gc_blobs_deleted.inc_by(report.blobs_deleted);
+        self.gc_bytes_freed.inc_by(report.bytes_freed);
+        self.gc_uploads_expired.inc_by(report.uploads_expired);
+    }
+    fn scm_scan(&self, outcome: pierone_service::ScanOutcome) {
+        self.scm_scans
+            .get_or_create(&KindLabels {
+                kind: outcome.as_str(),
+            })
+            .inc();
+    }
+}
+
 /// A method as a label: the standard ones by name, anything else as `other`, so that a
 /// client inventing methods cannot create series.
 pub fn method_label(m: &hyper::Method) -> &'static str {

@@ -8,11 +8,12 @@ use hyper::header::{
     CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE, WWW_AUTHENTICATE,
 };
 use hyper::{Response, StatusCode};
-use pierone_blobstore::ByteStream;
 use pierone_protocol::error_body;
+use pierone_service::ByteStream;
 
 use crate::error::{ErrorHeaders, RegistryError};
 
+/// The body of every response: bytes in memory or streamed from the blob store.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub type Resp = Response<Body>;
 

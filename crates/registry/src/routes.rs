@@ -79,7 +79,7 @@ fn split_marker<'a>(path: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
 }
 
 fn repo(name: &str) -> Result<RepoName, RegistryError> {
-    name.parse().map_err(RegistryError::Protocol)
+    name.parse().map_err(RegistryError::from)
 }
 
 /// A team name from the Pier One API must be a valid first name component.
@@ -175,7 +175,8 @@ pub fn parse(path: &str) -> Result<Option<Route>, RegistryError> {
         } else {
             Route::Upload(
                 repo,
-                tail.parse().map_err(|_| RegistryError::UploadUnknown)?,
+                tail.parse()
+                    .map_err(|_| RegistryError::Service(pierone_service::Error::UploadUnknown))?,
             )
         }));
     }
@@ -183,11 +184,11 @@ pub fn parse(path: &str) -> Result<Option<Route>, RegistryError> {
         return Ok(Some(Route::UploadStart(repo(name)?)));
     }
     if let Some((name, tail)) = split_marker(rest, "/blobs/") {
-        let digest = tail.parse().map_err(RegistryError::Protocol)?;
+        let digest = tail.parse().map_err(RegistryError::from)?;
         return Ok(Some(Route::Blob(repo(name)?, digest)));
     }
     if let Some((name, tail)) = split_marker(rest, "/referrers/") {
-        let digest = tail.parse().map_err(RegistryError::Protocol)?;
+        let digest = tail.parse().map_err(RegistryError::from)?;
         return Ok(Some(Route::Referrers(repo(name)?, digest)));
     }
     Ok(None)
@@ -272,21 +273,21 @@ mod tests {
     fn bad_parameters() {
         assert!(matches!(
             parse("/v2/Team/a/tags/list"),
-            Err(RegistryError::Protocol(
+            Err(RegistryError::Service(pierone_service::Error::Protocol(
                 pierone_protocol::Error::InvalidName { .. }
-            ))
+            )))
         ));
         assert!(matches!(
             parse("/v2/single/tags/list"),
-            Err(RegistryError::Protocol(
+            Err(RegistryError::Service(pierone_service::Error::Protocol(
                 pierone_protocol::Error::InvalidName { .. }
-            ))
+            )))
         ));
         assert!(matches!(
             parse("/v2/t/a/blobs/sha256:abc"),
-            Err(RegistryError::Protocol(
+            Err(RegistryError::Service(pierone_service::Error::Protocol(
                 pierone_protocol::Error::InvalidDigest(_)
-            ))
+            )))
         ));
         // A bad reference is decided per method (a read misses, a write is invalid).
         assert!(matches!(

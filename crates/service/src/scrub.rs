@@ -12,7 +12,7 @@ use pierone_blobstore::{BlobStore, Error as BlobError};
 use pierone_protocol::{Digest, Hasher};
 use pierone_tagstore::{BlobUser, Quarantine, QuarantineRecord, TagStore, now_millis};
 
-use crate::RegistryError;
+use crate::Error;
 
 /// Blobs listed per page.
 const PAGE: usize = 1000;
@@ -27,6 +27,7 @@ pub struct ScrubOptions {
     pub quarantine: bool,
     /// Who the audit log says quarantined them.
     pub principal: String,
+    /// The realm of that principal.
     pub realm: String,
 }
 
@@ -67,9 +68,11 @@ impl ScrubProgress for NoProgress {}
 /// A blob whose stored bytes do not hash to its digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
+    /// The blob's digest.
     pub digest: Digest,
     /// What the stored bytes hash to.
     pub actual: Digest,
+    /// Its size in bytes.
     pub size: u64,
     /// The manifests that need it, directly or through an index, with their repositories
     /// and tags.
@@ -98,14 +101,18 @@ impl Mismatch {
 /// What a scrub found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrubReport {
+    /// Blobs read and hashed.
     pub blobs_checked: u64,
+    /// Bytes read and hashed.
     pub bytes_checked: u64,
     /// Listed, then gone before they could be read (garbage collection ran meanwhile).
     pub blobs_vanished: u64,
+    /// The blobs whose bytes do not match their digest.
     pub mismatches: Vec<Mismatch>,
 }
 
 impl ScrubReport {
+    /// Whether every blob matched.
     pub fn clean(&self) -> bool {
         self.mismatches.is_empty()
     }
@@ -119,7 +126,7 @@ pub async fn scrub(
     tags: &dyn TagStore,
     options: &ScrubOptions,
     progress: &dyn ScrubProgress,
-) -> Result<ScrubReport, RegistryError> {
+) -> Result<ScrubReport, Error> {
     // A first pass over the listing only (cheap next to reading) gives the progress bar its
     // end, without holding the whole listing in memory.
     let (mut total_blobs, mut total_bytes) = (0u64, 0u64);
@@ -177,7 +184,7 @@ async fn hash_blob(
     blobs: &dyn BlobStore,
     digest: &Digest,
     progress: &dyn ScrubProgress,
-) -> Result<Option<(Digest, u64)>, RegistryError> {
+) -> Result<Option<(Digest, u64)>, Error> {
     let Some(read) = blobs.get(digest, None).await? else {
         return Ok(None);
     };
@@ -197,7 +204,7 @@ async fn hash_blob(
 }
 
 /// The manifests that need `digest`: those that reference it, and the indexes above them.
-async fn users_of(tags: &dyn TagStore, digest: &Digest) -> Result<Vec<BlobUser>, RegistryError> {
+async fn users_of(tags: &dyn TagStore, digest: &Digest) -> Result<Vec<BlobUser>, Error> {
     let mut out = Vec::new();
     let mut seen: HashSet<Digest> = HashSet::new();
     let mut level = vec![digest.clone()];
@@ -229,7 +236,7 @@ async fn quarantine(
     tags: &dyn TagStore,
     options: &ScrubOptions,
     m: &Mismatch,
-) -> Result<Option<String>, RegistryError> {
+) -> Result<Option<String>, Error> {
     tags.record_quarantine(Quarantine {
         record: QuarantineRecord {
             digest: m.digest.clone(),

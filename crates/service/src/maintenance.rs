@@ -10,7 +10,7 @@ use pierone_protocol::audit::ChainVerifier;
 use pierone_tagstore::{Checkpoint, GC_TOMBSTONE_MS, Millis, OutboxItem, now_millis};
 use serde_json::json;
 
-use crate::{Registry, RegistryError};
+use crate::{Error, Service};
 
 /// How long a deliverer owns a claimed event before another may retry it: longer than a
 /// delivery may take (10 s timeout), short enough that a crashed deliverer's events are soon
@@ -32,10 +32,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub struct GcReport {
     /// Abandoned upload sessions removed, with their data.
     pub uploads_expired: u64,
+    /// Blobs looked at.
     pub blobs_scanned: u64,
     /// Blobs found unreferenced and old enough (deleted on a later run if they stay so).
     pub blobs_marked: u64,
+    /// Blobs deleted.
     pub blobs_deleted: u64,
+    /// Bytes of the blobs deleted.
     pub bytes_freed: u64,
     /// Delivered events older than a week dropped from the outbox.
     pub events_pruned: u64,
@@ -44,6 +47,7 @@ pub struct GcReport {
 /// When garbage collection runs and what it spares.
 #[derive(Debug, Clone)]
 pub struct GcConfig {
+    /// Time between two runs; zero turns collection off.
     pub interval: Duration,
     /// A blob stored more recently than this is never touched, so that the blobs of a push
     /// in progress (uploaded, manifest not yet written) are safe.
@@ -74,7 +78,7 @@ pub fn cloud_event(source: &str, e: &pierone_tagstore::AuditEntry) -> serde_json
         "id": format!("tag-{}", e.seq),
         "source": source,
         "type": format!("io.pierone.tag.{kind}"),
-        "time": crate::api::rfc3339(e.at),
+        "time": crate::queries::rfc3339(e.at),
         "subject": format!("{}:{}", e.repository, e.tag),
         "datacontenttype": "application/json",
         "data": {
@@ -92,10 +96,10 @@ pub fn cloud_event(source: &str, e: &pierone_tagstore::AuditEntry) -> serde_json
     })
 }
 
-impl Registry {
+impl Service {
     /// Sign the current head of the audit log unless it is signed already. `None` without a
     /// signing key or when nothing changed.
-    pub async fn sign_checkpoint(&self) -> Result<Option<Checkpoint>, RegistryError> {
+    pub async fn sign_checkpoint(&self) -> Result<Option<Checkpoint>, Error> {
         let Some(signer) = &self.config.audit_signer else {
             return Ok(None);
         };
@@ -130,13 +134,13 @@ impl Registry {
         }
         let cp = signer.sign(&v, now_millis());
         self.tags.put_checkpoint(cp.clone()).await?;
-        self.metrics.audit_checkpoints.inc();
+        self.observer.checkpoint_signed();
         Ok(Some(cp))
     }
 
     /// One round of webhook delivery: claim what is due, post it, record the outcome.
     /// Returns how many events were attempted.
-    pub async fn deliver_events(&self) -> Result<usize, RegistryError> {
+    pub async fn deliver_events(&self) -> Result<usize, Error> {
         let now = now_millis();
         if self.config.webhooks.is_empty() {
             return Ok(0);
@@ -159,33 +163,27 @@ impl Registry {
             }
         }
         if let Ok(pending) = self.tags.outbox_pending().await {
-            self.metrics
-                .events_pending
-                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+            self.observer.events_pending(pending);
         }
         Ok(n)
     }
 
-    async fn deliver(&self, item: OutboxItem) -> Result<(), RegistryError> {
+    async fn deliver(&self, item: OutboxItem) -> Result<(), Error> {
         let event = cloud_event(&self.config.event_source, &item.entry);
-        let outcome = self
-            .http
-            .post(&item.target)
-            .header("Content-Type", "application/cloudevents+json")
-            .body(event.to_string())
-            .send()
-            .await;
+        let outcome = match &self.webhook_client {
+            Some(client) => client.post(&item.target, event.to_string()).await,
+            None => Err("no webhook client is configured".to_owned()),
+        };
         let error = match outcome {
-            Ok(r) if r.status().is_success() => {
+            Ok(()) => {
                 self.tags.outbox_delivered(item.id, now_millis()).await?;
-                self.metrics.events_delivered.inc();
+                self.observer.event_delivered();
                 tracing::info!(target = %item.target, seq = item.entry.seq, attempts = item.attempts + 1, "event delivered");
                 return Ok(());
             }
-            Ok(r) => format!("HTTP {}", r.status()),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
-        self.metrics.event_delivery_failures.inc();
+        self.observer.event_delivery_failed();
         let backoff = self
             .config
             .webhook_retry_base
@@ -205,7 +203,7 @@ impl Registry {
     /// One garbage collection run: remove expired upload sessions, then delete blobs that no
     /// manifest references, were stored before the grace period, and stayed unreferenced since
     /// an earlier run marked them.
-    pub async fn collect_garbage(&self) -> Result<GcReport, RegistryError> {
+    pub async fn collect_garbage(&self) -> Result<GcReport, Error> {
         let mut report = GcReport::default();
         let now = now_millis();
         let ttl = self.config.upload_ttl.as_millis() as Millis;
@@ -283,26 +281,22 @@ impl Registry {
                 _ => break,
             }
         }
-        self.metrics.gc_runs.inc();
-        self.metrics.gc_blobs_deleted.inc_by(report.blobs_deleted);
-        self.metrics.gc_bytes_freed.inc_by(report.bytes_freed);
-        self.metrics
-            .gc_uploads_expired
-            .inc_by(report.uploads_expired);
+        self.observer.gc_finished(&report);
         Ok(report)
     }
 }
 
-/// The background loops, stopped between rounds so that no delivery or collection is cut
-/// short by a shutdown.
-pub(crate) struct Background {
+/// The background loops (checkpoint signer, event deliverer, garbage collector), stopped
+/// between rounds so that no delivery or collection is cut short by a shutdown.
+#[derive(Debug)]
+pub struct Background {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Background {
     /// Ask every loop to stop after its current round and wait up to `grace` for that.
-    pub(crate) async fn stop(self, grace: Duration) {
+    pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let abort = t.abort_handle();
@@ -324,8 +318,17 @@ async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, d: Duration) -> bo
     }
 }
 
-/// Start the background loops.
-pub(crate) fn spawn(registry: &Arc<Registry>) -> Background {
+impl Service {
+    /// Start the background work this service is configured for: the checkpoint signer (with
+    /// an audit signer), the event deliverer (with webhooks) and the garbage collector (with
+    /// a non-zero interval). It runs until [`Background::stop`].
+    pub fn spawn_background(self: &Arc<Self>) -> Background {
+        spawn(self)
+    }
+}
+
+/// Start the background loops of `registry`.
+fn spawn(registry: &Arc<Service>) -> Background {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     if registry.config.audit_signer.is_some() {
@@ -339,7 +342,7 @@ pub(crate) fn spawn(registry: &Arc<Registry>) -> Background {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        r.metrics.audit_refusals.inc();
+                        r.observer.checkpoint_refused();
                         tracing::error!(error = %e, "audit checkpoint NOT signed: the log does not extend the last checkpoint, or cannot be read")
                     }
                 }

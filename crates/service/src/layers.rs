@@ -21,9 +21,7 @@ use pierone_protocol::{
 use pierone_tagstore::ScmSource;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::Registry;
-use crate::error::RegistryError;
-use crate::metrics::KindLabels;
+use crate::{Error, Service};
 
 /// Largest `scm-source.json` read; anything bigger is not what we are looking for.
 const MAX_SCM_SOURCE: u64 = 64 * 1024;
@@ -131,24 +129,48 @@ fn scan_layer(reader: impl Read, limits: WalkLimits) -> Scanned {
     }
 }
 
-fn count(registry: &Registry, kind: &'static str) {
-    registry
-        .metrics
-        .scm_scans
-        .get_or_create(&KindLabels { kind })
-        .inc();
+/// How a look into an image's layers for `scm-source.json` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScanOutcome {
+    /// Found in a layer.
+    Found,
+    /// No layer has one.
+    Absent,
+    /// Not scanned again: an earlier scan of the image found none.
+    RememberedAbsent,
+    /// A scan stopped at a limit (size, metadata, time); answered as absent.
+    Limit,
+    /// Every scan slot stayed busy; the request was refused.
+    Busy,
+}
+
+impl ScanOutcome {
+    /// The outcome as a metric label: `found`, `absent`, `remembered_absent`, `limit`, `busy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanOutcome::Found => "found",
+            ScanOutcome::Absent => "absent",
+            ScanOutcome::RememberedAbsent => "remembered_absent",
+            ScanOutcome::Limit => "limit",
+            ScanOutcome::Busy => "busy",
+        }
+    }
+}
+
+fn count(registry: &Service, outcome: ScanOutcome) {
+    registry.observer.scm_scan(outcome);
 }
 
 /// The `scm-source.json` of the image `digest` in `repo`, searching the top layer first (it
 /// is what the image's filesystem shows).
 pub(crate) async fn find_scm_source(
-    registry: &Registry,
+    registry: &Service,
     repo: &RepoName,
     digest: &Digest,
-) -> Result<Option<ScmSource>, RegistryError> {
+) -> Result<Option<ScmSource>, Error> {
     let scans = &registry.scans;
     if scans.misses.get(digest).is_some() {
-        count(registry, "remembered_absent");
+        count(registry, ScanOutcome::RememberedAbsent);
         return Ok(None);
     }
     let Some(m) = registry.tags.get_manifest(repo, digest).await? else {
@@ -163,8 +185,8 @@ pub(crate) async fn find_scm_source(
             Ok(Ok(slot)) => slot,
             // The semaphore is never closed; a timeout is a busy server.
             Ok(Err(_)) | Err(_) => {
-                count(registry, "busy");
-                return Err(RegistryError::ScanBusy);
+                count(registry, ScanOutcome::Busy);
+                return Err(Error::ScanBusy);
             }
         };
     let deadline = Instant::now() + MAX_SCAN_TIME;
@@ -187,9 +209,8 @@ pub(crate) async fn find_scm_source(
         // here (the blocking thread then ends at its next read).
         let left = deadline.saturating_duration_since(Instant::now());
         let scanned = match tokio::time::timeout(left + Duration::from_secs(1), scan).await {
-            Ok(joined) => joined.map_err(|e| {
-                RegistryError::Blobs(pierone_blobstore::Error::Backend(e.to_string()))
-            })?,
+            Ok(joined) => joined
+                .map_err(|e| Error::Blobs(pierone_blobstore::Error::Backend(e.to_string())))?,
             Err(_) => Scanned::Limit(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the blob store stalled",
@@ -197,28 +218,29 @@ pub(crate) async fn find_scm_source(
         };
         match scanned {
             Scanned::Found(found) => {
-                count(registry, "found");
+                count(registry, ScanOutcome::Found);
                 return Ok(Some(found));
             }
             Scanned::Absent => {}
             Scanned::Limit(e) | Scanned::Unreadable(e) if store_failed.load(Ordering::Relaxed) => {
-                return Err(RegistryError::Blobs(pierone_blobstore::Error::Backend(
-                    format!("reading layer {}: {e}", layer.digest),
-                )));
+                return Err(Error::Blobs(pierone_blobstore::Error::Backend(format!(
+                    "reading layer {}: {e}",
+                    layer.digest
+                ))));
             }
             Scanned::Unreadable(e) => {
                 tracing::debug!(%repo, image = %digest, layer = %layer.digest, error = %e, "layer is not a readable tar; skipped in the scm-source scan");
             }
             Scanned::Limit(e) => {
                 tracing::warn!(%repo, image = %digest, layer = %layer.digest, error = %e, "scm-source scan stopped at a limit; answering as if there were none");
-                count(registry, "limit");
+                count(registry, ScanOutcome::Limit);
                 scans.misses.insert(digest.clone(), ());
                 return Ok(None);
             }
         }
     }
     drop(slot);
-    count(registry, "absent");
+    count(registry, ScanOutcome::Absent);
     scans.misses.insert(digest.clone(), ());
     Ok(None)
 }
