@@ -17,13 +17,21 @@ const TABLE: &[(&str, &[&str])] = &[
     ("pierone-tagstore", &["pierone-protocol"]),
     ("pierone-auth", &[]),
     (
+        "pierone-service",
+        &[
+            "pierone-api",
+            "pierone-blobstore",
+            "pierone-protocol",
+            "pierone-tagstore",
+        ],
+    ),
+    (
         "pierone-registry",
         &[
             "pierone-api",
             "pierone-auth",
-            "pierone-blobstore",
             "pierone-protocol",
-            "pierone-tagstore",
+            "pierone-service",
         ],
     ),
     ("pierone-cli", &["pierone-api", "pierone-protocol"]),
@@ -35,6 +43,7 @@ const TABLE: &[(&str, &[&str])] = &[
             "pierone-protocol",
             "pierone-registry",
             "pierone-s3",
+            "pierone-service",
             "pierone-tagstore",
         ],
     ),
@@ -191,6 +200,43 @@ fn the_registry_chooses_no_backend() {
             "aws-sdk-s3",
         ],
     );
+}
+
+#[test]
+fn the_service_never_sees_http() {
+    assert_none_of(
+        "pierone-service",
+        &[],
+        &[
+            "hyper",
+            "http",
+            "hyper-util",
+            "http-body",
+            "reqwest",
+            "pierone-auth",
+            "pierone-s3",
+            "diesel",
+            "pq-sys",
+            "libsqlite3-sys",
+            "aws-sdk-s3",
+        ],
+    );
+    // Not vacuous: it does build the store traits it works over.
+    let built = closure("pierone-service", &[]);
+    assert!(built.contains("pierone-tagstore") && built.contains("pierone-blobstore"));
+}
+
+#[test]
+fn the_http_crate_never_touches_a_store_directly() {
+    let members = direct_dependencies();
+    let registry = &members["pierone-registry"];
+    for store in ["pierone-tagstore", "pierone-blobstore", "pierone-s3"] {
+        assert!(
+            !registry.contains(store),
+            "pierone-registry depends on {store}: it must reach the stores through pierone-service"
+        );
+    }
+    assert!(registry.contains("pierone-service"));
 }
 
 #[test]
