@@ -1,6 +1,9 @@
 //! The HTTP handler called in process, with in-memory bodies and no socket: directly, and as a
 //! tower `Service`.
 
+// Helpers of tests panic on what a test would: a failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -1,6 +1,9 @@
 //! The service's rules on the in-memory stores, in process: uploads, manifests, immutable
 //! tags, `latest`, mutable patterns and garbage collection. No socket, no database.
 
+// Helpers of tests panic on what a test would: a failure is the test's failure.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
