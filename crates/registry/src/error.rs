@@ -1,6 +1,8 @@
 //! Everything a request can fail with, and the one place that turns it into an OCI error.
 
 use hyper::StatusCode;
+use hyper::StatusCode as St;
+use pierone_protocol::ErrorCode as C;
 use pierone_protocol::{ErrorCode, RepoName};
 use pierone_service::Error as S;
 use pierone_service::blobstore::Error as B;
@@ -112,93 +114,71 @@ fn service_status(e: &S) -> (StatusCode, ErrorCode) {
     use pierone_protocol::Error as P;
     match e {
         S::Protocol(e) => match e {
-            P::InvalidName { .. } => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
-            P::InvalidTag(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
+            P::InvalidName { .. } => (St::BAD_REQUEST, C::NameInvalid),
+            P::InvalidTag(_) => (St::BAD_REQUEST, C::ManifestInvalid),
             P::InvalidDigest(_) | P::UnsupportedDigestAlgorithm(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
+                (St::BAD_REQUEST, C::DigestInvalid)
             }
-            P::InvalidUploadId(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
-            P::CorruptHashState => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported),
-            P::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
-            P::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
+            P::InvalidUploadId(_) => (St::NOT_FOUND, C::BlobUploadUnknown),
+            P::CorruptHashState => (St::INTERNAL_SERVER_ERROR, C::Unsupported),
+            P::ManifestInvalid(_) => (St::BAD_REQUEST, C::ManifestInvalid),
+            P::ManifestTooLarge { .. } => (St::PAYLOAD_TOO_LARGE, C::SizeInvalid),
             P::AuditChainBroken { .. } | P::AuditCheckpointInvalid(_) | P::AuditKeyInvalid(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+                (St::INTERNAL_SERVER_ERROR, C::Unsupported)
             }
         },
         S::Blobs(e) => match e {
-            B::Io { .. } | B::Backend(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
-            }
-            B::Throttled(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
-            B::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
-            B::Body(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
+            B::Io { .. } | B::Backend(_) => (St::INTERNAL_SERVER_ERROR, C::Unsupported),
+            B::Throttled(_) => (St::SERVICE_UNAVAILABLE, C::TooManyRequests),
+            B::Unavailable(_) => (St::SERVICE_UNAVAILABLE, C::Unsupported),
+            B::Body(_) => (St::BAD_REQUEST, C::BlobUploadInvalid),
             // Parts that are not stored as recorded: the upload can never be finished, and
             // the client must start again.
             B::UploadUnknown(_) | B::PartUnknown { .. } | B::PartSizeMismatch { .. } => {
-                (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown)
+                (St::NOT_FOUND, C::BlobUploadUnknown)
             }
-            B::UploadBusy(_) => (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                ErrorCode::BlobUploadInvalid,
-            ),
-            B::RangeNotSatisfiable { .. } => {
-                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
-            }
+            B::UploadBusy(_) => (St::RANGE_NOT_SATISFIABLE, C::BlobUploadInvalid),
+            B::RangeNotSatisfiable { .. } => (St::RANGE_NOT_SATISFIABLE, C::SizeInvalid),
         },
         S::Tags(e) => match e {
-            T::TagImmutable { .. } | T::LatestNotAllowed => {
-                (StatusCode::CONFLICT, ErrorCode::Denied)
-            }
-            T::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
-            T::BlobCollected(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
+            T::TagImmutable { .. } | T::LatestNotAllowed => (St::CONFLICT, C::Denied),
+            T::UploadUnknown(_) => (St::NOT_FOUND, C::BlobUploadUnknown),
+            T::BlobCollected(_) => (St::BAD_REQUEST, C::ManifestBlobUnknown),
             // Only when a write stalled for minutes: the client retries.
-            T::StaleCheck { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
-            T::UploadOffsetConflict { .. } => (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                ErrorCode::BlobUploadInvalid,
-            ),
-            T::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported),
+            T::StaleCheck { .. } => (St::SERVICE_UNAVAILABLE, C::Unsupported),
+            T::UploadOffsetConflict { .. } => (St::RANGE_NOT_SATISFIABLE, C::BlobUploadInvalid),
+            T::Unavailable(_) => (St::SERVICE_UNAVAILABLE, C::Unsupported),
             // Only when opening the store at start-up, never an answer; mapped for
             // completeness.
-            T::UnsupportedScheme(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported),
-            T::Query(_) | T::Corrupt(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
-            }
+            T::UnsupportedScheme(_) => (St::INTERNAL_SERVER_ERROR, C::Unsupported),
+            T::Query(_) | T::Corrupt(_) => (St::INTERNAL_SERVER_ERROR, C::Unsupported),
         },
-        S::BlobUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
+        S::BlobUnknown(_) => (St::NOT_FOUND, C::BlobUnknown),
         // Out of service like a missing blob; the message says why.
-        S::BlobQuarantined { .. } => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
-        S::ManifestUnknown(..) => (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
-        S::NameUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
-        S::UploadUnknown => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+        S::BlobQuarantined { .. } => (St::NOT_FOUND, C::BlobUnknown),
+        S::ManifestUnknown(..) => (St::NOT_FOUND, C::ManifestUnknown),
+        S::NameUnknown(_) => (St::NOT_FOUND, C::NameUnknown),
+        S::UploadUnknown => (St::NOT_FOUND, C::BlobUploadUnknown),
         S::ManifestBlobUnknown(_) | S::ManifestChildUnknown(_) => {
-            (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown)
+            (St::BAD_REQUEST, C::ManifestBlobUnknown)
         }
-        S::DescriptorSizeMismatch { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
-        S::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
-        S::ChunkOutOfOrder { .. } => (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            ErrorCode::BlobUploadInvalid,
-        ),
+        S::DescriptorSizeMismatch { .. } => (St::BAD_REQUEST, C::ManifestInvalid),
+        S::DigestMismatch { .. } => (St::BAD_REQUEST, C::DigestInvalid),
+        S::ChunkOutOfOrder { .. } => (St::RANGE_NOT_SATISFIABLE, C::BlobUploadInvalid),
         // The chunk does not fit the range it claims: like an out-of-order chunk, nothing of
         // it was recorded.
-        S::ChunkLengthMismatch { .. } => (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            ErrorCode::BlobUploadInvalid,
-        ),
-        S::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
-        S::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
-        S::TeamUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
-        S::ImageUnknown(_) | S::ScmSourceUnknown => {
-            (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
-        }
+        S::ChunkLengthMismatch { .. } => (St::RANGE_NOT_SATISFIABLE, C::BlobUploadInvalid),
+        S::BodyTooLarge { .. } => (St::PAYLOAD_TOO_LARGE, C::SizeInvalid),
+        S::InvalidQuery { .. } => (St::BAD_REQUEST, C::Unsupported),
+        S::TeamUnknown(_) => (St::NOT_FOUND, C::NameUnknown),
+        S::ImageUnknown(_) | S::ScmSourceUnknown => (St::NOT_FOUND, C::ManifestUnknown),
         // Not MANIFEST_UNKNOWN: several images were found. UNSUPPORTED is the code for "an
         // invalid set of parameters", which a prefix that selects no single image is. The
         // status stays 412, which the CLI and the API description promise for this case.
-        S::ImageAmbiguous { .. } => (StatusCode::PRECONDITION_FAILED, ErrorCode::Unsupported),
-        S::ImagePrefixEmpty => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
-        S::ScanBusy => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TooManyRequests),
-        S::CheckpointUnknown => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+        S::ImageAmbiguous { .. } => (St::PRECONDITION_FAILED, C::Unsupported),
+        S::ImagePrefixEmpty => (St::BAD_REQUEST, C::Unsupported),
+        S::ScanBusy => (St::SERVICE_UNAVAILABLE, C::TooManyRequests),
+        S::CheckpointUnknown => (St::NOT_FOUND, C::NameUnknown),
     }
 }
 
@@ -215,55 +195,35 @@ impl RegistryError {
         match self {
             RegistryError::Service(e) => service_status(e),
             RegistryError::Auth(e) => match e {
-                pierone_auth::Error::Unauthorized(_) => {
-                    (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
-                }
-                pierone_auth::Error::Denied { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+                pierone_auth::Error::Unauthorized(_) => (St::UNAUTHORIZED, C::Unauthorized),
+                pierone_auth::Error::Denied { .. } => (St::FORBIDDEN, C::Denied),
                 // Not UNAUTHORIZED: the credentials may be fine, and clients would ask the user
                 // for new ones.
                 pierone_auth::Error::Unavailable { .. } => {
-                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unsupported)
+                    (St::SERVICE_UNAVAILABLE, C::Unsupported)
                 }
-                pierone_auth::Error::Config(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
-                }
+                pierone_auth::Error::Config(_) => (St::INTERNAL_SERVER_ERROR, C::Unsupported),
             },
-            RegistryError::ManifestReferenceUnknown(..) => {
-                (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
+            RegistryError::ManifestReferenceUnknown(..) => (St::NOT_FOUND, C::ManifestUnknown),
+            RegistryError::DigestMissing => (St::BAD_REQUEST, C::DigestInvalid),
+            RegistryError::ContentRangeInvalid(_) => {
+                (St::RANGE_NOT_SATISFIABLE, C::BlobUploadInvalid)
             }
-            RegistryError::DigestMissing => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
-            RegistryError::ContentRangeInvalid(_) => (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                ErrorCode::BlobUploadInvalid,
-            ),
             RegistryError::RangeNotSatisfiable { .. } => {
-                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::SizeInvalid)
+                (St::RANGE_NOT_SATISFIABLE, C::SizeInvalid)
             }
-            RegistryError::RequestBody(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid)
-            }
-            RegistryError::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
-            RegistryError::DeleteRefused(_) => {
-                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
-            }
-            RegistryError::MethodNotAllowed(_) => {
-                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
-            }
-            RegistryError::NoRoute => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
-            RegistryError::ScmSourceInvalid(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
-            }
-            RegistryError::TooManyUploads { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
-            }
+            RegistryError::RequestBody(_) => (St::BAD_REQUEST, C::BlobUploadInvalid),
+            RegistryError::InvalidQuery { .. } => (St::BAD_REQUEST, C::Unsupported),
+            RegistryError::DeleteRefused(_) => (St::METHOD_NOT_ALLOWED, C::Unsupported),
+            RegistryError::MethodNotAllowed(_) => (St::METHOD_NOT_ALLOWED, C::Unsupported),
+            RegistryError::NoRoute => (St::NOT_FOUND, C::NameUnknown),
+            RegistryError::ScmSourceInvalid(_) => (St::BAD_REQUEST, C::ManifestInvalid),
+            RegistryError::TooManyUploads { .. } => (St::TOO_MANY_REQUESTS, C::TooManyRequests),
             // Only at start-up, never an answer; mapped for completeness.
-            RegistryError::Tls { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported)
+            RegistryError::Tls { .. } => (St::INTERNAL_SERVER_ERROR, C::Unsupported),
+            RegistryError::HeadTooLarge { .. } => {
+                (St::REQUEST_HEADER_FIELDS_TOO_LARGE, C::SizeInvalid)
             }
-            RegistryError::HeadTooLarge { .. } => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                ErrorCode::SizeInvalid,
-            ),
         }
     }
 

@@ -31,42 +31,60 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
-/// Every metric the registry keeps. Cheap to update from any task.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: PromRegistry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub latency: Family<RouteLabels, Histogram>,
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
-    pub uploads_in_flight: Gauge,
-    pub uploads_refused: Counter,
+/// The metrics, each with its field, type, constructor, name and help, in exposition order:
+/// one line each, so the list reads as the table it is.
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty = $init:expr, $name:literal, $help:literal;)*) => {
+        /// Every metric the registry keeps. Cheap to update from any task.
+        #[derive(Debug)]
+        pub struct Metrics {
+            registry: PromRegistry,
+            $($(#[$doc])* pub $field: $ty,)*
+        }
+
+        impl Metrics {
+            fn registered(mut registry: PromRegistry) -> Metrics {
+                $(let $field: $ty = $init; registry.register($name, $help, $field.clone());)*
+                Metrics { registry, $($field,)* }
+            }
+        }
+    };
+}
+
+metrics! {
+    requests: Family<RequestLabels, Counter> = Family::default(), "pierone_http_requests", "HTTP requests answered, by route, method and status";
+    /// 1 ms to ~65 s: manifest reads take microseconds to milliseconds, blob transfers seconds.
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram> = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 17))), "pierone_http_request_duration_seconds", "Time from receiving a request to sending its response headers";
+    bytes_in: Counter = Counter::default(), "pierone_received_bytes", "Blob and manifest bytes received";
+    bytes_out: Counter = Counter::default(), "pierone_sent_bytes", "Response body bytes sent.";
+    uploads_in_flight: Gauge = Gauge::default(), "pierone_uploads_in_flight", "Upload requests currently streaming";
+    uploads_refused: Counter = Counter::default(), "pierone_uploads_refused", "Upload requests refused with 429 because the principal had too many in flight";
     /// Failures of the metadata database, by kind (unavailable, query, corrupt).
-    pub database_errors: Family<KindLabels, Counter>,
+    database_errors: Family<KindLabels, Counter> = Family::default(), "pierone_database_errors", "Metadata database failures";
     /// Failures of the blob store, by kind (io, backend, throttled, unavailable).
-    pub blob_store_errors: Family<KindLabels, Counter>,
-    pub audit_checkpoints: Counter,
+    blob_store_errors: Family<KindLabels, Counter> = Family::default(), "pierone_blob_store_errors", "Blob store failures";
+    audit_checkpoints: Counter = Counter::default(), "pierone_audit_checkpoints", "Audit checkpoints signed by this process";
     /// Checkpoints not signed because the log no longer extends the last one (tampering) or
     /// could not be read.
-    pub audit_refusals: Counter,
-    pub events_delivered: Counter,
-    pub event_delivery_failures: Counter,
-    pub events_pending: Gauge,
-    pub gc_runs: Counter,
-    pub gc_blobs_deleted: Counter,
-    pub gc_bytes_freed: Counter,
-    pub gc_uploads_expired: Counter,
+    audit_refusals: Counter = Counter::default(), "pierone_audit_checkpoint_refusals", "Checkpoints not signed: the log does not extend the last checkpoint, or could not be read";
+    events_delivered: Counter = Counter::default(), "pierone_events_delivered", "Webhook events delivered";
+    event_delivery_failures: Counter = Counter::default(), "pierone_event_delivery_failures", "Webhook deliveries that failed and will be retried";
+    events_pending: Gauge = Gauge::default(), "pierone_events_pending", "Webhook events not yet delivered, as of the last delivery round";
+    gc_runs: Counter = Counter::default(), "pierone_gc_runs", "Garbage collection runs.";
+    gc_blobs_deleted: Counter = Counter::default(), "pierone_gc_blobs_deleted", "Unreferenced blobs deleted by garbage collection";
+    gc_bytes_freed: Counter = Counter::default(), "pierone_gc_freed_bytes", "Bytes of blobs deleted by garbage collection";
+    gc_uploads_expired: Counter = Counter::default(), "pierone_gc_uploads_expired", "Abandoned upload sessions removed by garbage collection";
     /// Looks into image layers for `scm-source.json`, by outcome (found, absent,
     /// remembered_absent, limit, busy).
-    pub scm_scans: Family<KindLabels, Counter>,
+    scm_scans: Family<KindLabels, Counter> = Family::default(), "pierone_scm_source_scans", "Looks into image layers for scm-source.json, by outcome";
     /// Connections open now, on every listener.
-    pub connections_open: Gauge,
+    connections_open: Gauge = Gauge::default(), "pierone_connections_open", "Client connections open now";
     /// Connections closed at once because `max_connections` were open.
-    pub connections_refused: Counter,
+    connections_refused: Counter = Counter::default(), "pierone_connections_refused", "Connections closed at once because the connection limit was reached";
     /// Connections closed after `idle_timeout` without a request.
-    pub connections_idle_closed: Counter,
+    connections_idle_closed: Counter = Counter::default(), "pierone_connections_idle_closed", "Connections closed after the idle timeout without a request in flight";
     /// Times accepting failed for want of file descriptors (counted per failed accept).
-    pub accept_fd_exhausted: Counter,
+    accept_fd_exhausted: Counter = Counter::default(), "pierone_accept_fd_exhausted", "Accepts that failed because the process or system ran out of file descriptors";
 }
 
 /// Token-cache counters live in the auth crate; they are read at scrape time.
@@ -106,157 +124,13 @@ impl Collector for TokenCache {
 }
 
 impl Metrics {
+    /// Every metric registered, and the token cache's counters read at scrape time.
     pub fn new(
         token_cache: impl Fn() -> Option<pierone_auth::CacheStats> + Send + Sync + 'static,
     ) -> Metrics {
-        let mut r = PromRegistry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        r.register(
-            "pierone_http_requests",
-            "HTTP requests answered, by route, method and status",
-            requests.clone(),
-        );
-        // 1 ms to ~65 s: manifest reads take microseconds to milliseconds, blob transfers
-        // seconds.
-        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 17))
-        });
-        r.register(
-            "pierone_http_request_duration_seconds",
-            "Time from receiving a request to sending its response headers",
-            latency.clone(),
-        );
-        let counter = |r: &mut PromRegistry, name: &str, help: &str| {
-            let c = Counter::default();
-            r.register(name, help, c.clone());
-            c
-        };
-        let gauge = |r: &mut PromRegistry, name: &str, help: &str| {
-            let g = Gauge::default();
-            r.register(name, help, g.clone());
-            g
-        };
-        let bytes_in = counter(
-            &mut r,
-            "pierone_received_bytes",
-            "Blob and manifest bytes received",
-        );
-        let bytes_out = counter(&mut r, "pierone_sent_bytes", "Response body bytes sent.");
-        let uploads_in_flight = gauge(
-            &mut r,
-            "pierone_uploads_in_flight",
-            "Upload requests currently streaming",
-        );
-        let uploads_refused = counter(
-            &mut r,
-            "pierone_uploads_refused",
-            "Upload requests refused with 429 because the principal had too many in flight",
-        );
-        let database_errors = Family::<KindLabels, Counter>::default();
-        r.register(
-            "pierone_database_errors",
-            "Metadata database failures",
-            database_errors.clone(),
-        );
-        let blob_store_errors = Family::<KindLabels, Counter>::default();
-        r.register(
-            "pierone_blob_store_errors",
-            "Blob store failures",
-            blob_store_errors.clone(),
-        );
-        let audit_checkpoints = counter(
-            &mut r,
-            "pierone_audit_checkpoints",
-            "Audit checkpoints signed by this process",
-        );
-        let audit_refusals = counter(
-            &mut r,
-            "pierone_audit_checkpoint_refusals",
-            "Checkpoints not signed: the log does not extend the last checkpoint, or could not be read",
-        );
-        let events_delivered = counter(
-            &mut r,
-            "pierone_events_delivered",
-            "Webhook events delivered",
-        );
-        let event_delivery_failures = counter(
-            &mut r,
-            "pierone_event_delivery_failures",
-            "Webhook deliveries that failed and will be retried",
-        );
-        let events_pending = gauge(
-            &mut r,
-            "pierone_events_pending",
-            "Webhook events not yet delivered, as of the last delivery round",
-        );
-        let gc_runs = counter(&mut r, "pierone_gc_runs", "Garbage collection runs.");
-        let gc_blobs_deleted = counter(
-            &mut r,
-            "pierone_gc_blobs_deleted",
-            "Unreferenced blobs deleted by garbage collection",
-        );
-        let gc_bytes_freed = counter(
-            &mut r,
-            "pierone_gc_freed_bytes",
-            "Bytes of blobs deleted by garbage collection",
-        );
-        let gc_uploads_expired = counter(
-            &mut r,
-            "pierone_gc_uploads_expired",
-            "Abandoned upload sessions removed by garbage collection",
-        );
-        let scm_scans = Family::<KindLabels, Counter>::default();
-        r.register(
-            "pierone_scm_source_scans",
-            "Looks into image layers for scm-source.json, by outcome",
-            scm_scans.clone(),
-        );
-        let connections_open = gauge(
-            &mut r,
-            "pierone_connections_open",
-            "Client connections open now",
-        );
-        let connections_refused = counter(
-            &mut r,
-            "pierone_connections_refused",
-            "Connections closed at once because the connection limit was reached",
-        );
-        let connections_idle_closed = counter(
-            &mut r,
-            "pierone_connections_idle_closed",
-            "Connections closed after the idle timeout without a request in flight",
-        );
-        let accept_fd_exhausted = counter(
-            &mut r,
-            "pierone_accept_fd_exhausted",
-            "Accepts that failed because the process or system ran out of file descriptors",
-        );
-        r.register_collector(Box::new(TokenCache(Arc::new(token_cache))));
-        Metrics {
-            registry: r,
-            requests,
-            latency,
-            bytes_in,
-            bytes_out,
-            uploads_in_flight,
-            uploads_refused,
-            database_errors,
-            blob_store_errors,
-            audit_checkpoints,
-            audit_refusals,
-            events_delivered,
-            event_delivery_failures,
-            events_pending,
-            gc_runs,
-            gc_blobs_deleted,
-            gc_bytes_freed,
-            gc_uploads_expired,
-            scm_scans,
-            connections_open,
-            connections_refused,
-            connections_idle_closed,
-            accept_fd_exhausted,
-        }
+        let mut registry = PromRegistry::default();
+        registry.register_collector(Box::new(TokenCache(Arc::new(token_cache))));
+        Metrics::registered(registry)
     }
 
     /// The text exposition of every metric.
