@@ -295,6 +295,8 @@ impl Service {
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
+        // Blobs are global: the repository says where the client pushed, not where the bytes
+        // go, so it decides nothing here.
         let _ = repo;
         self.check_size(0, len)?;
         let id = new_upload_id();
