@@ -29,6 +29,8 @@
 //! (`SlowDown`, 429, 503) is [`Error::Throttled`], network failures and 5xx are
 //! [`Error::Unavailable`]; nothing is ever reported as success that S3 did not confirm.
 
+#![warn(missing_docs)]
+
 #[cfg(any(test, feature = "test-server"))]
 pub mod test_server;
 
@@ -51,6 +53,7 @@ use pierone_protocol::{Digest, UploadId};
 /// Settings of an [`S3BlobStore`].
 #[derive(Debug, Clone)]
 pub struct S3Config {
+    /// The bucket holding blobs and uploads.
     pub bucket: String,
     /// Prepended to every key, e.g. `pierone/`.
     pub prefix: String,
@@ -61,6 +64,7 @@ pub struct S3Config {
 }
 
 impl S3Config {
+    /// The defaults for `bucket`: no prefix, 8 MiB parts, no redirects.
     pub fn new(bucket: impl Into<String>) -> S3Config {
         S3Config {
             bucket: bucket.into(),
@@ -125,6 +129,7 @@ struct Segment {
 }
 
 impl S3BlobStore {
+    /// A store on `client`, whose set-up (endpoint, credentials, region) is the caller's.
     pub fn new(client: Client, config: S3Config) -> S3BlobStore {
         S3BlobStore { client, config }
     }
