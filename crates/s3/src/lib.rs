@@ -85,6 +85,40 @@ pub struct S3Endpoint {
 }
 
 /// Blobs in S3 (or an S3-compatible server).
+///
+/// [`S3BlobStore::connect`] builds the client from the standard AWS configuration;
+/// [`S3BlobStore::new`] takes one the caller built:
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::Duration;
+/// use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+/// use pierone_blobstore::BlobStore;
+/// use pierone_protocol::Digest;
+/// use pierone_s3::{S3BlobStore, S3Config};
+///
+/// let client = aws_sdk_s3::Client::from_conf(
+///     aws_sdk_s3::config::Builder::new()
+///         .behavior_version(BehaviorVersion::latest())
+///         .credentials_provider(Credentials::new("access", "secret", None, None, "example"))
+///         .region(Region::new("eu-central-1"))
+///         .endpoint_url("http://127.0.0.1:9000")
+///         .force_path_style(true)
+///         .build(),
+/// );
+/// let mut config = S3Config::new("images");
+/// config.prefix = "registry/".into();
+/// config.redirect_ttl = Some(Duration::from_secs(300));
+/// let store = S3BlobStore::new(client, config);
+/// // A presigned download URL is made without a request: clients fetch the blob from the
+/// // bucket directly.
+/// let d = Digest::sha256_of(b"layer");
+/// let url = store.redirect_url(&d).await.unwrap().unwrap();
+/// let key = format!("images/registry/blobs/sha256/{}/{}", &d.hex()[..2], d.hex());
+/// assert!(url.starts_with(&format!("http://127.0.0.1:9000/{key}?")), "{url}");
+/// assert!(url.contains("X-Amz-Expires=300"), "{url}");
+/// # });
+/// ```
 #[derive(Debug, Clone)]
 pub struct S3BlobStore {
     client: Client,
