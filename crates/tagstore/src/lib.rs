@@ -1,5 +1,10 @@
 //! The metadata store of pierone: manifests, immutable tags and upload sessions.
 //!
+//! [`TagStore`] is what the registry holds (`Arc<dyn TagStore>`): the sum of six small traits,
+//! [`Manifests`], [`Catalog`], [`Uploads`], [`AuditLog`], [`Collector`] and [`Ping`], which each
+//! backend ([`MemoryTagStore`], `SqlTagStore`) implements. Whether a tag write may proceed is
+//! decided in one place, [`decide`], which every backend calls inside its transaction.
+//!
 //! # Rules every implementation enforces
 //!
 //! - **A tag never changes its mind.** Once `repo:tag` names a digest it names it forever, unless
