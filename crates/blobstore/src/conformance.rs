@@ -92,12 +92,62 @@ async fn part(store: &dyn BlobStore, id: &UploadId, data: &[u8]) -> UploadPart {
     p
 }
 
+/// Declares the conformance checks and generates [`conformance_tests!`](crate::conformance_tests)
+/// from the same list. Its input is `$` (so that the macro it emits can have metavariables of
+/// its own) followed by the checks, each a `pub async fn NAME(store: &dyn BlobStore)`.
+macro_rules! checks {
+    (
+        $d:tt
+        $(
+            $(#[$meta:meta])*
+            pub async fn $name:ident($store:ident: &dyn BlobStore) $body:block
+        )*
+    ) => {
+        $(
+            $(#[$meta])*
+            pub async fn $name($store: &dyn BlobStore) $body
+        )*
+
+        /// Generates one `#[tokio::test]` per conformance check, in a module `conformance`.
+        /// `$make` is an async block yielding `(store, guard)`: a fresh store for each test, and
+        /// whatever must live as long as it (a temporary directory, a server).
+        ///
+        /// The list of checks is the one they are declared in, so every check runs against
+        /// every implementation that invokes this.
+        #[macro_export]
+        macro_rules! conformance_tests {
+            ($d make:expr) => {
+                mod conformance {
+                    #[allow(unused_imports)]
+                    use super::*;
+                    $(
+                        #[tokio::test]
+                        async fn $name() {
+                            #[allow(clippy::unwrap_used)]
+                            let (store, _guard) = $d make.await;
+                            $d crate::conformance::$name(&store).await;
+                        }
+                    )*
+                }
+            };
+        }
+    };
+}
+
+// The checks, declared inside `checks!`, which emits each function and `conformance_tests!`
+// running all of them: a check cannot be left out of the list, because there is no list.
+// (rustfmt does not format inside the braces: keep the code as it would.)
+checks! {
+$
+
+/// A digest never stored has neither a size nor a body.
 pub async fn missing_blob_is_none(store: &dyn BlobStore) {
     let d = Digest::sha256_of(b"never stored");
     assert_eq!(store.stat(&d).await.unwrap(), None);
     assert!(store.get(&d, None).await.unwrap().is_none());
 }
 
+/// A committed upload reads back byte for byte under its digest.
 pub async fn upload_then_read(store: &dyn BlobStore) {
     let data = b"hello, registry".repeat(1000);
     let d = put(store, &data).await;
@@ -108,6 +158,7 @@ pub async fn upload_then_read(store: &dyn BlobStore) {
     assert_eq!(read_all(store, &empty, None).await.unwrap(), b"");
 }
 
+/// A range of a blob reads exactly those bytes.
 pub async fn ranges(store: &dyn BlobStore) {
     let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let d = put(store, &data).await;
@@ -217,6 +268,7 @@ pub async fn parts_must_match_their_record(store: &dyn BlobStore) {
     store.abort_upload(&never).await.unwrap();
 }
 
+/// A request body that fails mid-stream publishes nothing.
 pub async fn failed_body_publishes_nothing(store: &dyn BlobStore) {
     let id = uid("broken");
     store.create_upload(&id).await.unwrap();
@@ -306,6 +358,7 @@ pub async fn racing_parts_keep_their_own_bytes(store: &dyn BlobStore) {
     assert_eq!(read_all(store, &d, None).await.unwrap(), a_bytes);
 }
 
+/// Committing a digest that is already stored keeps one blob with the same bytes.
 pub async fn commit_is_idempotent_per_digest(store: &dyn BlobStore) {
     let data = b"same content twice";
     // The first commit stores the bytes; the second finds them stored.
@@ -322,6 +375,7 @@ pub async fn commit_is_idempotent_per_digest(store: &dyn BlobStore) {
     assert_eq!(read_all(store, &d1, None).await.unwrap(), data);
 }
 
+/// Uploads in progress at the same time do not see each other's bytes.
 pub async fn concurrent_uploads_are_independent(store: &dyn BlobStore) {
     let mut digests = Vec::new();
     let futs = (0..16u8).map(|i| {
@@ -336,6 +390,7 @@ pub async fn concurrent_uploads_are_independent(store: &dyn BlobStore) {
     }
 }
 
+/// Blobs are stored and read under sha512 digests too.
 pub async fn sha512_blobs(store: &dyn BlobStore) {
     let mut h = pierone_protocol::Hasher::new(pierone_protocol::Algorithm::Sha512);
     h.update(b"512");
@@ -396,6 +451,8 @@ pub async fn large_chunks_assemble_in_order(store: &dyn BlobStore) {
     assert!(got == all, "bytes assembled in order");
 }
 
+/// Blobs are listed in digest order, in pages, with their commit time; a deleted blob is
+/// gone.
 pub async fn blobs_are_listed_in_pages_and_deleted(store: &dyn BlobStore) {
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -482,87 +539,4 @@ pub async fn quarantine_takes_a_blob_out_of_service(store: &dyn BlobStore) {
             .any(|e| e.digest == d)
     );
 }
-
-/// Generates one `#[tokio::test]` per conformance check. `$make` is an async block yielding
-/// `(store, guard)`.
-#[macro_export]
-macro_rules! conformance_tests {
-    ($make:expr) => {
-        $crate::conformance_tests!(@each $make;
-            missing_blob_is_none,
-            upload_then_read,
-            ranges,
-            commit_publishes_exactly_the_recorded_parts,
-            discarded_part_is_not_published,
-            parts_must_match_their_record,
-            failed_body_publishes_nothing,
-            racing_parts_keep_their_own_bytes,
-            commit_is_idempotent_per_digest,
-            concurrent_uploads_are_independent,
-            sha512_blobs,
-            large_upload_commits_immediately,
-            large_chunks_assemble_in_order,
-            blobs_are_listed_in_pages_and_deleted,
-            quarantine_takes_a_blob_out_of_service
-        );
-    };
-    (@each $make:expr; $($name:ident),*) => {
-        mod conformance {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    #[allow(clippy::unwrap_used)]
-                    let (store, _guard) = $make.await;
-                    $crate::conformance::$name(&store).await;
-                }
-            )*
-        }
-    };
-}
-
-#[cfg(test)]
-mod tests {
-    /// The checks of this module: every public async function whose one parameter is the
-    /// store, however rustfmt wrapped its signature.
-    fn declared(source: &str) -> Vec<&str> {
-        source
-            .split("\npub async fn ")
-            .skip(1)
-            .filter_map(|rest| rest.split_once('('))
-            .filter(|(_, rest)| {
-                let params = rest.split_once(')').map_or("", |(p, _)| p);
-                let params: String = params.split_whitespace().collect::<Vec<_>>().join(" ");
-                params.trim_end_matches(',') == "store: &dyn BlobStore"
-            })
-            .map(|(name, _)| name)
-            .collect()
-    }
-
-    /// The checks `conformance_tests!` runs: the names between `@each $make:expr;` in its
-    /// first rule and the closing `);`.
-    fn listed(source: &str) -> Vec<&str> {
-        let start = source.find("(@each $make;").expect("the macro's list");
-        let list = &source[start + "(@each $make;".len()..];
-        let end = list.find(");").expect("the end of the macro's list");
-        list[..end]
-            .split(',')
-            .map(str::trim)
-            .filter(|name| !name.is_empty())
-            .collect()
-    }
-
-    // A check left out of the macro's list would compile and never run; the compiler already
-    // refuses a listed name that is not a function.
-    #[test]
-    fn conformance_tests_runs_every_check() {
-        let source = include_str!("conformance.rs");
-        let mut declared = declared(source);
-        let mut listed = listed(source);
-        assert!(declared.len() > 10, "checks found: {declared:?}");
-        declared.sort_unstable();
-        listed.sort_unstable();
-        assert_eq!(declared, listed);
-    }
 }

@@ -725,7 +725,7 @@ fn list_blobs(
 mod tests {
     use super::*;
 
-    crate::conformance_tests!(async {
+    conformance_tests!(async {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         (store, dir)

@@ -33,7 +33,12 @@
 //! and only then commits. The conformance suite (feature `conformance`: the `conformance`
 //! module and `conformance_tests!`) checks all of this, and every implementation runs it.
 
+#![warn(missing_docs)]
+
+// `macro_use` puts the `conformance_tests!` it generates in scope for the tests of the
+// modules below: a macro-generated exported macro cannot be named by its path in its crate.
 #[cfg(any(test, feature = "conformance"))]
+#[macro_use]
 pub mod conformance;
 mod fs;
 mod memory;
@@ -72,35 +77,63 @@ impl Debug for BlobRead {
 /// What went wrong in a blob store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A filesystem operation failed.
     #[error("blob store I/O failed while trying to {op}: {source}")]
     Io {
+        /// What the store was doing.
         op: &'static str,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The stream being written failed (the client went away mid-body).
     #[error("the client's request body failed: {0}")]
     Body(#[source] std::io::Error),
+    /// The store holds nothing for this upload.
     #[error("upload {0} has no data in the blob store")]
     UploadUnknown(UploadId),
+    /// A part the caller recorded is not in the store.
     #[error("part {key} of upload {id} is not stored")]
-    PartUnknown { id: UploadId, key: String },
+    PartUnknown {
+        /// The upload.
+        id: UploadId,
+        /// The part's key.
+        key: String,
+    },
+    /// A part holds another number of bytes than the caller recorded.
     #[error(
         "part {key} of upload {id} holds {stored} bytes, not the {expected} its session recorded"
     )]
     PartSizeMismatch {
+        /// The upload.
         id: UploadId,
+        /// The part's key.
         key: String,
+        /// What the store holds.
         stored: u64,
+        /// What the caller recorded.
         expected: u64,
     },
+    /// Another request is writing to this upload.
     #[error("upload {0} is being written by another request")]
     UploadBusy(UploadId),
+    /// The range asked for does not lie within the blob.
     #[error("range {start}..{end} is outside the blob of {size} bytes")]
-    RangeNotSatisfiable { start: u64, end: u64, size: u64 },
+    RangeNotSatisfiable {
+        /// The first byte asked for.
+        start: u64,
+        /// One past the last byte asked for.
+        end: u64,
+        /// The blob's size.
+        size: u64,
+    },
+    /// The backend answered with an error.
     #[error("blob store backend failed: {0}")]
     Backend(String),
+    /// The backend asks us to slow down.
     #[error("blob store is throttling requests: {0}")]
     Throttled(String),
+    /// The backend cannot be reached.
     #[error("blob store is unavailable: {0}")]
     Unavailable(String),
 }
@@ -128,7 +161,9 @@ pub fn checked_range(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>,
 /// A stored blob, as [`BlobStore::list_blobs`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobEntry {
+    /// The blob's digest.
     pub digest: Digest,
+    /// Its size in bytes.
     pub size: u64,
     /// When it was last committed, in milliseconds since the Unix epoch (second precision on
     /// some backends).

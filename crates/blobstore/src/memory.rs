@@ -30,6 +30,30 @@ pub struct MemoryBlobStore {
 }
 
 impl MemoryBlobStore {
+    /// An empty store.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use futures_util::StreamExt;
+    /// use pierone_blobstore::{BlobStore, ByteStream, MemoryBlobStore};
+    /// use pierone_protocol::{Digest, UploadId};
+    ///
+    /// let store = MemoryBlobStore::new();
+    /// let id: UploadId = "example".parse().unwrap();
+    /// store.create_upload(&id).await.unwrap();
+    /// // One request's body becomes one part; the caller records the parts it accepted.
+    /// let body: ByteStream = Box::pin(futures_util::stream::iter([Ok(b"hello".to_vec().into())]));
+    /// let part = store.write_part(&id, body).await.unwrap();
+    /// // The caller hashed what it sent; only then does it publish the parts under the digest.
+    /// let digest = Digest::sha256_of(b"hello");
+    /// assert!(store.commit_upload(&id, &[part], &digest).await.unwrap());
+    /// assert_eq!(store.stat(&digest).await.unwrap(), Some(5));
+    /// let mut read = store.get(&digest, Some(1..4)).await.unwrap().unwrap();
+    /// assert_eq!(read.total_size, 5);
+    /// let chunk = read.body.next().await.unwrap().unwrap();
+    /// assert_eq!(&chunk[..], b"ell");
+    /// # });
+    /// ```
     pub fn new() -> MemoryBlobStore {
         MemoryBlobStore::default()
     }
@@ -222,7 +246,7 @@ impl MemoryBlobStore {
 mod tests {
     use super::*;
 
-    crate::conformance_tests!(async { (MemoryBlobStore::new(), ()) });
+    conformance_tests!(async { (MemoryBlobStore::new(), ()) });
 
     #[tokio::test]
     async fn quarantine_keeps_the_bytes() {

@@ -63,10 +63,15 @@ pub struct AuditEntry {
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub at: i64,
+    /// Who made the change (the principal's uid).
     pub principal: String,
+    /// The principal's realm (`/employees`, `/services`).
     pub realm: String,
+    /// The repository (empty for a quarantine no tag needed).
     pub repository: String,
+    /// The tag (empty for a quarantine no tag needed).
     pub tag: String,
+    /// The digest the tag now names, or the blob quarantined.
     pub digest: String,
     /// What a mutable tag named before it moved.
     pub previous_digest: Option<String>,
@@ -119,6 +124,7 @@ fn hex(bytes: &[u8]) -> String {
 /// root was `root`".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// The number of entries it covers.
     pub size: u64,
     /// Hash of entry `size`, or [`GENESIS`] for an empty log.
     pub head: String,
@@ -525,6 +531,7 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// A verifier that has seen no entry yet.
     pub fn new() -> ChainVerifier {
         ChainVerifier {
             size: 0,
@@ -635,8 +642,11 @@ impl ChainVerifier {
 /// An entry's place in a signed tree: the sibling hashes from the leaf up (RFC 9162 §2.1.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InclusionProof {
+    /// The entry proven (from 1).
     pub seq: u64,
+    /// The size of the tree it is proven in (a checkpoint's size).
     pub size: u64,
+    /// The sibling hashes, hex, nearest the leaf first.
     pub path: Vec<String>,
 }
 
@@ -705,6 +715,7 @@ impl InclusionBuilder {
         Ok(())
     }
 
+    /// The proof, once all `size` entries were pushed.
     pub fn finish(self) -> Result<InclusionProof, Error> {
         if self.next != self.size {
             return Err(Error::AuditCheckpointInvalid(format!(

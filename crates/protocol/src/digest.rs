@@ -14,11 +14,14 @@ use crate::Error;
 /// A digest algorithm the registry can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
+    /// SHA-256, the default.
     Sha256,
+    /// SHA-512.
     Sha512,
 }
 
 impl Algorithm {
+    /// The name before the colon (`sha256`).
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Sha256 => "sha256",
@@ -39,6 +42,20 @@ impl Algorithm {
 ///
 /// Only algorithms the registry can verify are representable: accepting a digest we cannot
 /// check would let a client store content under an address it does not hash to.
+///
+/// ```
+/// use pierone_protocol::{Algorithm, Digest};
+///
+/// let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+///     .parse()
+///     .unwrap();
+/// assert_eq!(d.algorithm(), Algorithm::Sha256);
+/// assert_eq!(d, Digest::sha256_of(b""));
+/// assert!(d.matches(b""));
+/// // Upper case, a wrong length and algorithms we cannot verify are refused.
+/// assert!("sha256:E3B0".parse::<Digest>().is_err());
+/// assert!("md5:d41d8cd98f00b204e9800998ecf8427e".parse::<Digest>().is_err());
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
     // Kept as the full string so that `as_str` is free; `algorithm` is derived at parse time.
@@ -47,6 +64,7 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// The algorithm before the colon.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
@@ -56,6 +74,7 @@ impl Digest {
         &self.full[self.algorithm.as_str().len() + 1..]
     }
 
+    /// The whole digest, `algorithm:hex`.
     pub fn as_str(&self) -> &str {
         &self.full
     }
@@ -132,7 +151,9 @@ impl serde::Serialize for Digest {
 /// A running hash over a byte stream, for one of the supported algorithms.
 #[derive(Clone)]
 pub enum Hasher {
+    /// Hashing with SHA-256.
     Sha256(Sha256),
+    /// Hashing with SHA-512.
     Sha512(Sha512),
 }
 
@@ -143,6 +164,7 @@ impl fmt::Debug for Hasher {
 }
 
 impl Hasher {
+    /// A hasher that has seen nothing yet.
     pub fn new(algorithm: Algorithm) -> Hasher {
         match algorithm {
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
@@ -150,6 +172,7 @@ impl Hasher {
         }
     }
 
+    /// The algorithm it hashes with.
     pub fn algorithm(&self) -> Algorithm {
         match self {
             Hasher::Sha256(_) => Algorithm::Sha256,
@@ -157,6 +180,7 @@ impl Hasher {
         }
     }
 
+    /// Hash `data`, after everything before it.
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),
@@ -164,6 +188,7 @@ impl Hasher {
         }
     }
 
+    /// The digest of everything hashed.
     pub fn finish(self) -> Digest {
         let algorithm = self.algorithm();
         let bytes: Vec<u8> = match self {

@@ -5,6 +5,8 @@
 //! Everything in it is a pure function of its input (at most a `Read` the caller supplies), so
 //! it can be unit-tested exhaustively and embedded anywhere.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 mod digest;
 mod error;

@@ -13,13 +13,20 @@ use crate::{Digest, Error};
 /// The largest manifest accepted: the distribution-spec asks registries to take at least 4 MiB.
 pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
 
+/// The manifest media types the registry knows.
 pub mod media_types {
+    /// An OCI image manifest.
     pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// An OCI image index.
     pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// A Docker image manifest, schema 2.
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// A Docker manifest list (Docker's index).
     pub const DOCKER_MANIFEST_LIST: &str =
         "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// A Docker schema 1 manifest, which the registry refuses.
     pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+    /// A signed Docker schema 1 manifest, which the registry refuses.
     pub const DOCKER_SCHEMA1_SIGNED: &str =
         "application/vnd.docker.distribution.manifest.v1+prettyjws";
 }
@@ -36,14 +43,18 @@ pub enum ManifestKind {
 /// A content descriptor as far as the registry needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
+    /// What the content is.
     pub media_type: String,
+    /// Its digest.
     pub digest: Digest,
+    /// Its size in bytes, as the manifest declares it.
     pub size: u64,
 }
 
 /// What the registry learns from a valid manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// An image (or artifact) or an index.
     pub kind: ManifestKind,
     /// The manifest's own media type, which is also what it is served as.
     pub media_type: String,
@@ -53,10 +64,12 @@ pub struct Manifest {
     pub layers: Vec<Descriptor>,
     /// Child manifests (indexes only).
     pub manifests: Vec<Descriptor>,
+    /// The manifest this one refers to, for the referrers API.
     pub subject: Option<Descriptor>,
     /// `artifactType`, or for image manifests without one the config media type, as the
     /// referrers API defines it.
     pub artifact_type: Option<String>,
+    /// The manifest's annotations.
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -93,6 +106,25 @@ fn convert(d: &oci_spec::image::Descriptor) -> Result<Descriptor, Error> {
 /// `content_type` is the request's `Content-Type` (without parameters), if any. When both it and
 /// the body's `mediaType` are present they must agree; when neither is, the shape of the body
 /// decides, as the image-spec allows `mediaType` to be omitted.
+///
+/// ```
+/// use pierone_protocol::{Digest, ManifestKind, parse_manifest};
+///
+/// let config = Digest::sha256_of(b"{}");
+/// let layer = Digest::sha256_of(b"layer");
+/// let body = format!(
+///     r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+///        "config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},
+///        "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":5}}]}}"#
+/// );
+/// let m = parse_manifest(None, body.as_bytes()).unwrap();
+/// assert_eq!(m.kind, ManifestKind::Image);
+/// let blobs: Vec<&Digest> = m.blobs().map(|d| &d.digest).collect();
+/// assert_eq!(blobs, [&config, &layer]);
+/// // A Content-Type that contradicts the body's mediaType is refused.
+/// let index = "application/vnd.oci.image.index.v1+json";
+/// assert!(parse_manifest(Some(index), body.as_bytes()).is_err());
+/// ```
 pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Error> {
     let len = body.len() as u64;
     if len > MAX_MANIFEST_SIZE {

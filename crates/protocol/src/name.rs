@@ -20,14 +20,17 @@ pub struct RepoName {
 }
 
 impl RepoName {
+    /// The part before the first `/`: the team that owns the repository.
     pub fn team(&self) -> &str {
         &self.full[..self.team_len]
     }
 
+    /// The part after the team's `/`.
     pub fn artifact(&self) -> &str {
         &self.full[self.team_len + 1..]
     }
 
+    /// The whole name, `<team>/<artifact>`.
     pub fn as_str(&self) -> &str {
         &self.full
     }

@@ -10,6 +10,7 @@ use crate::{Digest, Error};
 pub struct Tag(String);
 
 impl Tag {
+    /// The tag as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -48,7 +49,9 @@ impl fmt::Debug for Tag {
 /// What follows `/manifests/` in a URL: a tag or a digest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reference {
+    /// A tag, which the registry resolves to a digest.
     Tag(Tag),
+    /// A digest, naming the manifest's bytes.
     Digest(Digest),
 }
 

@@ -22,6 +22,7 @@ impl UploadId {
         UploadId(s)
     }
 
+    /// The id as it appears in upload URLs.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -61,7 +62,9 @@ impl fmt::Debug for UploadId {
 /// `key` is the store's name for the part (opaque to everyone else), `len` its size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UploadPart {
+    /// The store's name for the part.
     pub key: String,
+    /// Its size in bytes.
     pub len: u64,
 }
 

@@ -29,6 +29,8 @@
 //! (`SlowDown`, 429, 503) is [`Error::Throttled`], network failures and 5xx are
 //! [`Error::Unavailable`]; nothing is ever reported as success that S3 did not confirm.
 
+#![warn(missing_docs)]
+
 #[cfg(any(test, feature = "test-server"))]
 pub mod test_server;
 
@@ -51,6 +53,7 @@ use pierone_protocol::{Digest, UploadId};
 /// Settings of an [`S3BlobStore`].
 #[derive(Debug, Clone)]
 pub struct S3Config {
+    /// The bucket holding blobs and uploads.
     pub bucket: String,
     /// Prepended to every key, e.g. `pierone/`.
     pub prefix: String,
@@ -61,6 +64,7 @@ pub struct S3Config {
 }
 
 impl S3Config {
+    /// The defaults for `bucket`: no prefix, 8 MiB parts, no redirects.
     pub fn new(bucket: impl Into<String>) -> S3Config {
         S3Config {
             bucket: bucket.into(),
@@ -81,6 +85,40 @@ pub struct S3Endpoint {
 }
 
 /// Blobs in S3 (or an S3-compatible server).
+///
+/// [`S3BlobStore::connect`] builds the client from the standard AWS configuration;
+/// [`S3BlobStore::new`] takes one the caller built:
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::Duration;
+/// use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+/// use pierone_blobstore::BlobStore;
+/// use pierone_protocol::Digest;
+/// use pierone_s3::{S3BlobStore, S3Config};
+///
+/// let client = aws_sdk_s3::Client::from_conf(
+///     aws_sdk_s3::config::Builder::new()
+///         .behavior_version(BehaviorVersion::latest())
+///         .credentials_provider(Credentials::new("access", "secret", None, None, "example"))
+///         .region(Region::new("eu-central-1"))
+///         .endpoint_url("http://127.0.0.1:9000")
+///         .force_path_style(true)
+///         .build(),
+/// );
+/// let mut config = S3Config::new("images");
+/// config.prefix = "registry/".into();
+/// config.redirect_ttl = Some(Duration::from_secs(300));
+/// let store = S3BlobStore::new(client, config);
+/// // A presigned download URL is made without a request: clients fetch the blob from the
+/// // bucket directly.
+/// let d = Digest::sha256_of(b"layer");
+/// let url = store.redirect_url(&d).await.unwrap().unwrap();
+/// let key = format!("images/registry/blobs/sha256/{}/{}", &d.hex()[..2], d.hex());
+/// assert!(url.starts_with(&format!("http://127.0.0.1:9000/{key}?")), "{url}");
+/// assert!(url.contains("X-Amz-Expires=300"), "{url}");
+/// # });
+/// ```
 #[derive(Debug, Clone)]
 pub struct S3BlobStore {
     client: Client,
@@ -125,6 +163,7 @@ struct Segment {
 }
 
 impl S3BlobStore {
+    /// A store on `client`, whose set-up (endpoint, credentials, region) is the caller's.
     pub fn new(client: Client, config: S3Config) -> S3BlobStore {
         S3BlobStore { client, config }
     }

@@ -16,8 +16,11 @@ pub const SECRET_KEY: &str = "pierone-test-secret-key";
 /// [`TestS3::stop`]ped.
 #[derive(Debug)]
 pub struct TestS3 {
+    /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
+    /// A bucket created for this server.
     pub bucket: String,
+    /// A client for `endpoint` with the test credentials.
     pub client: Client,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,

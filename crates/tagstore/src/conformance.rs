@@ -56,6 +56,95 @@ fn write(t: &str, mutability: Mutability) -> Option<TagWrite> {
     })
 }
 
+fn session(id: &UploadId, r: &RepoName, at: i64) -> UploadSession {
+    UploadSession {
+        id: id.clone(),
+        repo: r.clone(),
+        owner: "alice".into(),
+        received: 0,
+        parts: Vec::new(),
+        hash_state: Hasher::new(pierone_protocol::Algorithm::Sha256).save(),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn part(key: &str, len: u64) -> UploadPart {
+    UploadPart {
+        key: key.into(),
+        len,
+    }
+}
+
+/// Check the whole audit log with the verifier clients use; returns its entries.
+async fn verified_log(store: &dyn TagStore) -> Vec<crate::AuditEntry> {
+    let entries = store.audit_entries(0, usize::MAX, None).await.unwrap();
+    let mut v = pierone_protocol::audit::ChainVerifier::new();
+    for e in &entries {
+        v.push(e).unwrap();
+    }
+    let (size, head) = store.audit_head().await.unwrap();
+    assert_eq!(v.head(), (size, head.as_str()));
+    entries
+}
+
+fn w_targets() -> Vec<String> {
+    vec![
+        "http://a.example/hook".into(),
+        "http://b.example/hook".into(),
+    ]
+}
+
+/// Declares the conformance checks and generates [`conformance_tests!`](crate::conformance_tests)
+/// from the same list. Its input is `$` (so that the macro it emits can have metavariables of
+/// its own) followed by the checks, each a `pub async fn NAME(store: &dyn TagStore)`.
+macro_rules! checks {
+    (
+        $d:tt
+        $(
+            $(#[$meta:meta])*
+            pub async fn $name:ident($store:ident: &dyn TagStore) $body:block
+        )*
+    ) => {
+        $(
+            $(#[$meta])*
+            pub async fn $name($store: &dyn TagStore) $body
+        )*
+
+        /// Generates one `#[tokio::test]` per conformance check, in a module `conformance`.
+        /// `$make` is an async block yielding `(store, guard)`: a fresh store for each test, and
+        /// whatever must live as long as it (a temporary directory, a server).
+        ///
+        /// The list of checks is the one they are declared in, so every check runs against
+        /// every implementation that invokes this.
+        #[macro_export]
+        macro_rules! conformance_tests {
+            ($d make:expr) => {
+                mod conformance {
+                    #[allow(unused_imports)]
+                    use super::*;
+                    $(
+                        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                        async fn $name() {
+                            #[allow(clippy::unwrap_used)]
+                            let (store, _guard) = $d make.await;
+                            $d crate::conformance::$name(&store).await;
+                        }
+                    )*
+                }
+            };
+        }
+    };
+}
+
+// The checks, declared inside `checks!`, which emits each function and `conformance_tests!`
+// running all of them: a check cannot be left out of the list, because there is no list.
+// (rustfmt does not format inside the braces: keep the code as it would.)
+checks! {
+$
+
+/// A manifest is found only in the repositories it was pushed to; pushing it again, or to
+/// another repository, is not an error.
 pub async fn manifests_are_scoped_to_their_repository(store: &dyn TagStore) {
     let (a, b) = (repo("a"), repo("b"));
     let m = manifest("scoped");
@@ -71,6 +160,8 @@ pub async fn manifests_are_scoped_to_their_repository(store: &dyn TagStore) {
     assert!(store.get_manifest(&b, &m.digest).await.unwrap().is_some());
 }
 
+/// An immutable tag keeps its digest: the same digest again is `Unchanged`, another one is
+/// refused naming both, and the refused write changes nothing.
 pub async fn tags_are_immutable(store: &dyn TagStore) {
     let r = repo("imm");
     let (m1, m2) = (manifest("one"), manifest("two"));
@@ -115,6 +206,7 @@ pub async fn tags_are_immutable(store: &dyn TagStore) {
     assert_eq!(recs[0].created_by, "alice");
 }
 
+/// A mutable tag moves to a new digest and says where it was.
 pub async fn mutable_tags_move(store: &dyn TagStore) {
     let r = repo("mut");
     let (m1, m2) = (manifest("snap1"), manifest("snap2"));
@@ -137,6 +229,7 @@ pub async fn mutable_tags_move(store: &dyn TagStore) {
     assert!(store.get_manifest(&r, &m1.digest).await.unwrap().is_some());
 }
 
+/// `latest_tag` is the most recently created tag of a repository.
 pub async fn latest_is_the_newest_tag(store: &dyn TagStore) {
     let r = repo("latest");
     assert_eq!(store.latest_tag(&r).await.unwrap(), None);
@@ -159,6 +252,8 @@ pub async fn latest_is_the_newest_tag(store: &dyn TagStore) {
     assert_eq!(names, ["b", "a", "c"], "oldest first");
 }
 
+/// Tags and repositories are listed sorted, in pages after `last`; a repository that does not
+/// exist has no tag list.
 pub async fn listing_paginates(store: &dyn TagStore) {
     let r = repo("list");
     assert_eq!(store.list_tags(&r, None, 10).await.unwrap(), None);
@@ -212,6 +307,7 @@ pub async fn listing_paginates(store: &dyn TagStore) {
     assert_eq!(rest.len(), all.len() - 1);
 }
 
+/// The referrers of a manifest are the manifests of that repository whose subject it is.
 pub async fn referrers_follow_subject(store: &dyn TagStore) {
     let r = repo("refs");
     let subject = manifest("subject");
@@ -240,26 +336,8 @@ pub async fn referrers_follow_subject(store: &dyn TagStore) {
     );
 }
 
-fn session(id: &UploadId, r: &RepoName, at: i64) -> UploadSession {
-    UploadSession {
-        id: id.clone(),
-        repo: r.clone(),
-        owner: "alice".into(),
-        received: 0,
-        parts: Vec::new(),
-        hash_state: Hasher::new(pierone_protocol::Algorithm::Sha256).save(),
-        created_at: at,
-        updated_at: at,
-    }
-}
-
-fn part(key: &str, len: u64) -> UploadPart {
-    UploadPart {
-        key: key.into(),
-        len,
-    }
-}
-
+/// An upload advances only from the offset its caller read, recording the part and the hash
+/// state together.
 pub async fn uploads_advance_by_compare_and_set(store: &dyn TagStore) {
     let r = repo("up");
     let id: UploadId = format!("u{}", r.artifact().replace('/', "-"))
@@ -521,18 +599,8 @@ pub async fn scm_sources_are_recorded(store: &dyn TagStore) {
     );
 }
 
-/// Check the whole audit log with the verifier clients use; returns its entries.
-async fn verified_log(store: &dyn TagStore) -> Vec<crate::AuditEntry> {
-    let entries = store.audit_entries(0, usize::MAX, None).await.unwrap();
-    let mut v = pierone_protocol::audit::ChainVerifier::new();
-    for e in &entries {
-        v.push(e).unwrap();
-    }
-    let (size, head) = store.audit_head().await.unwrap();
-    assert_eq!(v.head(), (size, head.as_str()));
-    entries
-}
-
+/// Every tag creation and move appends one entry to one chain that verifies; a re-push that
+/// changes nothing appends nothing.
 pub async fn audit_log_chains_every_tag_write(store: &dyn TagStore) {
     let r = repo("audit");
     let (m1, m2) = (manifest("audit-1"), manifest("audit-2"));
@@ -609,6 +677,7 @@ pub async fn audit_log_chains_every_tag_write(store: &dyn TagStore) {
     assert_eq!(store.latest_checkpoint().await.unwrap(), Some(cp(3, "b")));
 }
 
+/// Concurrent tag writes append to one chain, numbered without gaps, that verifies.
 pub async fn audit_appends_race_into_one_chain(store: &dyn TagStore) {
     let r = repo("auditrace");
     let tasks: Vec<_> = (0..16)
@@ -628,13 +697,8 @@ pub async fn audit_appends_race_into_one_chain(store: &dyn TagStore) {
     assert_eq!(log.len(), 16);
 }
 
-fn w_targets() -> Vec<String> {
-    vec![
-        "http://a.example/hook".into(),
-        "http://b.example/hook".into(),
-    ]
-}
-
+/// A tag write queues one event per webhook, and the outbox leases each to one deliverer at
+/// a time until it is delivered.
 pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
     let r = repo("outbox");
     let mut w = write("1.0", Mutability::Immutable).unwrap();
@@ -717,6 +781,8 @@ pub async fn outbox_hands_each_event_to_one_deliverer(store: &dyn TagStore) {
     );
 }
 
+/// Garbage collection marks and claims only unreferenced blobs; a manifest write takes a
+/// marked blob back and is refused for a claimed or deleted one.
 pub async fn gc_never_takes_what_a_manifest_references(store: &dyn TagStore) {
     let r = repo("gc");
     let m = manifest("gc-kept");
@@ -980,6 +1046,7 @@ pub async fn quarantine_is_recorded_and_audited(store: &dyn TagStore) {
     assert_eq!(verified_log(store).await.len(), 5, "the entries stay");
 }
 
+/// Idle upload sessions are listed oldest first, at most `limit` of them.
 pub async fn expired_uploads_are_listed_oldest_first(store: &dyn TagStore) {
     let r = repo("expire");
     let now = crate::now_millis();
@@ -996,91 +1063,4 @@ pub async fn expired_uploads_are_listed_oldest_first(store: &dyn TagStore) {
     assert_eq!(store.expired_uploads(now - 1000, 1).await.unwrap().len(), 1);
     store.ping().await.unwrap();
 }
-
-/// Generates one `#[tokio::test]` per conformance check. `$make` is an async block yielding
-/// `(store, guard)`.
-#[macro_export]
-macro_rules! conformance_tests {
-    ($make:expr) => {
-        $crate::conformance_tests!(@each $make;
-            manifests_are_scoped_to_their_repository,
-            tags_are_immutable,
-            mutable_tags_move,
-            latest_is_the_newest_tag,
-            listing_paginates,
-            referrers_follow_subject,
-            uploads_advance_by_compare_and_set,
-            upload_part_race_has_one_winner,
-            concurrent_tag_race_has_one_winner,
-            pier_one_views,
-            scm_sources_are_recorded,
-            audit_log_chains_every_tag_write,
-            audit_appends_race_into_one_chain,
-            outbox_hands_each_event_to_one_deliverer,
-            gc_never_takes_what_a_manifest_references,
-            gc_claim_and_manifest_write_race_has_one_winner,
-            blob_users_name_manifests_repositories_and_tags,
-            quarantine_is_recorded_and_audited,
-            expired_uploads_are_listed_oldest_first
-        );
-    };
-    (@each $make:expr; $($name:ident),*) => {
-        mod conformance {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    #[allow(clippy::unwrap_used)]
-                    let (store, _guard) = $make.await;
-                    $crate::conformance::$name(&store).await;
-                }
-            )*
-        }
-    };
-}
-
-#[cfg(test)]
-mod tests {
-    /// The checks of this module: every public async function whose one parameter is the
-    /// store, however rustfmt wrapped its signature.
-    fn declared(source: &str) -> Vec<&str> {
-        source
-            .split("\npub async fn ")
-            .skip(1)
-            .filter_map(|rest| rest.split_once('('))
-            .filter(|(_, rest)| {
-                let params = rest.split_once(')').map_or("", |(p, _)| p);
-                let params: String = params.split_whitespace().collect::<Vec<_>>().join(" ");
-                params.trim_end_matches(',') == "store: &dyn TagStore"
-            })
-            .map(|(name, _)| name)
-            .collect()
-    }
-
-    /// The checks `conformance_tests!` runs: the names between `@each $make:expr;` in its
-    /// first rule and the closing `);`.
-    fn listed(source: &str) -> Vec<&str> {
-        let start = source.find("(@each $make;").expect("the macro's list");
-        let list = &source[start + "(@each $make;".len()..];
-        let end = list.find(");").expect("the end of the macro's list");
-        list[..end]
-            .split(',')
-            .map(str::trim)
-            .filter(|name| !name.is_empty())
-            .collect()
-    }
-
-    // A check left out of the macro's list would compile and never run; the compiler already
-    // refuses a listed name that is not a function.
-    #[test]
-    fn conformance_tests_runs_every_check() {
-        let source = include_str!("conformance.rs");
-        let mut declared = declared(source);
-        let mut listed = listed(source);
-        assert!(declared.len() > 10, "checks found: {declared:?}");
-        declared.sort_unstable();
-        listed.sort_unstable();
-        assert_eq!(declared, listed);
-    }
 }

@@ -1,5 +1,10 @@
 //! The metadata store of pierone: manifests, immutable tags and upload sessions.
 //!
+//! [`TagStore`] is what the registry holds (`Arc<dyn TagStore>`): the sum of six small traits,
+//! [`Manifests`], [`Catalog`], [`Uploads`], [`AuditLog`], [`Collector`] and [`Ping`], which each
+//! backend ([`MemoryTagStore`], `SqlTagStore`) implements. Whether a tag write may proceed is
+//! decided in one place, [`decide`], which every backend calls inside its transaction.
+//!
 //! # Rules every implementation enforces
 //!
 //! - **A tag never changes its mind.** Once `repo:tag` names a digest it names it forever, unless
@@ -15,19 +20,19 @@
 //!   hash chain ([`AuditEntry`]) whose entries are numbered without gaps and never change.
 //!   Appends queue on one head row, so replicas sharing a database extend one chain.
 //! - **Events are never lost.** A tag write also queues one outbox row per webhook in its
-//!   transaction; [`TagStore::claim_outbox`] hands each to one deliverer at a time (a lease),
-//!   and only [`TagStore::outbox_delivered`] removes it from the queue.
+//!   transaction; [`AuditLog::claim_outbox`] hands each to one deliverer at a time (a lease),
+//!   and only [`AuditLog::outbox_delivered`] removes it from the queue.
 //! - **Garbage collection cannot race a push.** A blob is deleted only after it was marked
-//!   unreferenced ([`TagStore::gc_mark`]) and then claimed ([`TagStore::gc_claim`]) while still
+//!   unreferenced ([`Collector::gc_mark`]) and then claimed ([`Collector::gc_claim`]) while still
 //!   unreferenced; a manifest write that references a marked blob removes the mark in its
-//!   transaction, and one that finds it claimed, or deleted ([`TagStore::gc_deleted`] keeps a
+//!   transaction, and one that finds it claimed, or deleted ([`Collector::gc_deleted`] keeps a
 //!   tombstone for [`GC_TOMBSTONE_MS`]), is refused with [`Error::BlobCollected`]. A manifest
 //!   write whose caller checked its blobs more than [`MAX_CHECK_AGE_MS`] before is refused
 //!   ([`Error::StaleCheck`]), so no write can outlive the tombstone of a blob it checked.
-//! - **A quarantine is recorded with its audit entries.** [`TagStore::record_quarantine`]
+//! - **A quarantine is recorded with its audit entries.** [`Collector::record_quarantine`]
 //!   writes the quarantine record and one audit entry per tag that needs the blob in one
 //!   transaction, on the same chain as tag writes.
-//! - **Upload progress is compare-and-set.** [`TagStore::advance_upload`] succeeds only from the
+//! - **Upload progress is compare-and-set.** [`Uploads::advance_upload`] succeeds only from the
 //!   offset the caller read, so two requests racing on one upload cannot both advance it, and
 //!   it records the request's blob-store part in the same step: the recorded parts are always
 //!   exactly those whose progress (and hash) was accepted.
@@ -41,7 +46,12 @@
 //! - `conformance`: the suite every implementation runs (`conformance`, `conformance_tests!`)
 //!   and `create_test_database`, for tests only.
 
+#![warn(missing_docs)]
+
+// `macro_use` puts the `conformance_tests!` it generates in scope for the tests of the
+// modules below: a macro-generated exported macro cannot be named by its path in its crate.
 #[cfg(any(test, feature = "conformance"))]
+#[macro_use]
 pub mod conformance;
 mod memory;
 mod policy;
@@ -54,7 +64,7 @@ use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 pub use pierone_protocol::audit::{AuditEntry, AuditKind, Checkpoint};
 
 pub use memory::MemoryTagStore;
-pub use policy::{Mutability, TagPolicy};
+pub use policy::{Decision, Mutability, TagPolicy, decide};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::SqlTagStore;
 #[cfg(all(feature = "postgres", any(test, feature = "conformance")))]
@@ -106,40 +116,57 @@ pub(crate) fn digest_has_prefix(digest: &Digest, prefix: &str) -> bool {
 /// What went wrong in the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An immutable tag names another digest; the write was refused and changed nothing.
     #[error(
         "tag {repo}:{tag} already names {existing}; it is immutable, so it cannot name {pushed} (push a new tag)"
     )]
     TagImmutable {
+        /// The repository of the tag.
         repo: RepoName,
+        /// The tag.
         tag: Tag,
         /// What the tag names, and will keep naming.
         existing: Digest,
         /// What the refused write asked it to name.
         pushed: Digest,
     },
+    /// A push of the tag `latest`, which the policy does not allow.
     #[error("pushing the tag \"latest\" is not allowed: it always means the newest tag")]
     LatestNotAllowed,
+    /// No upload session has this id (never started, finished, cancelled or expired).
     #[error("upload {0} is unknown or has expired")]
     UploadUnknown(UploadId),
+    /// The upload moved on since the caller read it: another request recorded its part first.
     #[error("upload {id} is at offset {actual}, not {expected}")]
     UploadOffsetConflict {
+        /// The upload.
         id: UploadId,
+        /// The offset the caller read.
         expected: u64,
+        /// The offset the upload is at.
         actual: u64,
     },
+    /// A manifest references a blob that garbage collection has claimed or deleted.
     #[error("blob {0} is being garbage-collected; push it again")]
     BlobCollected(Digest),
+    /// The manifest's blobs were checked too long before its write (see [`MAX_CHECK_AGE_MS`]).
     #[error(
         "the manifest's blobs were checked {age_ms} ms before its write, longer than garbage collection allows; retry"
     )]
-    StaleCheck { age_ms: Millis },
+    StaleCheck {
+        /// How long before the write the check was.
+        age_ms: Millis,
+    },
+    /// The database cannot be reached (connection, pool timeout).
     #[error("the metadata database is unavailable: {0}")]
     Unavailable(String),
     /// A database URL of a kind no backend speaks (`mysql://...`).
     #[error("unsupported database URL scheme {0}: use postgres://, postgresql:// or sqlite://")]
     UnsupportedScheme(String),
+    /// The database answered with an error.
     #[error("metadata database query failed: {0}")]
     Query(String),
+    /// A stored value does not parse (a digest, a hash state, a name).
     #[error("stored metadata is corrupt: {0}")]
     Corrupt(String),
 }
@@ -147,11 +174,17 @@ pub enum Error {
 /// A manifest about to be stored, with what the registry learnt when validating it.
 #[derive(Debug, Clone)]
 pub struct NewManifest {
+    /// The digest of `body`.
     pub digest: Digest,
+    /// The manifest's media type (from its `mediaType`, or the request's `Content-Type`).
     pub media_type: String,
+    /// The manifest, byte for byte as pushed.
     pub body: Bytes,
+    /// The manifest it refers to (`subject`), for the referrers API.
     pub subject: Option<Digest>,
+    /// Its `artifactType`, for the referrers API.
     pub artifact_type: Option<String>,
+    /// The config blob of an image manifest (Docker's image id).
     pub config_digest: Option<Digest>,
     /// The annotations as a JSON object, kept for the referrers API.
     pub annotations: Option<String>,
@@ -164,25 +197,35 @@ pub struct NewManifest {
 /// A stored manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestRecord {
+    /// The digest of `body`.
     pub digest: Digest,
+    /// The media type it was stored with.
     pub media_type: String,
+    /// The manifest, byte for byte as pushed.
     pub body: Bytes,
 }
 
 /// A manifest whose `subject` is some other manifest, as the referrers API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Referrer {
+    /// The referring manifest.
     pub digest: Digest,
+    /// Its media type.
     pub media_type: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its `artifactType`.
     pub artifact_type: Option<String>,
+    /// Its annotations, as a JSON object.
     pub annotations: Option<String>,
 }
 
 /// The request to point a tag at the manifest being stored.
 #[derive(Debug, Clone)]
 pub struct TagWrite {
+    /// The tag to point at the manifest.
     pub tag: Tag,
+    /// Whether the tag may move ([`TagPolicy::classify`]); the store [`decide`]s with it.
     pub mutability: Mutability,
     /// Who pushed it, recorded as `created_by`.
     pub principal: String,
@@ -197,20 +240,28 @@ pub struct TagWrite {
 /// An event waiting in the outbox, claimed by one deliverer until its lease ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {
+    /// The queue's id of the event, for [`AuditLog::outbox_delivered`] and
+    /// [`AuditLog::outbox_retry`].
     pub id: i64,
+    /// The webhook URL to deliver to.
     pub target: String,
     /// Failed deliveries so far.
     pub attempts: u32,
+    /// The audit entry the event tells about.
     pub entry: AuditEntry,
 }
 
 /// Where an image was built from (Pier One's `scm-source`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScmSource {
+    /// The repository's URL.
     pub url: String,
+    /// The commit built.
     pub revision: String,
+    /// Who made the commit.
     #[serde(default)]
     pub author: String,
+    /// Whether the working tree had changes not committed (empty when clean).
     #[serde(default)]
     pub status: String,
 }
@@ -220,11 +271,13 @@ pub struct ScmSource {
 pub enum TagOutcome {
     /// No tag was asked for (a push by digest).
     Untagged,
+    /// The tag was created.
     Created,
     /// The tag already named this digest.
     Unchanged,
     /// A mutable tag moved from `previous`.
     Moved {
+        /// What the tag named before.
         previous: Digest,
     },
 }
@@ -232,9 +285,13 @@ pub enum TagOutcome {
 /// A tag with its provenance and what it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagRecord {
+    /// The tag.
     pub name: String,
+    /// The manifest it names.
     pub digest: Digest,
+    /// When it was created or last moved.
     pub created_at: Millis,
+    /// Who pushed it.
     pub created_by: String,
     /// The manifest's media type.
     pub media_type: String,
@@ -247,17 +304,24 @@ pub struct TagRecord {
 /// A tag whose manifest or config digest matched a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageMatch {
+    /// The repository of the tag.
     pub repository: String,
+    /// The tag.
     pub tag: String,
+    /// The manifest it names.
     pub digest: Digest,
+    /// The manifest's config digest (Docker's image id).
     pub image: Option<Digest>,
 }
 
 /// Counts for one team.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TeamStats {
+    /// The team.
     pub team: String,
+    /// Its repositories with at least one tag.
     pub artifacts: u64,
+    /// Its tags.
     pub tags: u64,
 }
 
@@ -265,7 +329,9 @@ pub struct TeamStats {
 /// to, with the tags of that repository that name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobUser {
+    /// The manifest referencing the blob.
     pub manifest: Digest,
+    /// A repository it was pushed to.
     pub repository: String,
     /// Sorted; empty when the manifest is untagged there.
     pub tags: Vec<String>,
@@ -274,7 +340,9 @@ pub struct BlobUser {
 /// A blob taken out of service because its stored bytes do not hash to its digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuarantineRecord {
+    /// The blob quarantined.
     pub digest: Digest,
+    /// When.
     pub at: Millis,
     /// Who quarantined it (the scrub).
     pub principal: String,
@@ -286,8 +354,11 @@ pub struct QuarantineRecord {
 /// each of which gets an audit entry (one entry with both empty when the list is empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantine {
+    /// The record to keep.
     pub record: QuarantineRecord,
+    /// The realm of the quarantining principal, for the audit entries.
     pub realm: String,
+    /// The `(repository, tag)` pairs that need the blob.
     pub affected: Vec<(String, String)>,
 }
 
@@ -295,7 +366,9 @@ pub struct Quarantine {
 /// sent, and the hash of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadSession {
+    /// The session's id, as in its `Location`.
     pub id: UploadId,
+    /// The repository the blob is pushed to.
     pub repo: RepoName,
     /// Who started it (the principal's uid); only they may continue or cancel it.
     pub owner: String,
@@ -305,13 +378,64 @@ pub struct UploadSession {
     pub parts: Vec<UploadPart>,
     /// Serialised [`pierone_protocol::Hasher`] over those bytes.
     pub hash_state: Vec<u8>,
+    /// When it started.
     pub created_at: Millis,
+    /// When it last advanced; idle sessions expire.
     pub updated_at: Millis,
 }
 
-/// Manifests, tags and upload sessions.
+/// The whole metadata store: everything the registry asks of it, as one trait object
+/// (`Arc<dyn TagStore>`).
+///
+/// It is the sum of the parts below, each small enough to read on its own; every type that
+/// implements all of them is a `TagStore` (a blanket implementation), and their methods are
+/// callable on a `dyn TagStore` without importing the parts. An implementation is one type per
+/// backend implementing each part ([`MemoryTagStore`], `SqlTagStore`).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use pierone_protocol::Digest;
+/// use pierone_tagstore::{MemoryTagStore, Mutability, NewManifest, TagOutcome, TagStore, TagWrite};
+///
+/// let store: Arc<dyn TagStore> = Arc::new(MemoryTagStore::new());
+/// let repo = "team/app".parse().unwrap();
+/// let body = br#"{"schemaVersion":2}"#;
+/// let manifest = NewManifest {
+///     digest: Digest::sha256_of(body),
+///     media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+///     body: body.to_vec().into(),
+///     subject: None,
+///     artifact_type: None,
+///     config_digest: None,
+///     annotations: None,
+///     references: Vec::new(),
+///     checked_at: pierone_tagstore::now_millis(),
+/// };
+/// let write = TagWrite {
+///     tag: "1.0".parse().unwrap(),
+///     mutability: Mutability::Immutable,
+///     principal: "alice".into(),
+///     realm: "/employees".into(),
+///     scm_source: None,
+///     notify: Vec::new(),
+/// };
+/// let digest = manifest.digest.clone();
+/// let outcome = store.put_manifest(&repo, manifest, Some(write)).await.unwrap();
+/// assert_eq!(outcome, TagOutcome::Created);
+/// let tag = "1.0".parse().unwrap();
+/// assert_eq!(store.resolve_tag(&repo, &tag).await.unwrap(), Some(digest));
+/// # });
+/// ```
+pub trait TagStore: Manifests + Catalog + Uploads + AuditLog + Collector + Ping {}
+
+impl<T: Manifests + Catalog + Uploads + AuditLog + Collector + Ping + ?Sized> TagStore for T {}
+
+/// Manifests and the tags that name them: the write that stores a manifest and points a tag at
+/// it (one transaction, with its audit entry and outbox rows), and the reads of the
+/// distribution API (manifests, tags, repositories, referrers) and of a tag's SCM source.
 #[async_trait::async_trait]
-pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
+pub trait Manifests: Send + Sync + std::fmt::Debug + 'static {
     /// Store `manifest` in `repo` and, if asked, point a tag at it, all in one transaction.
     /// Storing a manifest that is already there is not an error.
     async fn put_manifest(
@@ -356,22 +480,6 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// Manifests in `repo` whose subject is `subject`.
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>, Error>;
 
-    /// Teams with at least one tag, sorted.
-    async fn teams(&self) -> Result<Vec<String>, Error>;
-
-    /// Artifacts of `team` with at least one tag, sorted.
-    async fn artifacts(&self, team: &str) -> Result<Vec<String>, Error>;
-
-    /// Tags whose manifest digest or config digest (with or without `sha256:`) starts with
-    /// `prefix`.
-    async fn find_images(&self, prefix: &str) -> Result<Vec<ImageMatch>, Error>;
-
-    /// Per-team counts, sorted by team.
-    async fn team_stats(&self) -> Result<Vec<TeamStats>, Error>;
-
-    /// Bytes of all distinct manifests and the blobs they reference.
-    async fn storage_bytes(&self) -> Result<u64, Error>;
-
     /// The recorded source of `repo:tag`.
     async fn scm_source(
         &self,
@@ -387,10 +495,37 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
         tag: &Tag,
         source: ScmSource,
     ) -> Result<(), Error>;
+}
 
+/// Pier One's read-only views over all repositories: teams, artifacts, image search and
+/// statistics.
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync + std::fmt::Debug + 'static {
+    /// Teams with at least one tag, sorted.
+    async fn teams(&self) -> Result<Vec<String>, Error>;
+
+    /// Artifacts of `team` with at least one tag, sorted.
+    async fn artifacts(&self, team: &str) -> Result<Vec<String>, Error>;
+
+    /// Tags whose manifest digest or config digest (with or without `sha256:`) starts with
+    /// `prefix`.
+    async fn find_images(&self, prefix: &str) -> Result<Vec<ImageMatch>, Error>;
+
+    /// Per-team counts, sorted by team.
+    async fn team_stats(&self) -> Result<Vec<TeamStats>, Error>;
+
+    /// Bytes of all distinct manifests and the blobs they reference.
+    async fn storage_bytes(&self) -> Result<u64, Error>;
+}
+
+/// Upload sessions: how far each upload got, which blob-store parts hold its bytes and the hash
+/// state over them, advanced by compare-and-set.
+#[async_trait::async_trait]
+pub trait Uploads: Send + Sync + std::fmt::Debug + 'static {
     /// Start recording a new upload session.
     async fn create_upload(&self, session: UploadSession) -> Result<(), Error>;
 
+    /// The session `id`, if it is still there.
     async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadSession>, Error>;
 
     /// Append `part` to upload `id` and store the hash state over everything up to its end,
@@ -414,10 +549,12 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
         idle_before: Millis,
         limit: usize,
     ) -> Result<Vec<UploadSession>, Error>;
+}
 
-    /// Whether the database answers (readiness).
-    async fn ping(&self) -> Result<(), Error>;
-
+/// The audit log (a hash chain of every tag assignment and quarantine), its signed
+/// checkpoints, and the outbox of events for webhooks.
+#[async_trait::async_trait]
+pub trait AuditLog: Send + Sync + std::fmt::Debug + 'static {
     /// Audit entries after `since`, in order, at most `limit`; only those of one tag when
     /// `tag` is given.
     async fn audit_entries(
@@ -464,7 +601,12 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// Forget events delivered before `delivered_before`; returns how many. (The audit log
     /// keeps what they said.)
     async fn outbox_prune(&self, delivered_before: Millis) -> Result<u64, Error>;
+}
 
+/// What garbage collection and the scrub need: which blobs manifests reference, the
+/// mark/claim/tombstone steps of deleting one, who uses a blob, and quarantine records.
+#[async_trait::async_trait]
+pub trait Collector: Send + Sync + std::fmt::Debug + 'static {
     /// Which of `digests` a manifest references (or is): one query for a whole page of
     /// blobs, so garbage collection touches only the few that may be garbage.
     async fn referenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error>;
@@ -475,7 +617,7 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Claim a candidate marked no later than `marked_before` for deletion at `now`, if it is
     /// still unreferenced. After `true` the caller deletes the blob and then calls
-    /// [`TagStore::gc_deleted`].
+    /// [`Collector::gc_deleted`].
     async fn gc_claim(
         &self,
         digest: &Digest,
@@ -489,7 +631,7 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     async fn gc_stale_claims(&self, claimed_before: Millis) -> Result<Vec<Digest>, Error>;
 
     /// The claimed blob is gone: its candidate row becomes a tombstone, dated `now`, which
-    /// refuses manifest writes referencing it until [`TagStore::gc_prune`] drops it (or the
+    /// refuses manifest writes referencing it until [`Collector::gc_prune`] drops it (or the
     /// blob is stored again). Without it, a manifest write that checked the blob just before
     /// the claim would find no trace of the deletion.
     async fn gc_deleted(&self, digest: &Digest, now: Millis) -> Result<(), Error>;
@@ -517,4 +659,11 @@ pub trait TagStore: Send + Sync + std::fmt::Debug + 'static {
     /// Correct bytes of `digest` were stored again: it is back in service. `false` when it
     /// was not quarantined. (The audit entries of the quarantine stay.)
     async fn release_quarantine(&self, digest: &Digest) -> Result<bool, Error>;
+}
+
+/// Whether the database answers, for readiness.
+#[async_trait::async_trait]
+pub trait Ping: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether the database answers (readiness).
+    async fn ping(&self) -> Result<(), Error>;
 }

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 
 use crate::{
-    AuditEntry, BlobUser, Checkpoint, Error, ImageMatch, ManifestRecord, Millis, Mutability,
-    NewManifest, OutboxItem, Quarantine, QuarantineRecord, Referrer, ScmSource, TagOutcome,
-    TagRecord, TagStore, TagWrite, TeamStats, UploadSession, digest_has_prefix, now_millis,
-    tag_record,
+    AuditEntry, AuditLog, BlobUser, Catalog, Checkpoint, Collector, Error, ImageMatch,
+    ManifestRecord, Manifests, Millis, NewManifest, OutboxItem, Ping, Quarantine, QuarantineRecord,
+    Referrer, ScmSource, TagOutcome, TagRecord, TagWrite, TeamStats, UploadSession, Uploads,
+    decide, digest_has_prefix, now_millis, tag_record,
 };
 
 #[derive(Debug, Default)]
@@ -85,6 +85,7 @@ pub struct MemoryTagStore {
 }
 
 impl MemoryTagStore {
+    /// An empty store. (An example of its use is at [`TagStore`](crate::TagStore).)
     pub fn new() -> MemoryTagStore {
         MemoryTagStore::default()
     }
@@ -95,7 +96,7 @@ impl MemoryTagStore {
 }
 
 #[async_trait]
-impl TagStore for MemoryTagStore {
+impl Manifests for MemoryTagStore {
     async fn put_manifest(
         &self,
         repo: &RepoName,
@@ -107,24 +108,18 @@ impl TagStore for MemoryTagStore {
         let key = tag
             .as_ref()
             .map(|t| (repo.as_str().to_owned(), t.tag.as_str().to_owned()));
-        // Decide the tag first so that a refusal changes nothing.
-        let outcome = match (&tag, key.as_ref().and_then(|k| s.tags.get(k))) {
-            (None, _) => TagOutcome::Untagged,
-            (Some(_), None) => TagOutcome::Created,
-            (Some(_), Some((rec, _))) if rec.digest == manifest.digest => TagOutcome::Unchanged,
-            (Some(w), Some((rec, _))) => match w.mutability {
-                Mutability::Mutable => TagOutcome::Moved {
-                    previous: rec.digest.clone(),
-                },
-                Mutability::Immutable => {
-                    return Err(Error::TagImmutable {
-                        repo: repo.clone(),
-                        tag: w.tag.clone(),
-                        existing: rec.digest.clone(),
-                        pushed: manifest.digest.clone(),
-                    });
-                }
-            },
+        // Decide the tag first, under the lock that also writes it, so that a refusal changes
+        // nothing.
+        let outcome = match (&tag, &key) {
+            (Some(w), Some(k)) => {
+                let current = s.tags.get(k).map(|(rec, _)| &rec.digest);
+                decide(w.mutability, current, &manifest.digest).into_outcome(
+                    repo,
+                    &w.tag,
+                    &manifest.digest,
+                )?
+            }
+            _ => TagOutcome::Untagged,
         };
         if !s.manifests.contains_key(&manifest.digest) {
             let age_ms = now_millis() - manifest.checked_at;
@@ -294,6 +289,29 @@ impl TagStore for MemoryTagStore {
         Ok(v)
     }
 
+    async fn scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(ScmSource, Millis)>, Error> {
+        let key = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        Ok(self.lock().scm.get(&key).cloned())
+    }
+
+    async fn record_scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        source: ScmSource,
+    ) -> Result<(), Error> {
+        let key = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        self.lock().scm.entry(key).or_insert((source, now_millis()));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Catalog for MemoryTagStore {
     async fn teams(&self) -> Result<Vec<String>, Error> {
         let s = self.lock();
         let mut teams: Vec<String> = s
@@ -379,27 +397,10 @@ impl TagStore for MemoryTagStore {
                 .map(|(_, s)| s)
                 .sum::<u64>())
     }
+}
 
-    async fn scm_source(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> Result<Option<(ScmSource, Millis)>, Error> {
-        let key = (repo.as_str().to_owned(), tag.as_str().to_owned());
-        Ok(self.lock().scm.get(&key).cloned())
-    }
-
-    async fn record_scm_source(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-        source: ScmSource,
-    ) -> Result<(), Error> {
-        let key = (repo.as_str().to_owned(), tag.as_str().to_owned());
-        self.lock().scm.entry(key).or_insert((source, now_millis()));
-        Ok(())
-    }
-
+#[async_trait]
+impl Uploads for MemoryTagStore {
     async fn create_upload(&self, session: UploadSession) -> Result<(), Error> {
         self.lock().uploads.insert(session.id.clone(), session);
         Ok(())
@@ -459,11 +460,10 @@ impl TagStore for MemoryTagStore {
         out.truncate(limit);
         Ok(out)
     }
+}
 
-    async fn ping(&self) -> Result<(), Error> {
-        Ok(())
-    }
-
+#[async_trait]
+impl AuditLog for MemoryTagStore {
     async fn audit_entries(
         &self,
         since: u64,
@@ -577,7 +577,10 @@ impl TagStore for MemoryTagStore {
             .retain(|_, r| r.delivered.is_none_or(|at| at >= delivered_before));
         Ok((before - s.outbox.len()) as u64)
     }
+}
 
+#[async_trait]
+impl Collector for MemoryTagStore {
     async fn referenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
         let s = self.lock();
         let mut out: Vec<Digest> = digests
@@ -719,9 +722,16 @@ impl TagStore for MemoryTagStore {
     }
 }
 
+#[async_trait]
+impl Ping for MemoryTagStore {
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    crate::conformance_tests!(async { (MemoryTagStore::new(), ()) });
+    conformance_tests!(async { (MemoryTagStore::new(), ()) });
 }

@@ -25,10 +25,10 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use pierone_protocol::{Digest, RepoName, Tag, UploadId, UploadPart};
 
 use crate::{
-    AuditEntry, AuditKind, BlobUser, Checkpoint, Error, ImageMatch, ManifestRecord, Millis,
-    Mutability, NewManifest, OutboxItem, Quarantine, QuarantineRecord, Referrer, ScmSource,
-    TagOutcome, TagRecord, TagStore, TagWrite, TeamStats, UploadSession, digest_has_prefix,
-    now_millis,
+    AuditEntry, AuditKind, AuditLog, BlobUser, Catalog, Checkpoint, Collector, Error, ImageMatch,
+    ManifestRecord, Manifests, Millis, NewManifest, OutboxItem, Ping, Quarantine, QuarantineRecord,
+    Referrer, ScmSource, TagOutcome, TagRecord, TagWrite, TeamStats, UploadSession, Uploads,
+    decide, digest_has_prefix, now_millis,
 };
 
 #[cfg(feature = "sqlite")]
@@ -456,24 +456,16 @@ macro_rules! backend_ops {
                             .select((tags::id, tags::digest))
                             .first(c)
                             .optional()?;
-                        match existing {
-                            None => TagOutcome::Created,
-                            Some((_, d)) if d == digest => TagOutcome::Unchanged,
-                            Some((_, d)) => {
-                                let previous = parse_digest(&d).map_err(TxError::Store)?;
-                                match w.mutability {
-                                    Mutability::Mutable => TagOutcome::Moved { previous },
-                                    Mutability::Immutable => {
-                                        return Err(TxError::Store(Error::TagImmutable {
-                                            repo: repo.clone(),
-                                            tag: w.tag.clone(),
-                                            existing: previous,
-                                            pushed: m.digest.clone(),
-                                        }));
-                                    }
-                                }
-                            }
-                        }
+                        let current = existing
+                            .map(|(_, d)| parse_digest(&d))
+                            .transpose()
+                            .map_err(TxError::Store)?;
+                        // Decided inside the transaction: a writer that inserts the same tag
+                        // meanwhile makes our insert violate the unique constraint, and the
+                        // retry decides again on its row.
+                        decide(w.mutability, current.as_ref(), &m.digest)
+                            .into_outcome(repo, &w.tag, &m.digest)
+                            .map_err(TxError::Store)?
                     }
                 };
                 diesel::insert_into(repositories::table)
@@ -968,7 +960,7 @@ fn audit_entry(r: AuditRow) -> Result<AuditEntry, Error> {
 }
 
 #[async_trait]
-impl TagStore for SqlTagStore {
+impl Manifests for SqlTagStore {
     async fn put_manifest(
         &self,
         repo: &RepoName,
@@ -1141,6 +1133,68 @@ impl TagStore for SqlTagStore {
         })
     }
 
+    async fn scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(ScmSource, Millis)>, Error> {
+        let (repo, tag) = (repo.clone(), tag.clone());
+        run!(self, |c| {
+            let row: Option<(String, String, String, String, i64)> = scm_sources::table
+                .filter(scm_sources::repository.eq(repo.as_str()))
+                .filter(scm_sources::tag.eq(tag.as_str()))
+                .select((
+                    scm_sources::url,
+                    scm_sources::revision,
+                    scm_sources::author,
+                    scm_sources::status,
+                    scm_sources::created_at,
+                ))
+                .first(c)
+                .optional()
+                .map_err(db_error)?;
+            Ok(row.map(|(url, revision, author, status, at)| {
+                (
+                    ScmSource {
+                        url,
+                        revision,
+                        author,
+                        status,
+                    },
+                    at,
+                )
+            }))
+        })
+    }
+
+    async fn record_scm_source(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        source: ScmSource,
+    ) -> Result<(), Error> {
+        let (repo, tag) = (repo.clone(), tag.clone());
+        run!(self, |c| {
+            diesel::insert_into(scm_sources::table)
+                .values((
+                    scm_sources::repository.eq(repo.as_str()),
+                    scm_sources::tag.eq(tag.as_str()),
+                    scm_sources::url.eq(&source.url),
+                    scm_sources::revision.eq(&source.revision),
+                    scm_sources::author.eq(&source.author),
+                    scm_sources::status.eq(&source.status),
+                    scm_sources::created_at.eq(now_millis()),
+                ))
+                .on_conflict_do_nothing()
+                .execute(c)
+                .map(drop)
+                .map_err(db_error)
+        })
+    }
+}
+
+#[async_trait]
+impl Catalog for SqlTagStore {
     async fn teams(&self) -> Result<Vec<String>, Error> {
         run!(self, |c| {
             let repos = ops::tagged_repositories(c)?;
@@ -1267,66 +1321,10 @@ impl TagStore for SqlTagStore {
                 + blobs.values().map(|s| *s as u64).sum::<u64>())
         })
     }
+}
 
-    async fn scm_source(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> Result<Option<(ScmSource, Millis)>, Error> {
-        let (repo, tag) = (repo.clone(), tag.clone());
-        run!(self, |c| {
-            let row: Option<(String, String, String, String, i64)> = scm_sources::table
-                .filter(scm_sources::repository.eq(repo.as_str()))
-                .filter(scm_sources::tag.eq(tag.as_str()))
-                .select((
-                    scm_sources::url,
-                    scm_sources::revision,
-                    scm_sources::author,
-                    scm_sources::status,
-                    scm_sources::created_at,
-                ))
-                .first(c)
-                .optional()
-                .map_err(db_error)?;
-            Ok(row.map(|(url, revision, author, status, at)| {
-                (
-                    ScmSource {
-                        url,
-                        revision,
-                        author,
-                        status,
-                    },
-                    at,
-                )
-            }))
-        })
-    }
-
-    async fn record_scm_source(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-        source: ScmSource,
-    ) -> Result<(), Error> {
-        let (repo, tag) = (repo.clone(), tag.clone());
-        run!(self, |c| {
-            diesel::insert_into(scm_sources::table)
-                .values((
-                    scm_sources::repository.eq(repo.as_str()),
-                    scm_sources::tag.eq(tag.as_str()),
-                    scm_sources::url.eq(&source.url),
-                    scm_sources::revision.eq(&source.revision),
-                    scm_sources::author.eq(&source.author),
-                    scm_sources::status.eq(&source.status),
-                    scm_sources::created_at.eq(now_millis()),
-                ))
-                .on_conflict_do_nothing()
-                .execute(c)
-                .map(drop)
-                .map_err(db_error)
-        })
-    }
-
+#[async_trait]
+impl Uploads for SqlTagStore {
     async fn create_upload(&self, s: UploadSession) -> Result<(), Error> {
         run!(self, |c| {
             c.transaction(|c| {
@@ -1533,16 +1531,10 @@ impl TagStore for SqlTagStore {
                 .collect()
         })
     }
+}
 
-    async fn ping(&self) -> Result<(), Error> {
-        run!(self, |c| {
-            diesel::sql_query("SELECT 1")
-                .execute(c)
-                .map(drop)
-                .map_err(|e| Error::Unavailable(e.to_string()))
-        })
-    }
-
+#[async_trait]
+impl AuditLog for SqlTagStore {
     async fn audit_entries(
         &self,
         since: u64,
@@ -1741,7 +1733,10 @@ impl TagStore for SqlTagStore {
                 .map_err(db_error)
         })
     }
+}
 
+#[async_trait]
+impl Collector for SqlTagStore {
     async fn referenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
         let wanted: Vec<String> = digests.iter().map(|d| d.as_str().to_owned()).collect();
         run!(self, |c| {
@@ -1929,6 +1924,18 @@ impl TagStore for SqlTagStore {
     }
 }
 
+#[async_trait]
+impl Ping for SqlTagStore {
+    async fn ping(&self) -> Result<(), Error> {
+        run!(self, |c| {
+            diesel::sql_query("SELECT 1")
+                .execute(c)
+                .map(drop)
+                .map_err(|e| Error::Unavailable(e.to_string()))
+        })
+    }
+}
+
 /// A fresh, empty database on the PostgreSQL server at `base_url` (whose path names an
 /// existing database to connect to), for tests: every test gets its own.
 #[cfg(all(feature = "postgres", any(test, feature = "conformance")))]
@@ -1961,7 +1968,7 @@ mod tests {
     mod sqlite {
         use super::*;
 
-        crate::conformance_tests!(async {
+        conformance_tests!(async {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}", dir.path().join("meta.db").display());
             (SqlTagStore::open(&url).await.unwrap(), dir)
@@ -1972,7 +1979,7 @@ mod tests {
     mod postgres {
         use super::*;
 
-        crate::conformance_tests!(async {
+        conformance_tests!(async {
             let base = std::env::var("PIERONE_TEST_POSTGRES_URL").expect(
                 "PIERONE_TEST_POSTGRES_URL must name a PostgreSQL server; tests/run.sh starts one",
             );
