@@ -862,7 +862,7 @@ async fn a_failing_token_source_is_named_with_its_cause() {
         json!({"client_id": "client-id", "client_secret": "not-it"}).to_string(),
     )
     .unwrap();
-    let wrong_password = root.join("wrong-password");
+    let wrong_password = root.join("denied-user");
     credentials_dir(&wrong_password, "wrong");
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

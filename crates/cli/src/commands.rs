@@ -1063,7 +1063,10 @@ fn write_man_pages(dir: &std::path::Path, fmt: Format, out: &mut dyn Write) -> R
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
             pages(sub.clone(), dir, written)?;
         }
-        written.push(clap_mangen::Man::new(cmd).generate_to(dir)?);
+        let man = clap_mangen::Man::new(cmd)
+            .source(format!("pierone {}", env!("CARGO_PKG_VERSION")))
+            .manual("pierone");
+        written.push(man.generate_to(dir)?);
         Ok(())
     }
     std::fs::create_dir_all(dir).map_err(|e| state_error(dir, e))?;
