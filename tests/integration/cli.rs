@@ -1013,13 +1013,22 @@ async fn login_stores_a_token_that_later_commands_use() {
     assert!(!root.join(".config").exists());
     assert!(!root.join(".cache").exists());
 
+    // Without the credential helper on PATH, Docker could not use the login: said, not fatal.
     let r = pierone(
         root,
-        &[("PIERONE_TOKEN", "alice")],
+        &[("PIERONE_TOKEN", "alice"), ("PATH", "/nonexistent")],
         &["login", "--url", &s.url],
     )
     .await;
     assert!(r.ok, "{}", r.stderr);
+    assert_eq!(
+        r.stderr,
+        format!(
+            "pierone: warning: docker-credential-pierone is not on PATH: Docker cannot get \
+             tokens for {} until it is (it is installed next to pierone)\n",
+            s.host()
+        )
+    );
     let cache = root.join(".cache/pierone/token.json");
     assert_eq!(
         r.stdout,
@@ -1079,16 +1088,25 @@ async fn login_stores_a_token_that_later_commands_use() {
     let (token_url, _) = token_endpoint().await;
     let creds = root.join("credentials");
     credentials_dir(&creds, "hunter2");
+    let bin_dir = bin("docker-credential-pierone")
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     let r = pierone(
         root,
         &[
             ("CREDENTIALS_DIR", creds.to_str().unwrap()),
             ("OAUTH2_ACCESS_TOKEN_URL", &token_url),
+            ("PATH", &bin_dir),
         ],
         &["login", "-o", "json"],
     )
     .await;
     assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stderr, "", "the helper is on PATH: no warning");
+    assert_eq!(v_bool(&r.stdout, "credential_helper_on_path"), Some(true));
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(
         v["token_source"],
@@ -1097,9 +1115,12 @@ async fn login_stores_a_token_that_later_commands_use() {
     assert_eq!(v["url"], s.url.as_str());
     assert_eq!(v["token_cache"], cache.to_str().unwrap());
     assert!(v["token_expires"].as_str().unwrap().ends_with('Z'), "{v}");
-    assert!(v["credential_helper_on_path"].is_boolean());
     let r = pierone(root, &[], &["tags", "myteam", "app", "-o", "tsv"]).await;
     assert!(r.ok, "with the service user's stored token: {}", r.stderr);
+}
+
+fn v_bool(json: &str, key: &str) -> Option<bool> {
+    serde_json::from_str::<Value>(json).ok()?[key].as_bool()
 }
 
 /// `-o json` on every command: the API's objects and field names, numbers as JSON numbers,
