@@ -964,6 +964,30 @@ async fn a_failing_token_source_is_named_with_its_cause() {
         assert_eq!(r.stderr, format!("pierone: {want}\n"), "{env:?}");
     }
 
+    // A token endpoint that does not answer in time.
+    let (slow, _) = fake_service(Arc::new(|_: &Seen| {
+        (200, "{}".to_owned(), Duration::from_secs(10))
+    }))
+    .await;
+    let r = pierone(
+        root,
+        &[
+            ("PIERONE_URL", url),
+            ("CREDENTIALS_DIR", right.to_str().unwrap()),
+            ("OAUTH2_ACCESS_TOKEN_URL", &slow),
+            ("PIERONE_OAUTH2_TIMEOUT", "1"),
+        ],
+        &["teams"],
+    )
+    .await;
+    assert_eq!(
+        r.stderr,
+        format!(
+            "pierone: cannot get an OAuth 2.0 token from the password grant at {slow}/: it did \
+             not answer within 1 s (timed out)\n"
+        )
+    );
+
     // Without any source, the request goes without a token, and the 401 says what to set up.
     let r = pierone(root, &[("PIERONE_URL", url)], &["teams"]).await;
     assert_eq!(r.code, Some(1));

@@ -23,8 +23,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// How long the token endpoint may take to answer.
-const GRANT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the token endpoint may take to answer: `PIERONE_OAUTH2_TIMEOUT` seconds, else 30.
+fn grant_timeout() -> Duration {
+    let secs = std::env::var("PIERONE_OAUTH2_TIMEOUT")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
 
 /// Which source a token came from: named in messages, so that a refused token can be traced
 /// to where it was configured.
@@ -214,7 +221,7 @@ fn request_failure(e: &oauth2::reqwest::Error) -> String {
     if e.is_timeout() {
         return format!(
             "it did not answer within {} s (timed out)",
-            GRANT_TIMEOUT.as_secs()
+            grant_timeout().as_secs()
         );
     }
     let mut chain = Vec::new();
@@ -408,7 +415,7 @@ async fn password_grant(token_url: &str, dir: &Path) -> Result<Token, Error> {
         );
     let http = oauth2::reqwest::ClientBuilder::new()
         .redirect(oauth2::reqwest::redirect::Policy::none())
-        .timeout(GRANT_TIMEOUT)
+        .timeout(grant_timeout())
         .build()
         .map_err(|e| failed(&from, redact(e.to_string(), &secrets)))?;
     let scopes =
