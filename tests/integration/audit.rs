@@ -28,6 +28,28 @@ pub fn ed25519_key(dir: &Path) -> PathBuf {
     path
 }
 
+/// `ms` after the epoch as the CLI prints times: RFC 3339 in UTC with milliseconds (by
+/// coreutils' `date`, a second opinion on the CLI's own conversion).
+fn rfc3339_of(ms: i64) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{}", ms / 1000), "+%Y-%m-%dT%H:%M:%S"])
+        .output()
+        .expect("run date");
+    let secs = String::from_utf8(out.stdout).unwrap();
+    format!("{}.{:03}Z", secs.trim(), ms % 1000)
+}
+
+/// An audit entry or checkpoint as the API sends it, as `pierone -o json` prints it: `at` in
+/// RFC 3339, and an entry's kind always named.
+fn as_printed(mut v: Value) -> Value {
+    let ms = v["at"].as_i64().unwrap();
+    v["at"] = Value::String(rfc3339_of(ms));
+    if v.get("prev_hash").is_some() && v.get("kind").is_none() {
+        v["kind"] = Value::String("tag".into());
+    }
+    v
+}
+
 /// Wait until the server has signed a checkpoint of `size` entries; return it.
 pub async fn checkpoint_of(c: &Client, size: u64) -> Value {
     for _ in 0..200 {
@@ -480,8 +502,8 @@ async fn prove_right_after_a_push_says_not_checkpointed_yet_and_wait_waits() {
             "repository": "team/app",
             "tag": "1.0",
             "digest": digest,
-            "entry": log["entries"][0],
-            "checkpoint": cp,
+            "entry": as_printed(log["entries"][0].clone()),
+            "checkpoint": as_printed(cp.clone()),
             "proof": {"seq": 1, "size": 1, "path": proof["path"]},
             "key_pinned": true,
         })
@@ -579,7 +601,7 @@ async fn prove_right_after_a_push_says_not_checkpointed_yet_and_wait_waits() {
             "size": 1,
             "head": log["entries"][0]["hash"],
             "verified_before": 0,
-            "checkpoint": cp,
+            "checkpoint": as_printed(cp),
             "key_pinned": false,
         })
     );

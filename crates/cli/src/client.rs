@@ -8,6 +8,7 @@ use pierone_api::ErrorBody;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::token::{NO_SOURCE, Token};
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
@@ -21,7 +22,7 @@ const MAX_PAGES: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct Api {
     pub base: String,
-    token: Option<String>,
+    token: Option<Token>,
     http: reqwest::Client,
 }
 
@@ -77,7 +78,7 @@ pub(crate) fn connection_cause(e: &reqwest::Error, base: &str) -> String {
 }
 
 impl Api {
-    pub fn new(base: &str, token: Option<String>) -> Result<Api, Error> {
+    pub fn new(base: &str, token: Option<Token>) -> Result<Api, Error> {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
             .build()
@@ -90,6 +91,23 @@ impl Api {
             token,
             http,
         })
+    }
+
+    /// A 401, naming the token that was refused and where it came from.
+    pub fn unauthorized(&self) -> Error {
+        let url = self.base.clone();
+        match &self.token {
+            Some(t) => Error::Unauthorized {
+                url,
+                what: t.source.to_string(),
+                hint: t.source.refused_hint(),
+            },
+            None => Error::Unauthorized {
+                url,
+                what: "the request without a token".to_owned(),
+                hint: format!("{NO_SOURCE}; then run `pierone login`"),
+            },
+        }
     }
 
     fn not_pier_one(&self, path: &str, why: impl std::fmt::Display) -> Error {
@@ -109,7 +127,7 @@ impl Api {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.get(&url);
         if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
+            req = req.bearer_auth(&t.secret);
         }
         if let Some(a) = accept {
             req = req.header("Accept", a);
@@ -124,9 +142,7 @@ impl Api {
         }
         let body = resp.text().await.unwrap_or_default();
         Err(match status {
-            401 => Error::Unauthorized {
-                url: self.base.clone(),
-            },
+            401 => self.unauthorized(),
             403 => Error::Forbidden(message(&body)),
             // Every "not found" of the registry carries the error envelope; a 404 without
             // one is some other service's.

@@ -12,7 +12,7 @@ use pierone_api::{AuditCheckpoint, AuditLog, AuditProof, ImageMatch, ScmSource, 
 use pierone_protocol::audit::{self, AuditEntry, AuditKind, ChainVerifier, Checkpoint};
 
 use crate::client::{Api, MANIFEST_ACCEPT};
-use crate::output::{Cell, Format, print};
+use crate::output::{Cell, Format, in_context, print, print_items};
 use crate::{Error, config, docker, obtain_token};
 
 /// Pier One: list teams, artifacts and tags of a pierone registry, and log Docker in.
@@ -39,7 +39,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Save the registry URL, check the token, and configure Docker to use
+    /// Obtain a token from the first source set up, check it against the registry, store it
+    /// (owner-only) for later commands, save the registry URL, and configure Docker to use
     /// docker-credential-pierone for the registry.
     Login,
     /// List teams that have artifacts.
@@ -50,6 +51,7 @@ enum Command {
     },
     /// List a team's artifacts.
     Artifacts {
+        /// The team.
         team: String,
         /// Show at most this many; 0 shows all.
         #[arg(short = 'l', long)]
@@ -57,38 +59,71 @@ enum Command {
     },
     /// List tags (the newest N per artifact, shown oldest first).
     Tags {
+        /// The team.
         team: String,
+        /// Artifacts of the team; all of them when none is given.
         artifacts: Vec<String>,
         /// Tags per artifact: default 3 without ARTIFACT, 20 with; 0 shows all.
         #[arg(short = 'l', long)]
         limit: Option<usize>,
     },
     /// Print the most recently created tag of an artifact.
-    Latest { team: String, artifact: String },
+    Latest {
+        /// The team.
+        team: String,
+        /// The artifact.
+        artifact: String,
+    },
     /// Show where tags were built from.
     ScmSource {
+        /// The team.
         team: String,
+        /// The artifact.
         artifact: String,
+        /// Tags of the artifact; all of them when none is given.
         tags: Vec<String>,
     },
     /// Find the tags carrying an image, by a prefix of its config or manifest digest.
     Image {
+        /// A config digest (the image id `docker images` shows) or manifest digest, whole or a
+        /// prefix, with or without `sha256:`.
         prefix: String,
         /// Show at most this many tags; 0 shows all.
         #[arg(short = 'l', long)]
         limit: Option<usize>,
     },
-    /// List the files in an image's layers.
+    /// List the files in an image's layers. For a multi-platform image (an image index), the
+    /// image of --platform, by default the host's platform.
     InspectContents {
+        /// The team.
         team: String,
+        /// The artifact.
         artifact: String,
+        /// Tags of the artifact.
         #[arg(required = true)]
         tags: Vec<String>,
+        /// Which image of an image index: os/architecture[/variant], as in linux/arm64/v8.
+        /// An image that is not an index must be of this platform.
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<Platform>,
     },
     /// Check or read the tamper-evident log of tag assignments.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Print a shell completion script on standard output, e.g.
+    /// `pierone completions bash > /etc/bash_completion.d/pierone`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages of pierone and every subcommand (pierone.1,
+    /// pierone-audit-verify.1, ...) into a directory, and list the files written.
+    Man {
+        /// The directory, created if it does not exist (e.g. /usr/local/share/man/man1).
+        dir: std::path::PathBuf,
     },
 }
 
@@ -113,8 +148,11 @@ enum AuditCommand {
     /// Prove that a tag names what the signed log says, without downloading the log: an
     /// inclusion proof of its latest assignment in the newest signed checkpoint.
     Prove {
+        /// The team.
         team: String,
+        /// The artifact.
         artifact: String,
+        /// The tag.
         tag: String,
         /// The registry's Ed25519 public key (base64 or PEM, or a file holding either); without
         /// it, the presented one is used.
@@ -140,20 +178,127 @@ enum AuditCommand {
     /// Every assignment of one tag, oldest first: when, by whom, to which digest; and every
     /// quarantine of a blob it needs (kind `quarantine`, digest the blob's).
     History {
+        /// The team.
         team: String,
+        /// The artifact.
         artifact: String,
+        /// The tag.
         tag: String,
     },
 }
 
+/// Milliseconds since the epoch, as the audit endpoints send them, in RFC 3339 like every
+/// other time the CLI prints.
 fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
+    pierone_api::Timestamp::from_millis(ms).to_string()
+}
+
+/// `value` (an audit entry or checkpoint as the API sends it) as the CLI prints it: `at` in
+/// RFC 3339 instead of epoch milliseconds, and an entry's `kind` always present.
+fn audit_json(value: &impl serde::Serialize) -> Value {
+    let mut v = serde_json::to_value(value).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        if let Some(at) = m.get("at").and_then(Value::as_i64) {
+            m.insert("at".into(), Value::String(rfc3339(at)));
+        }
+        if m.contains_key("prev_hash") && !m.contains_key("kind") {
+            // Omitted on the wire for tag assignments, whose encoding predates kinds.
+            m.insert("kind".into(), Value::String(AuditKind::Tag.as_str().into()));
+        }
+    }
+    v
+}
+
+/// An OS/architecture\[/variant\] pair, as in an image index's `platform`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    os: String,
+    architecture: String,
+    variant: Option<String>,
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = |p: &&str| !p.is_empty();
+        match parts.as_slice() {
+            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
+                os: (*os).to_owned(),
+                architecture: (*arch).to_owned(),
+                variant: None,
+            }),
+            [os, arch, variant] if ok(os) && ok(arch) && ok(variant) => Ok(Platform {
+                os: (*os).to_owned(),
+                architecture: (*arch).to_owned(),
+                variant: Some((*variant).to_owned()),
+            }),
+            _ => Err(format!(
+                "{s:?} is not os/architecture[/variant], such as linux/amd64 or linux/arm/v7"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// The platform of an index entry's or image config's JSON (`os`, `architecture`,
+    /// `variant`).
+    fn of(v: &Value) -> Option<Platform> {
+        let os = v["os"].as_str().filter(|s| !s.is_empty())?;
+        let architecture = v["architecture"].as_str().filter(|s| !s.is_empty())?;
+        Some(Platform {
+            os: os.to_owned(),
+            architecture: architecture.to_owned(),
+            variant: v["variant"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
         })
-        .unwrap_or_default()
+    }
+
+    /// Whether an image of `other` is what was asked for: a request without a variant takes
+    /// any variant, and arm64's only variant `v8` may be left out on either side.
+    fn accepts(&self, other: &Platform) -> bool {
+        let variant = |p: &Platform| match (p.architecture.as_str(), p.variant.as_deref()) {
+            ("arm64", Some("v8")) => None,
+            (_, v) => v.map(str::to_owned),
+        };
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || variant(self) == variant(other))
+    }
+
+    /// The platform this program runs on, in the OCI (Go) names.
+    fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "x86" => "386",
+            "aarch64" => "arm64",
+            "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+            "loongarch64" => "loong64",
+            other => other,
+        };
+        let os = match std::env::consts::OS {
+            "macos" => "darwin",
+            other => other,
+        };
+        Platform {
+            os: os.to_owned(),
+            architecture: architecture.to_owned(),
+            variant: None,
+        }
+    }
 }
 
 fn not_json(e: serde_json::Error) -> Error {
@@ -313,7 +458,7 @@ async fn verify(
             "size": size,
             "head": head,
             "verified_before": start,
-            "checkpoint": cp,
+            "checkpoint": cp.map(audit_json),
             "key_pinned": pinned.is_some(),
         })
     };
@@ -494,8 +639,8 @@ async fn prove(
         "repository": format!("{team}/{artifact}"),
         "tag": tag,
         "digest": entry.digest,
-        "entry": entry,
-        "checkpoint": cp,
+        "entry": audit_json(&entry),
+        "checkpoint": audit_json(&cp),
         "proof": {"seq": proof.seq, "size": proof.size, "path": proof.path},
         "key_pinned": public_key.is_some(),
     });
@@ -533,8 +678,10 @@ async fn audit(
         } => {
             let filter = format!("&repository={team}/{artifact}&tag={tag}");
             let mut rows = Vec::new();
+            let mut items = Vec::new();
             audit_pages(api, 0, &filter, |entries| {
                 for e in entries {
+                    items.push(audit_json(&e));
                     rows.push(vec![
                         Cell::Number(e.seq),
                         Cell::Time(rfc3339(e.at)),
@@ -553,7 +700,7 @@ async fn audit(
                     "history of {team}/{artifact}:{tag}"
                 )));
             }
-            print(
+            print_items(
                 out,
                 fmt,
                 &[
@@ -566,6 +713,7 @@ async fn audit(
                     "realm",
                 ],
                 &rows,
+                items,
             )
             .map_err(io)
         }
@@ -591,41 +739,44 @@ fn io(e: std::io::Error) -> Error {
 
 /// Run a parsed command line, writing results to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
-    // Reads a local file only: no registry URL or token is needed.
-    if let Command::Audit {
-        command: AuditCommand::PublicKey { key },
-    } = &cli.command
-    {
-        return print_public_key(key, cli.output, out);
+    // Commands that need no registry URL or token.
+    match &cli.command {
+        Command::Audit {
+            command: AuditCommand::PublicKey { key },
+        } => return print_public_key(key, cli.output, out),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "pierone", out);
+            return Ok(());
+        }
+        Command::Man { dir } => return write_man_pages(dir, cli.output, out),
+        _ => {}
     }
     let url = config::resolve_url(cli.url.as_deref())?;
-    let token = match (&cli.command, obtain_token(cli.token.as_deref()).await) {
-        (_, Ok((t, _))) => Some(t),
-        // Login needs a token; listings try without one (the registry may allow public
-        // reads) and report a 401 clearly if not.
-        (Command::Login, Err(e)) => return Err(e),
-        (_, Err(Error::NoToken(_))) => None,
-        (_, Err(e)) => return Err(e),
+    let host = url.split("://").nth(1).unwrap_or(&url).to_owned();
+    let fmt = cli.output;
+    if let Command::Login = cli.command {
+        return login(
+            &url,
+            &host,
+            cli.url.is_some(),
+            cli.token.as_deref(),
+            fmt,
+            out,
+        )
+        .await;
+    }
+    let token = match obtain_token(cli.token.as_deref(), Some(host.as_str())).await {
+        Ok(t) => Some(t),
+        // No source is set up: listings try without a token (the registry may allow public
+        // reads) and a 401 says what to set up. A source that is set up and fails is
+        // reported as such, never silently replaced by no token.
+        Err(Error::NoToken(_)) => None,
+        Err(e) => return Err(e),
     };
     let api = Api::new(&url, token)?;
-    let fmt = cli.output;
     match cli.command {
-        Command::Login => {
-            api.get("/v2/", None, "the registry").await?;
-            if cli.url.is_some() {
-                config::save_url(&url)?;
-            }
-            let host = url.split("://").nth(1).unwrap_or(&url).to_owned();
-            let path = docker::docker_config_path()
-                .ok_or_else(|| Error::Usage("cannot find the home directory".into()))?;
-            docker::register_helper(&path, &host)?;
-            writeln!(
-                out,
-                "Logged in to {url}. Docker uses docker-credential-pierone for {host} ({}).",
-                path.display()
-            )
-            .map_err(io)
-        }
+        Command::Login | Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Teams { limit } => {
             let teams: Vec<TeamName> = api.list("/teams", "teams", limit).await?;
             let rows: Vec<Vec<Cell>> = teams.into_iter().map(|t| vec![text(t)]).collect();
@@ -651,6 +802,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 artifacts
             };
             let mut rows = Vec::new();
+            let mut items = Vec::new();
             for artifact in artifacts {
                 let tags = artifact_tags(&api, &team, &artifact).await?;
                 let skip = if limit == 0 {
@@ -659,6 +811,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     tags.len().saturating_sub(limit)
                 };
                 for t in tags.into_iter().skip(skip) {
+                    items.push(in_context(
+                        &[("team", team.as_str()), ("artifact", artifact.as_str())],
+                        &t,
+                    ));
                     rows.push(vec![
                         text(&team),
                         text(&artifact),
@@ -669,8 +825,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     ]);
                 }
             }
-            // The API's field names, so that `-o json` reads like the API.
-            print(
+            // The API's field names, so that every format reads like the API.
+            print_items(
                 out,
                 fmt,
                 &[
@@ -682,6 +838,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     "digest",
                 ],
                 &rows,
+                items,
             )
             .map_err(io)
         }
@@ -714,43 +871,63 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 tags
             };
             let mut rows = Vec::new();
+            let mut items = Vec::new();
             for tag in tags {
                 let path = format!(
                     "/teams/{team}/artifacts/{}/tags/{tag}/scm-source",
                     enc(&artifact)
                 );
+                let context = [
+                    ("team", team.as_str()),
+                    ("artifact", artifact.as_str()),
+                    ("tag", tag.as_str()),
+                ];
                 match api
                     .json::<ScmSource>(&path, &format!("scm-source of {team}/{artifact}:{tag}"))
                     .await
                 {
-                    Ok(s) => rows.push(vec![
-                        text(&team),
-                        text(&artifact),
-                        text(&tag),
-                        text(s.url),
-                        text(s.revision),
-                        text(s.author),
-                        text(s.status),
-                    ]),
-                    Err(Error::NotFound(_)) => rows.push(vec![
-                        text(&team),
-                        text(&artifact),
-                        text(&tag),
-                        text(""),
-                        text(""),
-                        text(""),
-                        text("unknown"),
-                    ]),
+                    Ok(s) => {
+                        items.push(in_context(&context, &s));
+                        rows.push(vec![
+                            text(&team),
+                            text(&artifact),
+                            text(&tag),
+                            text(s.url),
+                            text(s.revision),
+                            text(s.author),
+                            text(s.status),
+                        ]);
+                    }
+                    Err(Error::NotFound(_)) => {
+                        // The API's fields, empty, so that every element has the same shape.
+                        items.push(in_context(
+                            &context,
+                            &serde_json::json!({
+                                "url": null, "revision": null, "author": null,
+                                "status": "unknown", "created": null,
+                            }),
+                        ));
+                        rows.push(vec![
+                            text(&team),
+                            text(&artifact),
+                            text(&tag),
+                            text(""),
+                            text(""),
+                            text(""),
+                            text("unknown"),
+                        ]);
+                    }
                     Err(e) => return Err(e),
                 }
             }
-            print(
+            print_items(
                 out,
                 fmt,
                 &[
                     "team", "artifact", "tag", "url", "revision", "author", "status",
                 ],
                 &rows,
+                items,
             )
             .map_err(io)
         }
@@ -765,26 +942,147 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     limit,
                 )
                 .await?;
+            let items = found.iter().map(|m| in_context(&[], m)).collect();
             let rows: Vec<Vec<Cell>> = found
                 .into_iter()
                 .map(|m| vec![text(m.team), text(m.artifact), text(m.name)])
                 .collect();
-            print(out, fmt, &["team", "artifact", "name"], &rows).map_err(io)
+            print_items(out, fmt, &["team", "artifact", "name"], &rows, items).map_err(io)
         }
         Command::InspectContents {
             team,
             artifact,
             tags,
+            platform,
         } => {
             let mut rows = Vec::new();
+            let mut items = Vec::new();
             for tag in tags {
-                for (layer, path) in layer_files(&api, &team, &artifact, &tag).await? {
-                    rows.push(vec![text(&tag), text(layer), text(path)]);
+                let (chosen, files) =
+                    layer_files(&api, &team, &artifact, &tag, platform.as_ref()).await?;
+                let shown = chosen.to_string();
+                for (layer, path) in files {
+                    items.push(serde_json::json!({
+                        "tag": tag, "platform": shown, "layer": layer, "path": path,
+                    }));
+                    rows.push(vec![text(&tag), text(&shown), text(layer), text(path)]);
                 }
             }
-            print(out, fmt, &["tag", "layer", "path"], &rows).map_err(io)
+            print_items(
+                out,
+                fmt,
+                &["tag", "platform", "layer", "path"],
+                &rows,
+                items,
+            )
+            .map_err(io)
         }
     }
+}
+
+/// `pierone login`: a token from the first source set up, checked against the registry and
+/// stored for later commands; the URL saved; Docker pointed at the credential helper.
+/// Nothing is written unless the registry accepts the token.
+async fn login(
+    url: &str,
+    host: &str,
+    save_url: bool,
+    explicit: Option<&str>,
+    fmt: Format,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    // The token stored by an earlier login is not a source here: it is what gets replaced.
+    let token = match obtain_token(explicit, None).await {
+        Ok(t) => t,
+        Err(Error::NoToken(why)) => {
+            return Err(Error::NoToken(format!(
+                "nothing to log in with: {why}; then run `pierone login` again"
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let source = token.source.to_string();
+    let api = Api::new(url, Some(token.clone()))?;
+    api.get("/v2/", None, "the registry").await?;
+    let cache = crate::token::store_login_token(host, &token)?;
+    if save_url {
+        config::save_url(url)?;
+    }
+    let path = docker::docker_config_path()
+        .ok_or_else(|| Error::Usage("cannot find the home directory".into()))?;
+    docker::register_helper(&path, host)?;
+    let helper_found = on_path(HELPER);
+    if !helper_found {
+        eprintln!(
+            "pierone: warning: {HELPER} is not on PATH: Docker cannot get tokens for {host} \
+             until it is (it is installed next to pierone)"
+        );
+    }
+    let expires = token
+        .expires_at
+        .and_then(|s| i64::try_from(s).ok())
+        .map(|s| rfc3339(s.saturating_mul(1000)));
+    let report = format!(
+        "Logged in to {url} with {source}.\nStored the token in {} (owner-only) for later \
+         commands{}.\nDocker uses {HELPER} for {host} ({}).\n",
+        cache.display(),
+        expires
+            .as_deref()
+            .map_or(String::new(), |e| format!(", until {e}")),
+        path.display()
+    );
+    show(
+        out,
+        fmt,
+        &report,
+        &serde_json::json!({
+            "url": url,
+            "token_source": source,
+            "token_cache": cache.display().to_string(),
+            "token_expires": expires,
+            "docker_config": path.display().to_string(),
+            "credential_helper_on_path": helper_found,
+        }),
+    )
+}
+
+const HELPER: &str = "docker-credential-pierone";
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// `pierone man DIR`: a page for pierone and one for each subcommand, at any depth.
+fn write_man_pages(dir: &std::path::Path, fmt: Format, out: &mut dyn Write) -> Result<(), Error> {
+    fn pages(
+        cmd: clap::Command,
+        dir: &std::path::Path,
+        written: &mut Vec<std::path::PathBuf>,
+    ) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub.clone(), dir, written)?;
+        }
+        let man = clap_mangen::Man::new(cmd)
+            .source(format!("pierone {}", env!("CARGO_PKG_VERSION")))
+            .manual("pierone");
+        written.push(man.generate_to(dir)?);
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).map_err(|e| state_error(dir, e))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
+    // Built once, so that each subcommand carries its full name (pierone-audit-verify).
+    cmd.build();
+    let mut written = Vec::new();
+    pages(cmd, dir, &mut written).map_err(|e| state_error(dir, e))?;
+    written.sort();
+    let shown: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    let rows: Vec<Vec<Cell>> = shown.iter().map(|p| vec![text(p)]).collect();
+    let items = shown
+        .iter()
+        .map(|p| serde_json::json!({"path": p}))
+        .collect();
+    print_items(out, fmt, &["path"], &rows, items).map_err(io)
 }
 
 /// The artifacts of `team` (the first `limit`).
@@ -815,14 +1113,16 @@ async fn artifact_tags(
     .await
 }
 
-/// Every file path in the layers of `team/artifact:tag` (the linux/amd64 image of an index),
-/// streamed: layers are never held in memory.
+/// The platform chosen and every file path in the layers of `team/artifact:tag`, streamed:
+/// layers are never held in memory. Of an image index, the image of `wanted`, else of the
+/// host's platform (said on standard error); never some other one silently.
 async fn layer_files(
     api: &Api,
     team: &str,
     artifact: &str,
     tag: &str,
-) -> Result<Vec<(String, String)>, Error> {
+    wanted: Option<&Platform>,
+) -> Result<(Platform, Vec<(String, String)>), Error> {
     let repo = format!("{team}/{artifact}");
     let what = format!("{repo}:{tag}");
     let manifest = |reference: String| {
@@ -843,14 +1143,75 @@ async fn layer_files(
         }
     };
     let mut image = manifest(tag.to_owned()).await?;
-    if let Some(children) = image["manifests"].as_array() {
-        let pick = children
+    let chosen = if let Some(children) = image["manifests"].as_array() {
+        // Attestations and other artifacts in an index have no platform, or "unknown".
+        let images: Vec<(Platform, &Value)> = children
             .iter()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
-            .or(children.first())
-            .ok_or_else(|| Error::NotFound(format!("an image in {what}")))?;
+            .filter_map(|m| Platform::of(&m["platform"]).map(|p| (p, m)))
+            .filter(|(p, _)| p.os != "unknown")
+            .collect();
+        let listed = || {
+            let all: Vec<String> = images.iter().map(|(p, _)| p.to_string()).collect();
+            if all.is_empty() {
+                "none".to_owned()
+            } else {
+                all.join(", ")
+            }
+        };
+        let (want, by_default) = match wanted {
+            Some(p) => (p.clone(), false),
+            None => (Platform::host(), true),
+        };
+        let Some((platform, pick)) = images.iter().find(|(p, _)| want.accepts(p)) else {
+            return Err(Error::Usage(format!(
+                "the image index {what} has no image for {want}{} (it has: {}); choose one \
+                 with --platform",
+                if by_default {
+                    ", this host's platform"
+                } else {
+                    ""
+                },
+                listed()
+            )));
+        };
+        if by_default && images.len() > 1 {
+            eprintln!(
+                "pierone: {what} is an image index; showing {platform}, this host's platform \
+                 (of {}; choose with --platform)",
+                listed()
+            );
+        }
+        let platform = platform.clone();
         image = manifest(str_of(pick, "digest")).await?;
-    }
+        platform
+    } else {
+        // A single image: its platform is in its config.
+        let config = str_of(&image["config"], "digest");
+        let config: Value = api
+            .get(
+                &format!("/v2/{repo}/blobs/{config}"),
+                None,
+                &format!("the config of {what}"),
+            )
+            .await?
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        let platform = Platform::of(&config).unwrap_or(Platform {
+            os: "unknown".into(),
+            architecture: "unknown".into(),
+            variant: None,
+        });
+        if let Some(want) = wanted
+            && !want.accepts(&platform)
+        {
+            return Err(Error::Usage(format!(
+                "{what} is a single image for {platform}, not for {want} (and not an image \
+                 index)"
+            )));
+        }
+        platform
+    };
     let mut files = Vec::new();
     for layer in image["layers"].as_array().into_iter().flatten() {
         let digest = str_of(layer, "digest");
@@ -880,5 +1241,58 @@ async fn layer_files(
         })?;
         files.extend(paths.into_iter().map(|p| (digest.clone(), p)));
     }
-    Ok(files)
+    Ok((chosen, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Platform {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn platforms_parse_and_print() {
+        assert_eq!(p("linux/arm/v7").to_string(), "linux/arm/v7");
+        assert_eq!(p("linux/amd64").variant, None);
+        for bad in ["linux", "linux/", "/amd64", "linux/arm/v7/x", ""] {
+            assert!(bad.parse::<Platform>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn platforms_match_as_docker_does() {
+        assert!(p("linux/amd64").accepts(&p("linux/amd64")));
+        assert!(!p("linux/amd64").accepts(&p("linux/arm64")));
+        assert!(!p("linux/amd64").accepts(&p("windows/amd64")));
+        // No variant asked for: any will do; one asked for: only that one.
+        assert!(p("linux/arm").accepts(&p("linux/arm/v7")));
+        assert!(p("linux/arm/v7").accepts(&p("linux/arm/v7")));
+        assert!(!p("linux/arm/v7").accepts(&p("linux/arm/v6")));
+        assert!(!p("linux/arm/v7").accepts(&p("linux/arm")));
+        // arm64 has one variant, v8, which may be left out.
+        assert!(p("linux/arm64/v8").accepts(&p("linux/arm64")));
+    }
+
+    #[test]
+    fn audit_times_are_rfc3339() {
+        let entry = AuditEntry {
+            kind: AuditKind::Tag,
+            seq: 3,
+            at: 1_434_039_209_152,
+            principal: "alice".into(),
+            realm: "/employees".into(),
+            repository: "t/a".into(),
+            tag: "1.0".into(),
+            digest: "sha256:ab".into(),
+            previous_digest: None,
+            prev_hash: "00".into(),
+            hash: "11".into(),
+        };
+        let v = audit_json(&entry);
+        assert_eq!(v["at"], "2015-06-11T16:13:29.152Z");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["kind"], "tag");
+    }
 }

@@ -17,7 +17,7 @@ pub use commands::{Cli, run};
 pub use docker::register_helper;
 pub use helper::credential_helper;
 pub use output::relative_time;
-pub use token::{TokenSource, obtain_token};
+pub use token::{Token, TokenSource, obtain_token};
 
 /// Everything that can go wrong, each worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,13 @@ pub enum Error {
     NoUrl,
     #[error("cannot reach {url}: {why}")]
     Unreachable { url: String, why: String },
-    #[error("{url} refused the credentials (401): run `pierone login`, or set PIERONE_TOKEN")]
-    Unauthorized { url: String },
+    /// `what` names the token sent and where it came from; `hint` says what would help.
+    #[error("{url} refused {what} (401): {hint}")]
+    Unauthorized {
+        url: String,
+        what: String,
+        hint: String,
+    },
     #[error("access denied (403): {0}")]
     Forbidden(String),
     #[error("{0} not found")]
@@ -38,8 +43,12 @@ pub enum Error {
     NotPierOne { url: String, why: String },
     #[error("the registry answered {status}: {body}")]
     Unexpected { status: u16, body: String },
+    /// No token source is set up at all.
     #[error("no OAuth 2.0 token: {0}")]
     NoToken(String),
+    /// A token source is set up but did not yield a token: `from` names it.
+    #[error("cannot get an OAuth 2.0 token from {from}: {why}")]
+    TokenSourceFailed { from: String, why: String },
     #[error("{path}: {why}")]
     File { path: String, why: String },
     #[error("{0}")]

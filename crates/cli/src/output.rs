@@ -60,6 +60,38 @@ fn shown(cell: &Cell, now: time::OffsetDateTime) -> String {
     }
 }
 
+/// Print `rows` under `columns` as text or TSV, or, with `-o json`, `items`: the API's
+/// objects, which carry fields the table has no room for (one object per row).
+pub fn print_items(
+    out: &mut dyn Write,
+    format: Format,
+    columns: &[&str],
+    rows: &[Vec<Cell>],
+    items: Vec<Value>,
+) -> std::io::Result<()> {
+    match format {
+        Format::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&Value::Array(items)).unwrap_or_default()
+        ),
+        Format::Text | Format::Tsv => print(out, format, columns, rows),
+    }
+}
+
+/// `pairs` followed by the fields of `object` (an API object): an API object placed in
+/// context, e.g. a tag with its team and artifact.
+pub fn in_context(pairs: &[(&str, &str)], object: &impl serde::Serialize) -> Value {
+    let mut m: Map<String, Value> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect();
+    if let Ok(Value::Object(fields)) = serde_json::to_value(object) {
+        m.extend(fields);
+    }
+    Value::Object(m)
+}
+
 /// Print `rows` under `columns`.
 pub fn print(
     out: &mut dyn Write,
