@@ -41,6 +41,8 @@ mod verify;
 #[cfg(test)]
 mod interop_tests;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
@@ -52,7 +54,7 @@ pub use formats::{
     check_simple_signing_payload, check_statement, decode_signature_annotation, pae,
 };
 pub use key::{KeyType, MAX_RSA_BITS, MIN_RSA_BITS, Scheme, TrustedKey};
-pub use policy::{TeamPolicy, TrustPolicy, TrustPolicyFile};
+pub use policy::{TeamPolicy, TrustPolicy, TrustPolicyFile, is_cosign_tag};
 pub use verify::{
     Candidate, Evidence, Format, Limits, Reason, ReferrerInfo, Refusal, Source, Verified,
     signature_tag, verify, verify_with,

@@ -73,6 +73,20 @@ fn glob_problem(pattern: &str) -> Option<String> {
     None
 }
 
+/// Whether `tag` is one of cosign's tag-scheme tags: `sha256-<64 lower-case hex>` followed by
+/// `.sig`, `.att` or `.sbom`.
+pub fn is_cosign_tag(tag: &Tag) -> bool {
+    let Some(rest) = tag.as_str().strip_prefix("sha256-") else {
+        return false;
+    };
+    let Some((hex, suffix)) = rest.split_once('.') else {
+        return false;
+    };
+    hex.len() == 64
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && matches!(suffix, "sig" | "att" | "sbom")
+}
+
 impl TrustPolicy {
     /// Parse the YAML policy document.
     ///
@@ -172,8 +186,13 @@ impl TrustPolicy {
         TrustPolicy::parse(&text)
     }
 
-    /// The team's policy if `tag` is one of its protected tags.
+    /// The team's policy if `tag` is one of its protected tags. cosign's own tags
+    /// (`sha256-<hex>.sig`, `.att`, `.sbom`) are never protected, even by `*`: they hold the
+    /// signatures, and requiring a signature of the signature would make signing impossible.
     pub fn protected(&self, team: &str, tag: &Tag) -> Option<&TeamPolicy> {
+        if is_cosign_tag(tag) {
+            return None;
+        }
         self.teams
             .get(team)
             .filter(|t| t.protecting_pattern(tag).is_some())

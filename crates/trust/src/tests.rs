@@ -876,6 +876,9 @@ async fn payload_checks_follow_cosign_and_are_stricter_where_it_ignores_fields()
     }
 }
 
+/// What a refusal's one reason must satisfy.
+type Expect = Box<dyn Fn(&Reason) -> bool>;
+
 fn bundle_layer(ev: &mut MemEvidence, img: &Digest, bundle: &[u8]) -> Digest {
     let (bd, bs) = ev.put_blob(REPO, bundle);
     let layer = Layer {
@@ -901,7 +904,7 @@ async fn bundle_refusals() {
     let img = image(1);
     let st = statement(&img);
     let pae_sig = s.sign_b64(&pae(IN_TOTO_PAYLOAD_TYPE, &st));
-    let cases: Vec<(Vec<u8>, Box<dyn Fn(&Reason) -> bool>)> = vec![
+    let cases: Vec<(Vec<u8>, Expect)> = vec![
         // Signed by another key, which the hint names.
         (signed_bundle(&other, &img), Box::new(|r| matches!(r, Reason::UnknownKeyHint(_)))),
         // Another key's signature under our key's hint.
@@ -1062,6 +1065,28 @@ fn protected_tags_follow_the_globs_of_the_team() {
     );
     assert_eq!(team.signed_tags().collect::<Vec<_>>(), ["v*", "release-*"]);
     assert_eq!(team.keys()[0].key_type(), KeyType::EcdsaP256);
+    // cosign's own tags are never protected, even by "*".
+    let everything = TrustPolicy::parse(&policy_yaml("red", &["*"], &[("k", s.pem())])).unwrap();
+    assert!(everything.protected("red", &tag("anything")).is_some());
+    let sig = signature_tag(&image(1)).unwrap();
+    assert!(is_cosign_tag(&sig));
+    assert!(everything.protected("red", &sig).is_none());
+    for suffix in ["att", "sbom"] {
+        let t = tag(&sig.as_str().replace(".sig", &format!(".{suffix}")));
+        assert!(everything.protected("red", &t).is_none());
+    }
+    for not_cosign in ["sha256-abc.sig", "sha256-.sig", "v1.sig"] {
+        assert!(
+            everything.protected("red", &tag(not_cosign)).is_some(),
+            "{not_cosign}"
+        );
+    }
+    let upper = tag(&sig
+        .as_str()
+        .to_uppercase()
+        .replace("SHA256-", "sha256-")
+        .replace(".SIG", ".sig"));
+    assert!(everything.protected("red", &upper).is_some());
     // An empty document protects nothing.
     assert!(
         TrustPolicy::parse("teams: {}")

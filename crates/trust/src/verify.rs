@@ -301,7 +301,8 @@ impl fmt::Display for Refusal {
                     .unwrap_or_else(|| "sha256-<hex>.sig".to_owned())
             );
         }
-        write!(f, " ({} candidates:", self.candidates.len())?;
+        let n = self.candidates.len();
+        write!(f, " ({n} candidate{}:", if n == 1 { "" } else { "s" })?;
         for (i, c) in self.candidates.iter().take(REASONS_IN_MESSAGE).enumerate() {
             write!(f, "{} {c}", if i == 0 { "" } else { ";" })?;
         }
