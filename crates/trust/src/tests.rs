@@ -795,6 +795,61 @@ async fn too_many_candidates_are_cut_off_and_said_so() {
 }
 
 #[tokio::test]
+async fn docker_media_types_and_index_signature_manifests() {
+    let s = Signer::p256("red-ci");
+    let policy = policy_of(&[&s]);
+    let img = image(1);
+    let p = payload(img.as_str(), REPO);
+    // COSIGN_DOCKER_MEDIA_TYPES=1: a Docker schema2 manifest with the same layers.
+    let mut ev = MemEvidence::default();
+    let layer = signed_layer(&mut ev, REPO, &s, &p);
+    let m = String::from_utf8(manifest(
+        &[layer],
+        None,
+        "application/vnd.docker.container.image.v1+json",
+        None,
+    ))
+    .unwrap()
+    .replace(
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    );
+    ev.tag(REPO, signature_tag(&img).unwrap().as_str(), m.as_bytes());
+    let v = check(&policy, &ev, &img).await.unwrap();
+    assert_eq!(v.format, Format::CosignTag);
+
+    // An index under the .sig tag is not a signature manifest.
+    let mut ev = MemEvidence::default();
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{img}","size":10}}]}}"#
+    );
+    ev.tag(
+        REPO,
+        signature_tag(&img).unwrap().as_str(),
+        index.as_bytes(),
+    );
+    let r = refusal(check(&policy, &ev, &img).await.unwrap_err());
+    assert!(
+        matches!(only_reason(&r), Reason::ManifestInvalid(m) if m.contains("index")),
+        "{r}"
+    );
+
+    // A .sig manifest without simple-signing layers.
+    let mut ev = MemEvidence::default();
+    let (d, size) = ev.put_blob(REPO, b"layer");
+    let layer = Layer {
+        digest: d,
+        size,
+        signature: Some(s.sign_b64(b"layer")),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+    };
+    push_tag_signature(&mut ev, REPO, &img, &[layer]);
+    let r = refusal(check(&policy, &ev, &img).await.unwrap_err());
+    assert_eq!(only_reason(&r), &Reason::NoSignatureLayers);
+    assert_eq!(ev.blob_reads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn any_one_valid_signature_among_failing_ones_suffices() {
     let s = Signer::p256("red-ci");
     let other = Signer::p256("mallory");
