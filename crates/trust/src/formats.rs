@@ -9,7 +9,7 @@ use pierone_protocol::{Digest, RepoName};
 use serde_json::{Map, Value};
 
 use crate::key::{Scheme, TrustedKey};
-use crate::verify::Reason;
+use crate::verify::{Format, Reason};
 
 /// Media type of a cosign simple-signing layer (the payload blob).
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -223,10 +223,10 @@ fn proto_string<'a>(
     }
 }
 
-/// What a verified bundle signature yielded: which key, under which scheme, and the signature
-/// as the envelope carries it.
+/// What a verified signature yielded: which key, under which scheme, and the signature as
+/// found (base64).
 #[derive(Debug, Clone)]
-pub struct BundleSignature<'k> {
+pub struct SignedBy<'k> {
     /// The key that verified.
     pub key: &'k TrustedKey,
     /// The scheme it verified under.
@@ -242,7 +242,7 @@ pub fn check_bundle<'k>(
     bundle: &[u8],
     image: &Digest,
     keys: &'k [TrustedKey],
-) -> Result<BundleSignature<'k>, Reason> {
+) -> Result<SignedBy<'k>, Reason> {
     let bad = Reason::BundleInvalid;
     let value: Value = serde_json::from_slice(bundle).map_err(|e| bad(format!("not JSON: {e}")))?;
     let root = value
@@ -301,7 +301,7 @@ pub fn check_bundle<'k>(
         match decode_protojson_bytes(text) {
             Ok(sig) if !sig.is_empty() => {
                 if let Some(scheme) = key.verify(&message, &sig) {
-                    found = Some(BundleSignature {
+                    found = Some(SignedBy {
                         key,
                         scheme,
                         signature: text.to_owned(),
@@ -370,4 +370,35 @@ pub fn check_statement(statement: &[u8], image: &Digest) -> Result<(), Reason> {
         Some(other) => Reason::OtherDigest(other),
         None => bad(format!("no subject has a {algorithm} digest")),
     })
+}
+
+/// Check one signed blob as the verifier does, given its bytes (already hashed against their
+/// digest): for the simple-signing formats the payload and its `dev.cosignproject.cosign/signature`
+/// annotation, for a bundle the bundle (which carries its signature; `signature` is ignored).
+/// This is what `pierone audit verify` can run offline on a recorded [`crate::Verified`].
+pub fn check_signed_blob<'k>(
+    format: Format,
+    blob: &[u8],
+    signature: Option<&str>,
+    keys: &'k [TrustedKey],
+    image: &Digest,
+    repo: &RepoName,
+) -> Result<SignedBy<'k>, Reason> {
+    match format {
+        Format::SigstoreBundle => check_bundle(blob, image, keys),
+        Format::CosignTag | Format::CosignReferrer => {
+            let text = signature.ok_or(Reason::NoSignatureAnnotation)?;
+            let sig = decode_signature_annotation(text)?;
+            let (key, scheme) = keys
+                .iter()
+                .find_map(|k| k.verify(blob, &sig).map(|s| (k, s)))
+                .ok_or(Reason::NoKeyVerifies)?;
+            check_simple_signing_payload(blob, image, repo)?;
+            Ok(SignedBy {
+                key,
+                scheme,
+                signature: text.to_owned(),
+            })
+        }
+    }
 }

@@ -795,6 +795,49 @@ async fn too_many_candidates_are_cut_off_and_said_so() {
 }
 
 #[tokio::test]
+async fn a_verified_record_can_be_rechecked_offline_and_a_tampered_one_fails() {
+    let s = Signer::p256("red-ci");
+    let other = Signer::p256("mallory");
+    let policy = policy_of(&[&s]);
+    let keys = policy.team("red").unwrap().keys();
+    let img = image(1);
+    let p = payload(img.as_str(), REPO);
+
+    let mut ev = MemEvidence::default();
+    let layer = signed_layer(&mut ev, REPO, &s, &p);
+    push_tag_signature(&mut ev, REPO, &img, &[layer]);
+    let v = check(&policy, &ev, &img).await.unwrap();
+    assert!(v.payload.matches(&p));
+    let again = check_signed_blob(v.format, &p, Some(&v.signature), keys, &img, &repo()).unwrap();
+    assert_eq!(
+        (again.key.name(), again.key.hint(), again.scheme),
+        ("red-ci", v.key_hint.as_str(), v.scheme)
+    );
+    // A record whose signature was swapped, or that claims another digest, fails.
+    let forged = other.sign_b64(&p);
+    assert_eq!(
+        check_signed_blob(v.format, &p, Some(&forged), keys, &img, &repo()).unwrap_err(),
+        Reason::NoKeyVerifies
+    );
+    assert_eq!(
+        check_signed_blob(v.format, &p, Some(&v.signature), keys, &image(2), &repo()).unwrap_err(),
+        Reason::OtherDigest(img.to_string())
+    );
+
+    let b = signed_bundle(&s, &img);
+    let mut ev = MemEvidence::default();
+    bundle_layer(&mut ev, &img, &b);
+    let v = check(&policy, &ev, &img).await.unwrap();
+    assert!(v.payload.matches(&b));
+    let again = check_signed_blob(v.format, &b, None, keys, &img, &repo()).unwrap();
+    assert_eq!(
+        (again.key.name(), again.signature.as_str()),
+        ("red-ci", v.signature.as_str())
+    );
+    assert!(check_signed_blob(v.format, &b, None, keys, &image(2), &repo()).is_err());
+}
+
+#[tokio::test]
 async fn docker_media_types_and_index_signature_manifests() {
     let s = Signer::p256("red-ci");
     let policy = policy_of(&[&s]);

@@ -14,8 +14,7 @@ use serde::Deserialize;
 use crate::Error;
 use crate::formats::{
     COSIGN_SIGNATURE_ARTIFACT_TYPE, SIGNATURE_ANNOTATION, SIGSTORE_BUNDLE_MEDIA_TYPE,
-    SIMPLE_SIGNING_MEDIA_TYPE, check_bundle, check_simple_signing_payload,
-    decode_signature_annotation,
+    SIMPLE_SIGNING_MEDIA_TYPE, check_signed_blob, decode_signature_annotation,
 };
 use crate::key::Scheme;
 use crate::policy::TeamPolicy;
@@ -407,55 +406,44 @@ impl Run<'_> {
         Ok(Ok((digest, bytes)))
     }
 
-    async fn simple_signing_layer(
+    /// Check one signature layer of `format`: read its blob within the limit, hash it, and
+    /// verify it.
+    async fn layer(
         &self,
+        format: Format,
         layer: &WireDescriptor,
     ) -> Result<Result<Found, Reason>, Error> {
-        let Some(text) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
-            return Ok(Err(Reason::NoSignatureAnnotation));
-        };
-        let signature = match decode_signature_annotation(text) {
-            Ok(s) => s,
-            Err(r) => return Ok(Err(r)),
-        };
-        let (digest, payload) = match self.blob(layer).await? {
-            Ok(b) => b,
-            Err(r) => return Ok(Err(r)),
-        };
-        let Some((key, scheme)) = self
-            .team
-            .keys()
-            .iter()
-            .find_map(|k| k.verify(&payload, &signature).map(|s| (k, s)))
-        else {
-            return Ok(Err(Reason::NoKeyVerifies));
-        };
-        if let Err(r) = check_simple_signing_payload(&payload, self.image, self.repo) {
-            return Ok(Err(r));
+        let signature = layer.annotations.get(SIGNATURE_ANNOTATION);
+        if format != Format::SigstoreBundle {
+            // Refuse a missing or garbled signature before reading anything.
+            match signature {
+                None => return Ok(Err(Reason::NoSignatureAnnotation)),
+                Some(text) => {
+                    if let Err(r) = decode_signature_annotation(text) {
+                        return Ok(Err(r));
+                    }
+                }
+            }
         }
-        Ok(Ok(Found {
-            key_name: key.name().to_owned(),
-            key_hint: key.hint().to_owned(),
-            scheme,
-            payload: digest,
-            signature: text.clone(),
-        }))
-    }
-
-    async fn bundle_layer(&self, layer: &WireDescriptor) -> Result<Result<Found, Reason>, Error> {
-        let (digest, bundle) = match self.blob(layer).await? {
+        let (digest, blob) = match self.blob(layer).await? {
             Ok(b) => b,
             Err(r) => return Ok(Err(r)),
         };
-        Ok(
-            check_bundle(&bundle, self.image, self.team.keys()).map(|s| Found {
-                key_name: s.key.name().to_owned(),
-                key_hint: s.key.hint().to_owned(),
-                scheme: s.scheme,
-                payload: digest,
-                signature: s.signature,
-            }),
+        Ok(check_signed_blob(
+            format,
+            &blob,
+            signature.map(String::as_str),
+            self.team.keys(),
+            self.image,
+            self.repo,
         )
+        .map(|s| Found {
+            key_name: s.key.name().to_owned(),
+            key_hint: s.key.hint().to_owned(),
+            scheme: s.scheme,
+            payload: digest,
+            signature: s.signature,
+        }))
     }
 
     /// Examine one signature manifest; `Some` on the first layer that passes.
@@ -530,11 +518,7 @@ impl Run<'_> {
                 continue;
             }
             self.signatures += 1;
-            let outcome = match format {
-                Format::SigstoreBundle => self.bundle_layer(layer).await?,
-                _ => self.simple_signing_layer(layer).await?,
-            };
-            match outcome {
+            match self.layer(format, layer).await? {
                 Ok(found) => {
                     return Ok(Some(Verified {
                         digest: self.image.clone(),
