@@ -35,6 +35,7 @@ const TABLE: &[(&str, &[&str])] = &[
         ],
     ),
     ("pierone-cli", &["pierone-api", "pierone-protocol"]),
+    ("pierone-trust", &["pierone-protocol"]),
     (
         "pierone-server",
         &[
@@ -246,6 +247,25 @@ fn the_cli_builds_without_databases_or_the_aws_sdk() {
         &[],
         &["diesel", "pq-sys", "libsqlite3-sys", "aws-sdk-s3"],
     );
+}
+
+#[test]
+fn the_trust_library_verifies_without_a_runtime_http_or_storage() {
+    assert_none_of(
+        "pierone-trust",
+        &[],
+        &[
+            "tokio",
+            "hyper",
+            "reqwest",
+            "diesel",
+            "aws-sdk-s3",
+            "pierone-tagstore",
+            "pierone-blobstore",
+        ],
+    );
+    // Not vacuous: it does build its verifier.
+    assert!(closure("pierone-trust", &[]).contains("aws-lc-rs"));
 }
 
 #[test]
