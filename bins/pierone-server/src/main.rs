@@ -455,16 +455,6 @@ fn authorizer(args: &Args) -> Result<Authorizer, String> {
             )),
             (None, None) => None,
         };
-    // Token-info and introspection answers cost a round trip and are cached; an OIDC token is
-    // verified locally against cached keys in microseconds, and is not.
-    let other = other.map(|v| -> Arc<dyn TokenValidator> {
-        Arc::new(CachingValidator::new(
-            v,
-            TOKEN_CACHE_BYTES,
-            std::time::Duration::from_secs(60),
-            std::time::Duration::from_secs(10),
-        ))
-    });
     let validator: Arc<dyn TokenValidator> =
         match (oidc_flags::validator(&args.oidc, AUTH_TIMEOUT)?, other) {
             (Some(oidc), other) => Arc::new(OidcRouter::new(oidc, other)),
@@ -486,6 +476,13 @@ fn authorizer(args: &Args) -> Result<Authorizer, String> {
                 return Ok(Authorizer::unchecked());
             }
         };
+    // OIDC answers are cached too: a signature costs 70-210 µs to verify, a hit one SHA-256.
+    let validator = Arc::new(CachingValidator::new(
+        validator,
+        TOKEN_CACHE_BYTES,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(10),
+    ));
     let teams: Arc<dyn TeamDirectory> = if let Some(path) = &args.teams_file {
         Arc::new(FileTeams::open(path).map_err(|e| e.to_string())?)
     } else if args.team_service_url.is_some() || args.application_registry_url.is_some() {

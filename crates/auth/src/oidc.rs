@@ -555,16 +555,16 @@ impl OidcValidator {
         alg: Algorithm,
     ) -> Result<DecodingKey, Error> {
         let cached = issuer.keys.read().ok().and_then(|k| k.clone());
-        if let Some(keys) = &cached {
-            if let Some(key) = find_key(keys, kid, alg)? {
-                let key = key.decoding.clone();
-                if keys.fetched.elapsed() > self.refresh.max_age {
-                    // A failed periodic refresh keeps the keys in use: they were the
-                    // issuer's an hour ago, and the failure is logged.
-                    let _ = self.fetch(issuer).await;
-                }
-                return Ok(key);
+        if let Some(keys) = &cached
+            && let Some(key) = find_key(keys, kid, alg)?
+        {
+            let key = key.decoding.clone();
+            if keys.fetched.elapsed() > self.refresh.max_age {
+                // A failed periodic refresh keeps the keys in use: they were the issuer's an
+                // hour ago, and the failure is logged.
+                let _ = self.fetch(issuer).await;
             }
+            return Ok(key);
         }
         let fetched = self.fetch(issuer).await;
         let keys = issuer.keys.read().ok().and_then(|k| k.clone());
