@@ -320,6 +320,7 @@ fn member(uid: &str) -> TokenInfo {
         realm: "/employees".into(),
         scopes: ["uid".to_owned()].into_iter().collect(),
         expires_in: Some(3600),
+        teams: None,
     }
 }
 

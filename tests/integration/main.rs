@@ -14,6 +14,7 @@ mod clients;
 mod events;
 mod integrity;
 mod manifests;
+mod oidc;
 mod operations;
 mod replicas;
 mod robustness;

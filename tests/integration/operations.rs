@@ -44,6 +44,7 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
             .map(str::to_owned)
             .collect(),
         expires_in: None,
+        teams: None,
     };
     let validator = CachingValidator::new(
         Arc::new(StaticValidator::new([("secret".to_owned(), info)])),

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use pierone_auth::{
     AuthConfig, Authorizer, CachingValidator, FileTeams, HttpTeams, IntrospectionValidator,
-    MemoryTeams, TeamDirectory, TokenInfoValidator, TokenValidator,
+    MemoryTeams, OidcRouter, TeamDirectory, TokenInfoValidator, TokenValidator,
 };
 use pierone_blobstore::{BlobStore, FsBlobStore};
 use pierone_registry::{AuditSigner, Config, GcConfig, Registry};
 use pierone_s3::{S3BlobStore, S3Config, S3Endpoint};
 use pierone_service::scrub::{Mismatch, ScrubOptions, ScrubProgress};
 use pierone_tagstore::{SqlTagStore, TagPolicy};
+
+mod oidc_flags;
 
 /// Pier One: a Docker/OCI registry with immutable tags.
 ///
@@ -108,6 +110,9 @@ struct Args {
     /// Serve without any token validation on a non-loopback address. Everyone may push.
     #[arg(long, env = "PIERONE_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
+
+    #[command(flatten)]
+    oidc: oidc_flags::OidcArgs,
 
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain; reloaded when the
     /// file changes.
@@ -432,37 +437,46 @@ const TOKEN_CACHE_BYTES: u64 = 16 << 20;
 /// Build the authorizer the flags describe, refusing configurations that would expose an
 /// unauthenticated registry by accident.
 fn authorizer(args: &Args) -> Result<Authorizer, String> {
-    let validator: Arc<dyn TokenValidator> = match (&args.tokeninfo_url, &args.introspection_url) {
-        (Some(url), _) => {
-            Arc::new(TokenInfoValidator::new(url, AUTH_TIMEOUT).map_err(|e| e.to_string())?)
-        }
-        (None, Some(url)) => Arc::new(
-            IntrospectionValidator::new(
-                url,
-                args.introspection_client_id.as_deref().unwrap_or_default(),
-                args.introspection_client_secret
-                    .as_deref()
-                    .unwrap_or_default(),
-                AUTH_TIMEOUT,
-            )
-            .map_err(|e| e.to_string())?,
-        ),
-        (None, None) => {
-            if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
-                return Err(format!(
-                    "refusing to serve {} without token validation: give --tokeninfo-url or \
-                     --introspection-url, or --insecure-no-auth if you really mean it",
+    let other: Option<Arc<dyn TokenValidator>> =
+        match (&args.tokeninfo_url, &args.introspection_url) {
+            (Some(url), _) => Some(Arc::new(
+                TokenInfoValidator::new(url, AUTH_TIMEOUT).map_err(|e| e.to_string())?,
+            )),
+            (None, Some(url)) => Some(Arc::new(
+                IntrospectionValidator::new(
+                    url,
+                    args.introspection_client_id.as_deref().unwrap_or_default(),
+                    args.introspection_client_secret
+                        .as_deref()
+                        .unwrap_or_default(),
+                    AUTH_TIMEOUT,
+                )
+                .map_err(|e| e.to_string())?,
+            )),
+            (None, None) => None,
+        };
+    let validator: Arc<dyn TokenValidator> =
+        match (oidc_flags::validator(&args.oidc, AUTH_TIMEOUT)?, other) {
+            (Some(oidc), other) => Arc::new(OidcRouter::new(oidc, other)),
+            (None, Some(other)) => other,
+            (None, None) => {
+                if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
+                    return Err(format!(
+                        "refusing to serve {} without token validation: give --tokeninfo-url, \
+                         --introspection-url or --oidc-issuer, or --insecure-no-auth if you \
+                         really mean it",
+                        args.listen
+                    ));
+                }
+                tracing::warn!(
+                    "NO AUTHENTICATION: no --tokeninfo-url, --introspection-url or \
+                     --oidc-issuer given; anyone who can reach {} may push and pull",
                     args.listen
-                ));
+                );
+                return Ok(Authorizer::unchecked());
             }
-            tracing::warn!(
-                "NO AUTHENTICATION: no --tokeninfo-url or --introspection-url given; \
-                 anyone who can reach {} may push and pull",
-                args.listen
-            );
-            return Ok(Authorizer::unchecked());
-        }
-    };
+        };
+    // OIDC answers are cached too: a signature costs 70-210 µs to verify, a hit one SHA-256.
     let validator = Arc::new(CachingValidator::new(
         validator,
         TOKEN_CACHE_BYTES,

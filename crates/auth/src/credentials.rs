@@ -18,6 +18,19 @@ const MAX_VALUE_LEN: usize =
 /// The token in `Authorization: Bearer <token>`, `Token <token>` (Pier One's CLI), or
 /// `Basic base64(oauth2:<token>)` (what `docker login -u oauth2 -p <token>`, podman and skopeo
 /// send). Any other Basic user is refused: passwords are not tokens.
+///
+/// ```
+/// use pierone_auth::{Error, parse_authorization};
+///
+/// assert_eq!(parse_authorization("Bearer eyJhbGciOi.e30.c2ln").unwrap(), "eyJhbGciOi.e30.c2ln");
+/// // `docker login -u oauth2 -p tok3n`: Basic base64("oauth2:tok3n").
+/// assert_eq!(parse_authorization("Basic b2F1dGgyOnRvazNu").unwrap(), "tok3n");
+/// // A user's password is not a token: Basic base64("alice:secret").
+/// assert!(matches!(
+///     parse_authorization("Basic YWxpY2U6c2VjcmV0"),
+///     Err(Error::Unauthorized(_))
+/// ));
+/// ```
 pub fn parse_authorization(value: &str) -> Result<String, Error> {
     let bad = |why: &str| Error::Unauthorized(why.to_owned());
     let too_long = || bad(&format!("the token is longer than {MAX_TOKEN_LEN} bytes"));

@@ -18,17 +18,34 @@
 //! answer is [`Error::Unavailable`], never an allow. Answers are cached briefly, positive and
 //! negative alike, never past a token's expiry; unavailability is never cached.
 //!
+//! # OIDC
+//!
+//! JWTs of configured OpenID Connect issuers (CI systems' tokens among them) are verified
+//! locally by [`OidcValidator`] with the keys each issuer publishes; [`OidcRouter`] sends them
+//! there and every other token to token-info or introspection, so both work on one server.
+//!
 //! This crate is an HTTP *client* of identity services; serving HTTP is the registry crate's
 //! business.
+
+#![warn(missing_docs)]
 
 mod credentials;
 #[cfg(test)]
 mod http_tests;
+mod oidc;
+#[cfg(test)]
+mod oidc_tests;
 mod rules;
 mod teams;
+#[cfg(any(test, feature = "test-issuer"))]
+pub mod test_issuer;
 mod token;
 
 pub use credentials::{MAX_TOKEN_LEN, parse_authorization};
+pub use oidc::{
+    LEEWAY_SECS, MAX_JWKS_KEYS, OidcIssuer, OidcRealm, OidcRefresh, OidcRouter, OidcStats,
+    OidcValidator, unverified_issuer,
+};
 pub use rules::{Access, AuthConfig, Authorizer, Principal};
 pub use teams::{FileTeams, HttpTeams, MemoryTeams, TeamDirectory};
 pub use token::{
@@ -45,14 +62,22 @@ pub enum Error {
     /// Valid credentials without the right to do this.
     #[error("{uid} may not push to team {team}: {why}")]
     Denied {
+        /// The team pushed to.
         team: String,
+        /// Who tried.
         uid: String,
+        /// Which rule failed, in words.
         why: String,
     },
     /// The token or team service could not be asked; we never guess. `why` completes "the
     /// SERVICE is unavailable: ...", starting with "it".
     #[error("the {service} is unavailable: {why}; retry later")]
-    Unavailable { service: &'static str, why: String },
+    Unavailable {
+        /// Which service: "token-info service", "OIDC issuer", ...
+        service: &'static str,
+        /// How it failed, starting with "it"; never quoting a secret.
+        why: String,
+    },
     /// Configuration that cannot work (unreadable teams file, bad URL).
     #[error("authorization is misconfigured: {0}")]
     Config(String),

@@ -53,9 +53,15 @@ pub enum Access {
     /// `GET /v2/`: any authenticated client (or anyone with public read).
     Ping,
     /// Reading from a team's repositories, or listing repositories (`team` is `None`).
-    Read { team: Option<String> },
+    Read {
+        /// The team read from; `None` for listings across teams.
+        team: Option<String>,
+    },
     /// Pushing into a team's repositories.
-    Write { team: String },
+    Write {
+        /// The team pushed to.
+        team: String,
+    },
 }
 
 /// Settings of the rules.
@@ -99,6 +105,7 @@ impl Authorizer {
         }
     }
 
+    /// Tokens checked by `validator`, teams from `teams`, rules set by `config`.
     pub fn new(
         validator: Arc<dyn TokenValidator>,
         teams: Arc<dyn TeamDirectory>,
@@ -111,6 +118,7 @@ impl Authorizer {
         }
     }
 
+    /// Whether authentication is switched off.
     pub fn is_unchecked(&self) -> bool {
         self.validator.is_none()
     }
@@ -161,7 +169,11 @@ impl Authorizer {
         }
         match token.realm.as_str() {
             "/employees" => {
-                if self.teams.teams_of_user(&token.uid).await?.contains(team) {
+                let teams = match &token.teams {
+                    Some(teams) => teams.clone(),
+                    None => self.teams.teams_of_user(&token.uid).await?,
+                };
+                if teams.contains(team) {
                     Ok(())
                 } else {
                     Err(denied("not a member of the team"))
@@ -175,7 +187,11 @@ impl Authorizer {
                     .uid
                     .strip_prefix(self.config.service_uid_prefix.as_str())
                     .unwrap_or(&token.uid);
-                if self.teams.teams_of_application(app).await?.contains(team) {
+                let teams = match &token.teams {
+                    Some(teams) => teams.clone(),
+                    None => self.teams.teams_of_application(app).await?,
+                };
+                if teams.contains(team) {
                     Ok(())
                 } else {
                     Err(denied(&format!(
@@ -204,6 +220,7 @@ mod tests {
                 .map(|s| s.to_string())
                 .collect::<BTreeSet<_>>(),
             expires_in: Some(3600),
+            teams: None,
         }
     }
 

@@ -13,15 +13,22 @@ use crate::Error;
 /// What a valid token says about its bearer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
+    /// The user or service (`created_by`, the audit log).
     pub uid: String,
     /// `/employees`, `/services`, or whatever the identity provider uses.
     pub realm: String,
+    /// What the token allows (`application.write`, `application.write_all`, ...).
     pub scopes: BTreeSet<String>,
     /// Seconds the token stays valid, when the endpoint says.
     pub expires_in: Option<u64>,
+    /// The teams the token itself vouches for (an OIDC issuer's team claim), used by the push
+    /// rules instead of the team directory; `None` (token-info, introspection, OIDC without a
+    /// team claim): ask the team directory.
+    pub teams: Option<BTreeSet<String>>,
 }
 
 impl TokenInfo {
+    /// Whether the token holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.contains(scope)
     }
@@ -31,6 +38,8 @@ impl TokenInfo {
 /// `Err(Error::Unavailable)` means the question could not be answered.
 #[async_trait]
 pub trait TokenValidator: Send + Sync + std::fmt::Debug + 'static {
+    /// What `token` says about its bearer, `Ok(None)` or [`Error::Unauthorized`] when it is
+    /// not valid, [`Error::Unavailable`] when that cannot be found out now.
     async fn validate(&self, token: &str) -> Result<Option<TokenInfo>, Error>;
 
     /// How a caching validator has fared, for metrics; `None` for one that does not cache.
@@ -42,7 +51,9 @@ pub trait TokenValidator: Send + Sync + std::fmt::Debug + 'static {
 /// Answers served from a validator's cache and answers it had to ask for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Answers served from the cache.
     pub hits: u64,
+    /// Answers the cache had to ask for.
     pub misses: u64,
 }
 
@@ -86,6 +97,7 @@ pub struct TokenInfoValidator {
 }
 
 impl TokenInfoValidator {
+    /// Ask `url`, waiting at most `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<TokenInfoValidator, Error> {
         reqwest::Url::parse(url)
             .map_err(|e| Error::Config(format!("token-info URL {url:?}: {e}")))?;
@@ -132,6 +144,7 @@ impl TokenValidator for TokenInfoValidator {
             realm: body.realm.unwrap_or_default(),
             scopes: body.scope.map(Scopes::into_set).unwrap_or_default(),
             expires_in: body.expires_in.map(|e| e as u64),
+            teams: None,
         }))
     }
 }
@@ -148,6 +161,7 @@ pub struct IntrospectionValidator {
 }
 
 impl IntrospectionValidator {
+    /// Ask `url` as client `client_id`, waiting at most `timeout`.
     pub fn new(
         url: &str,
         client_id: &str,
@@ -223,6 +237,7 @@ impl TokenValidator for IntrospectionValidator {
             realm: body.realm.unwrap_or_default(),
             scopes: body.scope.map(Scopes::into_set).unwrap_or_default(),
             expires_in: expires_in.map(|e| e as u64),
+            teams: None,
         }))
     }
 }
@@ -234,6 +249,7 @@ pub struct StaticValidator {
 }
 
 impl StaticValidator {
+    /// Exactly these tokens are valid, each with its info.
     pub fn new(tokens: impl IntoIterator<Item = (String, TokenInfo)>) -> StaticValidator {
         StaticValidator {
             tokens: tokens.into_iter().collect(),
@@ -292,6 +308,7 @@ fn entry_weight(answer: &Option<TokenInfo>) -> u64 {
                 + info
                     .scopes
                     .iter()
+                    .chain(info.teams.iter().flatten())
                     .map(|s| s.len() as u64 + SCOPE_OVERHEAD)
                     .sum::<u64>()
         })
@@ -400,6 +417,7 @@ mod tests {
                 realm: "/employees".into(),
                 scopes: BTreeSet::new(),
                 expires_in: if token == "short" { Some(0) } else { None },
+                teams: None,
             }))
         }
     }
