@@ -138,8 +138,10 @@ import json, sys
 print("\n".join(json.load(open(sys.argv[1]))["process"]["args"]))' "$bundle/config.json")
 user=$(python3 -c '
 import json, sys
-u = json.load(open(sys.argv[1]))["process"]["user"]; print(f"{u[\"uid\"]}:{u[\"gid\"]}")' "$bundle/config.json")
+u = json.load(open(sys.argv[1]))["process"]["user"]
+print("%d:%d" % (u["uid"], u["gid"]))' "$bundle/config.json")
 check "umoci's runtime config runs the entrypoint as 65532:65532" test "$user" = 65532:65532
+user=${user:-65532:65532}
 refusal=$(inns chroot --userspec="$user" "$rootfs" "${entrypoint[@]}" 2>&1)
 rc=$?
 if [ $rc -ne 0 ] && grep -q 'refusing to serve 0.0.0.0:5000 without token validation' <<<"$refusal"; then
@@ -148,7 +150,9 @@ else
     fail "without a token validator or --insecure-no-auth the entrypoint refuses to serve 0.0.0.0" "exit $rc: $refusal"
 fi
 
-inns chroot --userspec="$user" "$rootfs" "${entrypoint[@]}" --insecure-no-auth >"$work/server.log" 2>&1 &
+# Not through inns: a function in the background is a subshell, and $! would be its pid.
+ip netns exec "$netns" chroot --userspec="$user" "$rootfs" "${entrypoint[@]}" --insecure-no-auth \
+    >"$work/server.log" 2>&1 &
 server_pid=$!
 base=http://127.0.0.1:5000
 for _ in $(seq 100); do
