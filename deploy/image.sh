@@ -34,7 +34,9 @@ done
 
 if [ "${PIERONE_IMAGE_NO_BUILD:-0}" != 1 ]; then
     echo "image.sh: cargo build --release" >&2
-    nice -n 10 cargo build --release --locked -p pierone-server -p pierone-cli \
+    # Without SOURCE_DATE_EPOCH: the C build scripts (ring, aws-lc-sys, SQLite, libpq) rerun
+    # when it changes, which would rebuild half the tree whenever the epoch differs.
+    env -u SOURCE_DATE_EPOCH nice -n 10 cargo build --release --locked -p pierone-server -p pierone-cli \
         --bin pierone-server --bin pierone --bin docker-credential-pierone >&2
 fi
 
