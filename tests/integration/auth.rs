@@ -459,7 +459,7 @@ async fn pushes_record_the_pusher() {
     let tags = pierone_tagstore::SqlTagStore::open(db.to_str().unwrap())
         .await
         .unwrap();
-    let recs = pierone_tagstore::TagStore::tag_records(&tags, &"myteam/app".parse().unwrap())
+    let recs = pierone_tagstore::Manifests::tag_records(&tags, &"myteam/app".parse().unwrap())
         .await
         .unwrap();
     assert_eq!(recs.len(), 1);

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pierone_registry::{Config, GcConfig};
-use pierone_tagstore::{SqlTagStore, TagStore};
+use pierone_tagstore::{AuditLog, SqlTagStore};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 

@@ -261,7 +261,8 @@ mod tests {
     use pierone_blobstore::conformance::{put, stream_of};
     use pierone_protocol::{RepoName, UploadId};
     use pierone_tagstore::{
-        AuditKind, MemoryTagStore, Mutability, NewManifest, TagWrite, conformance,
+        AuditKind, AuditLog, Collector, Manifests, MemoryTagStore, Mutability, NewManifest,
+        TagWrite, conformance,
     };
 
     /// Store `bytes` under `digest` without checking, as the upload race once did.
