@@ -65,6 +65,10 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Advisories need the RustSec database from github.com, which this network does not reach;
 # licences, bans and sources are checked offline.
+# Every public item of the library crates is documented (`missing_docs`) and every doc link
+# resolves.
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --lib --no-deps --locked
 step "cargo deny check bans licenses sources"
 cargo deny --log-level error check bans licenses sources
 step "starting a throwaway PostgreSQL"

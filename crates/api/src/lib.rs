@@ -12,6 +12,8 @@
 //! of one page; the next page is named by a `Link: <...>; rel="next"` header, whose page size
 //! limits are [`DEFAULT_PAGE_SIZE`] and [`MAX_PAGE_SIZE`].
 
+#![warn(missing_docs)]
+
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -94,11 +96,13 @@ pub type ArtifactName = String;
 /// and the answer of `.../tags/{tag}` and `.../latest`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tag {
+    /// The tag's name.
     pub name: String,
     /// The manifest's digest.
     pub digest: String,
     /// The config digest (Docker's image id), for image manifests.
     pub image: Option<String>,
+    /// When the tag was pushed.
     pub created: Timestamp,
     /// Who pushed it (the principal's uid).
     pub created_by: String,
@@ -112,9 +116,13 @@ pub struct Tag {
 /// from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScmSource {
+    /// The repository URL.
     pub url: String,
+    /// The commit the image was built from.
     pub revision: String,
+    /// Who built it.
     pub author: String,
+    /// Whether the working tree had local changes (empty when clean).
     pub status: String,
     /// When it was recorded.
     pub created: Timestamp,
@@ -126,7 +134,9 @@ pub struct ScmSource {
 pub struct ImageMatch {
     /// The tag.
     pub name: String,
+    /// The team of the repository.
     pub team: String,
+    /// The artifact of the repository.
     pub artifact: String,
     /// The manifest's digest.
     pub digest: String,
@@ -135,8 +145,11 @@ pub struct ImageMatch {
 /// `GET /stats`: counts over the whole registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Teams with at least one repository.
     pub teams: u64,
+    /// Repositories.
     pub artifacts: u64,
+    /// Tags.
     pub tags: u64,
     /// Bytes of distinct manifests and the blobs they reference.
     pub storage: u64,
@@ -145,26 +158,32 @@ pub struct Stats {
 /// An element of `GET /stats/teams`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TeamStats {
+    /// The team.
     pub team: String,
+    /// Its counts.
     pub stats: TeamCounts,
 }
 
 /// The counts of one team.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TeamCounts {
+    /// The team's repositories.
     pub artifacts: u64,
+    /// Tags in them.
     pub tags: u64,
 }
 
 /// `GET /.well-known/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// Always `true` while the process answers.
     pub health: bool,
 }
 
 /// `GET /.well-known/ready`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
+    /// Whether the database and the blob store both answered.
     pub ready: bool,
     /// `"ok"` or what failed.
     pub database: String,
@@ -178,8 +197,11 @@ pub struct Readiness {
 /// is defined where the hashing is (`pierone_protocol::audit::AuditEntry`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditLog<E> {
+    /// The entries of this page, in order.
     pub entries: Vec<E>,
+    /// Entries in the whole log.
     pub size: u64,
+    /// The chain hash of the newest entry (hex).
     pub head: String,
 }
 
@@ -187,9 +209,13 @@ pub struct AuditLog<E> {
 /// entries (RFC 9162 audit path, nearest the leaf first), with the entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditProof<E> {
+    /// The entry proven.
     pub seq: u64,
+    /// The size of the tree it is proven in.
     pub size: u64,
+    /// The audit path, hex hashes, nearest the leaf first.
     pub path: Vec<String>,
+    /// The entry itself, when it exists.
     pub entry: Option<E>,
 }
 
@@ -199,6 +225,7 @@ pub struct AuditProof<E> {
 /// defined where the signing is (`pierone_protocol::audit::Checkpoint`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditCheckpoint<C> {
+    /// The signed checkpoint.
     #[serde(flatten)]
     pub checkpoint: C,
     /// Milliseconds between the server's checkpoints: an entry logged after the checkpoint's
@@ -213,6 +240,7 @@ pub struct AuditCheckpoint<C> {
 /// Each error's `detail` (free-form JSON) is not read: nothing the CLI shows depends on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// The errors, usually one.
     pub errors: Vec<ErrorInfo>,
     /// The request's id, as in `X-Request-Id` and the server's log line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +252,7 @@ pub struct ErrorBody {
 pub struct ErrorInfo {
     /// One of the OCI distribution spec's codes, such as `NAME_UNKNOWN`.
     pub code: String,
+    /// What happened, for people.
     pub message: String,
 }
 

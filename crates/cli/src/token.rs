@@ -44,9 +44,17 @@ pub enum TokenSource {
     /// `$CREDENTIALS_DIR/pierone-token-secret`.
     SecretFile(PathBuf),
     /// The password grant at `endpoint`; `cached` when the token came from the cache.
-    PasswordGrant { endpoint: String, cached: bool },
+    PasswordGrant {
+        /// The token endpoint.
+        endpoint: String,
+        /// Whether the token came from the cache rather than the endpoint.
+        cached: bool,
+    },
     /// The token `pierone login` stored for `host`.
-    Login { host: String },
+    Login {
+        /// The registry host it is for.
+        host: String,
+    },
 }
 
 impl std::fmt::Display for TokenSource {
@@ -116,7 +124,9 @@ impl TokenSource {
 /// A token and where it came from.
 #[derive(Debug, Clone)]
 pub struct Token {
+    /// The bearer token itself; never printed.
     pub secret: String,
+    /// Where it came from.
     pub source: TokenSource,
     /// When it stops being valid (seconds since the epoch), where the source says.
     pub expires_at: Option<u64>,
