@@ -40,10 +40,12 @@ fn rfc3339_of(ms: i64) -> String {
 }
 
 /// An audit entry or checkpoint as the API sends it, as `pierone -o json` prints it: `at` in
-/// RFC 3339, and an entry's kind always named.
+/// RFC 3339 (which the API sends too; coreutils' `date` is the second opinion on the
+/// conversion), and an entry's kind always named.
 fn as_printed(mut v: Value) -> Value {
-    let ms = v["at"].as_i64().unwrap();
-    v["at"] = Value::String(rfc3339_of(ms));
+    let at = v["at"].as_str().expect("the API sends `at` in RFC 3339");
+    let ms = pierone_protocol::audit::rfc3339_millis::parse(at).expect("RFC 3339 with millis");
+    assert_eq!(at, rfc3339_of(ms), "the API's time and date(1)'s disagree");
     if v.get("prev_hash").is_some() && v.get("kind").is_none() {
         v["kind"] = Value::String("tag".into());
     }

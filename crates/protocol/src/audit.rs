@@ -61,7 +61,8 @@ pub struct AuditEntry {
     pub kind: AuditKind,
     /// Position in the log, from 1, without gaps.
     pub seq: u64,
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch; RFC 3339 with milliseconds in JSON.
+    #[serde(with = "rfc3339_millis")]
     pub at: i64,
     /// Who made the change (the principal's uid).
     pub principal: String,
@@ -130,7 +131,9 @@ pub struct Checkpoint {
     pub head: String,
     /// Merkle tree root over the first `size` entries, hex.
     pub root: String,
-    /// When it was signed, in milliseconds since the Unix epoch.
+    /// When it was signed, in milliseconds since the Unix epoch; RFC 3339 with milliseconds in
+    /// JSON.
+    #[serde(with = "rfc3339_millis")]
     pub at: i64,
     /// The signer's Ed25519 public key, base64.
     pub public_key: String,
@@ -825,6 +828,99 @@ pub fn next_quarantine_entry(
     e.kind = AuditKind::Quarantine;
     e.hash = e.compute_hash();
     e
+}
+
+/// Times in the API's JSON: RFC 3339 in UTC with exactly three fractional digits, like every
+/// other time of the Pier One API. Reading also takes the epoch milliseconds that servers
+/// before this sent (and that `pierone audit verify --state` files hold), so nothing stored
+/// becomes unreadable. The hashed and signed encodings use the milliseconds, never this text.
+pub mod rfc3339_millis {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    /// `ms` (since the Unix epoch) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, or `None` out of range.
+    pub fn format(ms: i64) -> Option<String> {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+        Some(format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ))
+    }
+
+    /// An RFC 3339 time as milliseconds since the Unix epoch; finer digits are refused, since
+    /// they would not survive the round trip that hashing relies on.
+    pub fn parse(s: &str) -> Option<i64> {
+        let nanos = OffsetDateTime::parse(s, &Rfc3339)
+            .ok()?
+            .unix_timestamp_nanos();
+        (nanos % 1_000_000 == 0).then(|| i64::try_from(nanos / 1_000_000).ok())?
+    }
+
+    /// Serde: write RFC 3339.
+    pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        match format(*ms) {
+            Some(text) => s.serialize_str(&text),
+            None => s.serialize_i64(*ms),
+        }
+    }
+
+    /// Serde: read RFC 3339 or epoch milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Millis(i64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Millis(ms) => Ok(ms),
+            Either::Text(t) => parse(&t).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "{t:?} is not an RFC 3339 time with at most millisecond precision"
+                ))
+            }),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trips_and_reads_the_old_numbers() {
+            for ms in [0, 1, 999, 1_433_520_000_000, 1_764_576_000_123, -1] {
+                let text = format(ms).unwrap();
+                assert_eq!(text.len(), 24, "{text}");
+                assert_eq!(parse(&text), Some(ms), "{text}");
+            }
+            assert_eq!(
+                format(1_434_039_209_152).unwrap(),
+                "2015-06-11T16:13:29.152Z"
+            );
+            assert_eq!(
+                parse("2015-06-11T18:13:29.152+02:00"),
+                Some(1_434_039_209_152)
+            );
+            assert_eq!(parse("2015-06-11T16:13:29.1521Z"), None);
+            assert_eq!(parse("yesterday"), None);
+            #[derive(Deserialize)]
+            struct T {
+                #[serde(with = "super")]
+                at: i64,
+            }
+            let old: T = serde_json::from_str(r#"{"at": 1434039209152}"#).unwrap();
+            let new: T = serde_json::from_str(r#"{"at": "2015-06-11T16:13:29.152Z"}"#).unwrap();
+            assert_eq!((old.at, new.at), (1_434_039_209_152, 1_434_039_209_152));
+            assert!(serde_json::from_str::<T>(r#"{"at": "2015-06-11"}"#).is_err());
+        }
+    }
 }
 
 #[cfg(test)]
