@@ -179,6 +179,9 @@ fn service_status(e: &S) -> (StatusCode, ErrorCode) {
         S::ImagePrefixEmpty => (St::BAD_REQUEST, C::Unsupported),
         S::ScanBusy => (St::SERVICE_UNAVAILABLE, C::TooManyRequests),
         S::CheckpointUnknown => (St::NOT_FOUND, C::NameUnknown),
+        // The client may push, but not this manifest under this tag until it is signed.
+        S::SignatureRequired(_) => (St::FORBIDDEN, C::Denied),
+        S::SignatureCheck(_) => (St::INTERNAL_SERVER_ERROR, C::Unsupported),
     }
 }
 
