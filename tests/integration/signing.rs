@@ -139,6 +139,8 @@ async fn a_protected_tag_needs_a_signature_by_a_listed_key_and_a_broken_edit_kee
     for part in ["v1.0", digest.as_str(), "red-ci", "red-release"] {
         assert!(e.message.contains(part), "{part} not in {}", e.message);
     }
+    assert_eq!(e.detail["accepted_keys"], json!(["red-ci", "red-release"]));
+    assert_eq!(e.detail["digest"], json!(digest.as_str()));
     assert_eq!(
         c.get(&format!("/v2/{repo}/manifests/v1.0")).await.status(),
         StatusCode::NOT_FOUND
@@ -171,6 +173,13 @@ async fn a_protected_tag_needs_a_signature_by_a_listed_key_and_a_broken_edit_kee
     let e = oci_error(r, StatusCode::FORBIDDEN, "DENIED").await;
     assert!(e.message.contains("v2.0"), "{}", e.message);
     assert!(e.message.contains("red-ci"), "{}", e.message);
+    assert!(
+        server
+            .log()
+            .contains("trust policy changed but is not valid"),
+        "{}",
+        server.log()
+    );
     // An unprotected tag of the same manifest is unaffected.
     let r = c
         .put_manifest(repo, "build-2", OCI_MANIFEST, &unsigned)
