@@ -23,6 +23,7 @@ const TABLE: &[(&str, &[&str])] = &[
             "pierone-blobstore",
             "pierone-protocol",
             "pierone-tagstore",
+            "pierone-trust",
         ],
     ),
     (

@@ -19,6 +19,7 @@ mod operations;
 mod replicas;
 mod robustness;
 mod scrub;
+mod signing;
 mod startup;
 mod tokens;
 mod util;

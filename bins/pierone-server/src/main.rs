@@ -143,6 +143,12 @@ struct Args {
     #[arg(long, env = "PIERONE_AUDIT_SIGNING_KEY")]
     audit_signing_key: Option<PathBuf>,
 
+    /// YAML trust policy (docs/SIGNING.md): which tags of a team may only name manifests
+    /// signed by one of the team's keys. Reloaded when it changes; a broken edit keeps the
+    /// last good policy, a broken file at start-up refuses to start.
+    #[arg(long, env = "PIERONE_TRUST_POLICY")]
+    trust_policy: Option<PathBuf>,
+
     /// How often the audit log's head is signed when it changed (e.g. `60s`, `5m`).
     #[arg(long, env = "PIERONE_AUDIT_CHECKPOINT_INTERVAL", default_value = "60s", value_parser = duration)]
     audit_checkpoint_interval: Duration,
@@ -783,6 +789,21 @@ async fn serve(args: Args) -> Result<(), String> {
             None
         }
     };
+    let trust_policy = match &args.trust_policy {
+        Some(path) => {
+            // The error names the file (or the team and key) and why.
+            let file =
+                pierone_service::trust::TrustPolicyFile::open(path).map_err(|e| e.to_string())?;
+            let policy = file.current();
+            tracing::info!(
+                path = %path.display(),
+                teams = policy.teams().filter(|t| t.signed_tags().next().is_some()).count(),
+                "trust policy loaded: protected tags need a signature by one of the team's keys"
+            );
+            Some(Arc::new(file))
+        }
+        None => None,
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             Some(pierone_registry::tls::server_config(cert, key).map_err(|e| e.to_string())?)
@@ -808,6 +829,7 @@ async fn serve(args: Args) -> Result<(), String> {
         event_source: args.event_source.clone(),
         audit_signer,
         checkpoint_interval: args.audit_checkpoint_interval,
+        trust_policy,
         gc: GcConfig {
             interval: args.gc_interval,
             grace: args.gc_grace,

@@ -179,6 +179,9 @@ fn service_status(e: &S) -> (StatusCode, ErrorCode) {
         S::ImagePrefixEmpty => (St::BAD_REQUEST, C::Unsupported),
         S::ScanBusy => (St::SERVICE_UNAVAILABLE, C::TooManyRequests),
         S::CheckpointUnknown => (St::NOT_FOUND, C::NameUnknown),
+        // The client may push, but not this manifest under this tag until it is signed.
+        S::SignatureRequired(_) => (St::FORBIDDEN, C::Denied),
+        S::SignatureCheck(_) => (St::INTERNAL_SERVER_ERROR, C::Unsupported),
     }
 }
 
@@ -265,6 +268,12 @@ impl RegistryError {
                     "quarantined_by": by,
                 }))
             }
+            RegistryError::Service(S::SignatureRequired(r)) => Some(serde_json::json!({
+                "repository": r.repo.as_str(),
+                "tag": r.tag.as_ref().map(|t| t.as_str()),
+                "digest": r.digest.as_str(),
+                "accepted_keys": r.accepted_keys,
+            })),
             RegistryError::Service(
                 S::ManifestBlobUnknown(d)
                 | S::ManifestChildUnknown(d)
@@ -340,6 +349,38 @@ mod tests {
         assert_eq!(
             e.status_and_code(),
             (StatusCode::PRECONDITION_FAILED, ErrorCode::Unsupported)
+        );
+    }
+
+    #[test]
+    fn an_unsigned_protected_tag_is_denied_naming_tag_digest_and_keys() {
+        let digest = pierone_protocol::Digest::sha256_of(b"image");
+        let e = RegistryError::Service(S::SignatureRequired(Box::new(
+            pierone_service::trust::Refusal {
+                repo: "red/app".parse().unwrap(),
+                tag: Some("v1.0".parse().unwrap()),
+                digest: digest.clone(),
+                accepted_keys: vec!["red-ci".into(), "red-release".into()],
+                candidates: Vec::new(),
+                not_examined: 0,
+            },
+        )));
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::FORBIDDEN, ErrorCode::Denied)
+        );
+        let message = e.to_string();
+        for part in ["v1.0", "red/app", digest.as_str(), "red-ci, red-release"] {
+            assert!(message.contains(part), "{part} not in {message}");
+        }
+        assert_eq!(
+            e.detail(),
+            Some(serde_json::json!({
+                "repository": "red/app",
+                "tag": "v1.0",
+                "digest": digest.as_str(),
+                "accepted_keys": ["red-ci", "red-release"],
+            }))
         );
     }
 

@@ -156,6 +156,8 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Garbage collection; an interval of zero turns it off.
     pub gc: GcConfig,
+    /// Which tags may only name manifests signed by the team's keys; without it none.
+    pub trust_policy: Option<Arc<pierone_service::trust::TrustPolicyFile>>,
     /// Upload requests one principal may stream at once; more get 429.
     pub max_uploads_per_principal: usize,
     /// Largest request head (request line and headers) accepted, in bytes.
@@ -188,6 +190,7 @@ impl Default for Config {
             audit_signer: service.audit_signer,
             checkpoint_interval: service.checkpoint_interval,
             gc: service.gc,
+            trust_policy: service.trust_policy,
             max_uploads_per_principal: http.max_uploads_per_principal,
             max_header_bytes: http.max_header_bytes,
             header_read_timeout: http.header_read_timeout,
@@ -213,6 +216,7 @@ impl Config {
                 audit_signer: self.audit_signer,
                 checkpoint_interval: self.checkpoint_interval,
                 gc: self.gc,
+                trust_policy: self.trust_policy,
             },
             HttpConfig {
                 shutdown_grace: self.shutdown_grace,

@@ -123,6 +123,15 @@ pub enum Error {
         "too many scm-source scans are running; retry in a few seconds (scans read whole image layers, so only a few run at once)"
     )]
     ScanBusy,
+    /// A protected tag would name a manifest that no key of the team's trust policy signed:
+    /// the message names the tag, the digest, the keys accepted and why each signature
+    /// found failed.
+    #[error("{0}")]
+    SignatureRequired(Box<pierone_trust::Refusal>),
+    /// Checking a protected tag's signature failed for another reason than a store failure
+    /// (which keeps its own variant): nothing was decided about the signature.
+    #[error("checking the signature of a protected tag failed: {0}")]
+    SignatureCheck(String),
     /// No audit checkpoint exists.
     #[error("no audit checkpoint has been signed (the server needs --audit-signing-key)")]
     CheckpointUnknown,

@@ -42,6 +42,7 @@ mod maintenance;
 mod manifests;
 mod queries;
 pub mod scrub;
+mod signing;
 mod uploads;
 
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub use pierone_blobstore as blobstore;
 pub use pierone_protocol as protocol;
 /// The tag store crate, for embedders that choose a backend.
 pub use pierone_tagstore as tagstore;
+/// The trust crate: the signed-tags policy and the signature verifier.
+pub use pierone_trust as trust;
 
 pub use bytes::Bytes;
 pub use pierone_blobstore::{BlobRead, BlobStore, ByteStream, MemoryBlobStore};
@@ -93,6 +96,9 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Garbage collection; an interval of zero turns it off.
     pub gc: GcConfig,
+    /// Which tags may only name manifests signed by the team's keys (issue #14); without
+    /// it no tag is protected.
+    pub trust_policy: Option<Arc<pierone_trust::TrustPolicyFile>>,
 }
 
 impl Default for Config {
@@ -108,6 +114,7 @@ impl Default for Config {
             audit_signer: None,
             checkpoint_interval: Duration::from_secs(60),
             gc: GcConfig::default(),
+            trust_policy: None,
         }
     }
 }
