@@ -27,6 +27,21 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// A point in time as RFC 3339 in UTC with milliseconds, like Pier One's
 /// `2015-06-11T16:13:29.152Z`. Reading checks that it is RFC 3339.
+///
+/// A tag as the server writes it and the CLI reads it:
+///
+/// ```
+/// use pierone_api::{Tag, Timestamp};
+///
+/// let json = r#"{"name": "1.0", "digest": "sha256:ab", "image": null,
+///     "created": "2015-06-11T16:13:29.152Z", "created_by": "jdoe",
+///     "media_type": "application/vnd.oci.image.manifest.v1+json", "size": 1234}"#;
+/// let tag: Tag = serde_json::from_str(json).unwrap();
+/// assert_eq!(tag.created, Timestamp::from_millis(1_434_039_209_152));
+/// assert_eq!(tag.size, 1234);
+/// // Not a time: not a Pier One answer.
+/// assert!(serde_json::from_str::<Tag>(&json.replace("2015-06-11T16:13:29.152Z", "yesterday")).is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Timestamp(String);
@@ -257,6 +272,12 @@ pub struct ErrorInfo {
 }
 
 /// The URL of the next page in a `Link` header value (`<url>; rel="next"`), if it names one.
+///
+/// ```
+/// let link = r#"</teams?n=100&last=red>; rel="next""#;
+/// assert_eq!(pierone_api::next_link(link), Some("/teams?n=100&last=red"));
+/// assert_eq!(pierone_api::next_link(r#"</x>; rel="prev""#), None);
+/// ```
 pub fn next_link(header: &str) -> Option<&str> {
     header.split(',').find_map(|link| {
         let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;

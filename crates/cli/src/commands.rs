@@ -738,6 +738,19 @@ fn io(e: std::io::Error) -> Error {
 }
 
 /// Run a parsed command line, writing results to `out`.
+///
+/// ```
+/// use clap::Parser;
+///
+/// let cli = pierone_cli::Cli::parse_from(["pierone", "completions", "bash"]);
+/// let mut out = Vec::new();
+/// tokio::runtime::Runtime::new()
+///     .unwrap()
+///     .block_on(pierone_cli::run(cli, &mut out))
+///     .unwrap();
+/// let script = String::from_utf8(out).unwrap();
+/// assert!(script.contains("pierone") && script.contains("inspect-contents"));
+/// ```
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     // Commands that need no registry URL or token.
     match &cli.command {
